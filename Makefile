@@ -1,0 +1,48 @@
+# relay: `make run` (set up + start with the embedded broker) and `make test` (set up + every test).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+CORE   := relay/_core$(shell $(PYTHON) -c "import sysconfig;print(sysconfig.get_config_var('EXT_SUFFIX'))")
+NODE_STAMP := tests/e2e/js/node_modules/.installed-stamp
+
+.PHONY: run test test-compiled test-pure build bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml setup.py
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+$(CORE): $(STAMP) relay/_core.pyx relay/_core.pxd setup.py
+	$(PY) setup.py --quiet build_ext --inplace
+
+build: $(CORE)
+
+$(NODE_STAMP): tests/e2e/js/package.json
+	cd tests/e2e/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+run: build
+	$(PY) -m relay serve -c deploy/relay.dev.toml --print-token demo-user
+
+# The whole suite twice: on the compiled core (and a test fails if it was not loaded),
+# then on the pure-Python twin.
+test: build $(NODE_STAMP)
+	$(MAKE) test-compiled
+	$(MAKE) test-pure
+
+test-compiled:
+	RELAY_EXPECT_COMPILED=1 $(PY) -m pytest -q -p no:cacheprovider
+
+test-pure:
+	RELAY_PUREPYTHON=1 $(PY) -m pytest -q -p no:cacheprovider
+
+bench: build
+	$(PY) bench/fanout.py
+	$(PY) bench/idle.py
+
+clean:
+	rm -rf build relay/_core.c relay/_core*.so relay/_core.html

@@ -1,0 +1,471 @@
+# cython: language_level=3
+"""The fan-out core, compiled: Hub, Conn, FrameReader and frame encoders.
+
+Same API and behaviour as relay/_core_py.py (read that file first: it is the
+readable version). Directives live in setup.py.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_Next
+from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
+from cpython.object cimport PyObject
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+import msgpack
+import orjson
+
+from relay.protocol.errors import ProtocolError
+
+__all__ = [
+    "IMPLEMENTATION", "WIRE_WS", "WIRE_TCP", "Conn", "Hub", "FrameReader",
+    "ws_frame", "tcp_frame", "fnv1a32",
+]
+
+IMPLEMENTATION = "cython"
+
+cdef enum:
+    _WIRE_WS = 0
+    _WIRE_TCP = 1
+    OP_CONT = 0x0
+    OP_TEXT = 0x1
+    OP_BINARY = 0x2
+    OP_PONG = 0xA
+
+WIRE_WS = _WIRE_WS
+WIRE_TCP = _WIRE_TCP
+
+
+cdef object _packb = msgpack.Packer(use_bin_type=True).pack
+cdef object _dumps = orjson.dumps
+
+
+cdef inline uint32_t _fnv1a32(str s):
+    cdef bytes b = s.encode("utf-8")
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(b)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(b)
+    cdef uint32_t h = 0x811C9DC5u
+    for i in range(n):
+        h = (h ^ p[i]) * 0x01000193u
+    return h
+
+
+def fnv1a32(str s):
+    """FNV-1a 32-bit hash of the UTF-8 bytes of ``s`` (channel sharding)."""
+    return _fnv1a32(s)
+
+
+cdef inline bytes _frame_join(int opcode, list items, Py_ssize_t sep):
+    """RFC 6455 5.2 server frame whose payload is ``items`` joined by b"\\n" (sep=1) or nothing."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(items), i, plen = 0, hlen, ilen
+    cdef object it
+    for i in range(n):
+        plen += PyBytes_GET_SIZE(<bytes>PyList_GET_ITEM(items, i))
+    if n > 1:
+        plen += sep * (n - 1)
+    if plen < 126:
+        hlen = 2
+    elif plen < 65536:
+        hlen = 4
+    else:
+        hlen = 10
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, hlen + plen)
+    cdef uint8_t* o = <uint8_t*>PyBytes_AS_STRING(out)
+    o[0] = 0x80 | opcode
+    if hlen == 2:
+        o[1] = <uint8_t>plen
+    elif hlen == 4:
+        o[1] = 126
+        o[2] = (plen >> 8) & 0xFF
+        o[3] = plen & 0xFF
+    else:
+        o[1] = 127
+        for i in range(8):
+            o[2 + i] = (<uint64_t>plen >> (8 * (7 - i))) & 0xFF
+    o += hlen
+    for i in range(n):
+        if i and sep:
+            o[0] = 10  # b"\n"
+            o += 1
+        it = <object>PyList_GET_ITEM(items, i)
+        ilen = PyBytes_GET_SIZE(it)
+        memcpy(o, PyBytes_AS_STRING(it), ilen)
+        o += ilen
+    return out
+
+
+cdef inline bytes _concat(list items):
+    cdef Py_ssize_t n = PyList_GET_SIZE(items), i, total = 0, ilen
+    cdef object it
+    if n == 1:
+        return <bytes>PyList_GET_ITEM(items, 0)
+    for i in range(n):
+        total += PyBytes_GET_SIZE(<bytes>PyList_GET_ITEM(items, i))
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
+    cdef char* o = PyBytes_AS_STRING(out)
+    for i in range(n):
+        it = <object>PyList_GET_ITEM(items, i)
+        ilen = PyBytes_GET_SIZE(it)
+        memcpy(o, PyBytes_AS_STRING(it), ilen)
+        o += ilen
+    return out
+
+
+cdef inline bytes _build(int wire, list items):
+    if wire == _WIRE_WS:
+        return _frame_join(OP_TEXT, items, 1)
+    return _concat(items)
+
+
+def ws_frame(bytes payload, int opcode=OP_TEXT):
+    """One unmasked, final server frame (RFC 6455 5.2: servers never mask)."""
+    return _frame_join(opcode, [payload], 0)
+
+
+def tcp_frame(bytes body):
+    """A raw-TCP frame: 4-byte big-endian length, then the msgpack body."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(body)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 4 + n)
+    cdef uint8_t* o = <uint8_t*>PyBytes_AS_STRING(out)
+    o[0] = (n >> 24) & 0xFF
+    o[1] = (n >> 16) & 0xFF
+    o[2] = (n >> 8) & 0xFF
+    o[3] = n & 0xFF
+    memcpy(o + 4, PyBytes_AS_STRING(body), n)
+    return out
+
+
+cdef class FrameReader:
+    """Incremental RFC 6455 parser for client frames (see relay/_core_py.py)."""
+
+    def __init__(self, Py_ssize_t max_message):
+        self.max_message = max_message
+        self._buf = bytearray()
+        self._frag_op = -1
+        self._frags = []
+        self._frag_size = 0
+
+    def buffered(self):
+        return len(self._buf)
+
+    def feed(self, data):
+        cdef bytearray buf = self._buf
+        buf += data
+        cdef list out = []
+        cdef Py_ssize_t pos = 0, end = len(buf), hlen, total, i
+        cdef uint64_t length
+        cdef const uint8_t* p
+        cdef uint8_t b0, b1, fin
+        cdef int opcode, op
+        cdef uint8_t mask[4]
+        cdef uint32_t mask32
+        cdef uint64_t mask64, word
+        cdef bytes payload
+        cdef uint8_t* q
+        while end - pos >= 2:
+            p = <const uint8_t*>(<char*>buf) + pos
+            b0 = p[0]
+            b1 = p[1]
+            fin = b0 & 0x80
+            opcode = b0 & 0x0F
+            if b0 & 0x70:
+                raise ProtocolError(1002, "reserved bits set")
+            if not b1 & 0x80:
+                raise ProtocolError(1002, "client frame not masked")
+            length = b1 & 0x7F
+            hlen = 2
+            if length == 126:
+                if end - pos < 4:
+                    break
+                length = (<uint64_t>p[2] << 8) | p[3]
+                hlen = 4
+            elif length == 127:
+                if end - pos < 10:
+                    break
+                length = 0
+                for i in range(8):
+                    length = (length << 8) | p[2 + i]
+                if length >> 63:
+                    raise ProtocolError(1002, "invalid frame length")
+                hlen = 10
+            if opcode >= 8:
+                if opcode > OP_PONG:
+                    raise ProtocolError(1002, "unknown opcode")
+                if not fin or length > 125:
+                    raise ProtocolError(1002, "invalid control frame")
+            elif opcode == OP_CONT:
+                if self._frag_op < 0:
+                    raise ProtocolError(1002, "unexpected continuation frame")
+                if <uint64_t>self._frag_size + length > <uint64_t>self.max_message:
+                    raise ProtocolError(1009, "message too big")
+            elif opcode == OP_TEXT or opcode == OP_BINARY:
+                if self._frag_op >= 0:
+                    raise ProtocolError(1002, "expected continuation frame")
+                if length > <uint64_t>self.max_message:
+                    raise ProtocolError(1009, "message too big")
+            else:
+                raise ProtocolError(1002, "unknown opcode")
+            total = hlen + 4 + <Py_ssize_t>length
+            if end - pos < total:
+                break
+            memcpy(mask, p + hlen, 4)
+            payload = PyBytes_FromStringAndSize(<const char*>(p + hlen + 4), <Py_ssize_t>length)
+            q = <uint8_t*>PyBytes_AS_STRING(payload)
+            memcpy(&mask32, mask, 4)
+            mask64 = (<uint64_t>mask32 << 32) | mask32
+            i = 0
+            while i + 8 <= <Py_ssize_t>length:
+                memcpy(&word, q + i, 8)
+                word ^= mask64
+                memcpy(q + i, &word, 8)
+                i += 8
+            while i < <Py_ssize_t>length:
+                q[i] ^= mask[i & 3]
+                i += 1
+            pos += total
+            if opcode >= 8:
+                out.append((opcode, payload))
+                continue
+            if opcode != OP_CONT:
+                self._frag_op = opcode
+            if not fin:
+                self._frags.append(payload)
+                self._frag_size += <Py_ssize_t>length
+                continue
+            if self._frags:
+                self._frags.append(payload)
+                payload = b"".join(self._frags)
+                self._frags = []
+                self._frag_size = 0
+            op = self._frag_op
+            self._frag_op = -1
+            if op == OP_TEXT:
+                try:
+                    payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ProtocolError(1007, "invalid UTF-8 in text message") from None
+            out.append((op, payload))
+        if pos:
+            del buf[:pos]
+        return out
+
+
+cdef class Conn:
+    """A connection's outbound queue (see relay/_core_py.py)."""
+
+    def __init__(self, Hub hub, transport, int wire, Py_ssize_t cap, session=None):
+        self.hub = hub
+        self.transport = transport
+        self.wire = wire
+        self.cap = cap
+        self.pending = []
+        self.queued = 0
+        self.paused = False
+        self.dirty = False
+        self.closed = False
+        self.session = session
+
+    cdef inline bint _enqueue(self, bytes item):
+        if self.closed:
+            return True
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(item)
+        if self.queued + n > self.cap:
+            return False
+        self.pending.append(item)
+        self.queued += n
+        if not self.dirty:
+            self.dirty = True
+            self.hub._mark_dirty(self)
+        return True
+
+    cpdef bint send(self, bytes item):
+        """Queue ``item``; False means the cap was hit and the item was dropped."""
+        return self._enqueue(item)
+
+    def pause_writing(self):
+        self.paused = True
+
+    def resume_writing(self):
+        self.paused = False
+        if self.pending and not self.dirty:
+            self.dirty = True
+            self.hub._mark_dirty(self)
+
+    cpdef bytes take(self):
+        """Remove and return everything queued, encoded for the wire (maybe b"")."""
+        cdef list items = self.pending
+        if not items:
+            return b""
+        self.pending = []
+        self.queued = 0
+        return _build(self.wire, items)
+
+    def close(self, bytes tail=b"", bint flush=True):
+        """Stop queueing; write what is queued (unless ``flush`` is False), then ``tail``."""
+        if self.closed:
+            return
+        cdef bytes data = self.take() if flush else b""
+        self.pending = []
+        self.queued = 0
+        self.closed = True
+        if data or tail:
+            try:
+                self.transport.write(data + tail if data else tail)
+            except Exception:
+                pass
+
+
+cdef class _Channel:
+    def __init__(self):
+        self.subs = {}
+        self.n_tcp = 0
+
+
+cdef inline bint _same(list a, list b):
+    cdef Py_ssize_t n = PyList_GET_SIZE(a), i
+    if n != PyList_GET_SIZE(b):
+        return False
+    for i in range(n):
+        if PyList_GET_ITEM(a, i) != PyList_GET_ITEM(b, i):
+            return False
+    return True
+
+
+cdef class Hub:
+    """Channels and their local subscribers, and the fan-out to them (see relay/_core_py.py)."""
+
+    def __init__(self, call_soon, on_slow, Py_ssize_t num_shards=64):
+        if num_shards < 1:
+            raise ValueError("num_shards must be >= 1")
+        self._call_soon = call_soon
+        self._on_slow = on_slow
+        self.num_shards = num_shards
+        self._shards = [{} for _ in range(num_shards)]
+        self._dirty = []
+        self._scheduled = False
+        self.num_channels = 0
+        self.num_subscriptions = 0
+        self.deliveries = 0
+        self.publications = 0
+        self.writes = 0
+
+    cdef inline dict _shard(self, str channel):
+        return <dict>PyList_GET_ITEM(self._shards, _fnv1a32(channel) % <uint32_t>self.num_shards)
+
+    def shard_of(self, str channel):
+        return _fnv1a32(channel) % <uint32_t>self.num_shards
+
+    def conn(self, transport, int wire, Py_ssize_t cap, session=None):
+        return Conn(self, transport, wire, cap, session)
+
+    cpdef bint subscribe(self, str channel, Conn conn):
+        """Add ``conn`` to ``channel``; True when the channel is new on this hub."""
+        cdef dict shard = self._shard(channel)
+        cdef _Channel ch = shard.get(channel)
+        cdef bint created = ch is None
+        if created:
+            ch = _Channel()
+            shard[channel] = ch
+            self.num_channels += 1
+        if conn not in ch.subs:
+            ch.subs[conn] = None
+            self.num_subscriptions += 1
+            if conn.wire == _WIRE_TCP:
+                ch.n_tcp += 1
+        return created
+
+    cpdef bint unsubscribe(self, str channel, Conn conn):
+        """Remove ``conn``; True when that left the channel empty (it is dropped)."""
+        cdef dict shard = self._shard(channel)
+        cdef _Channel ch = shard.get(channel)
+        if ch is None or conn not in ch.subs:
+            return False
+        del ch.subs[conn]
+        self.num_subscriptions -= 1
+        if conn.wire == _WIRE_TCP:
+            ch.n_tcp -= 1
+        if not ch.subs:
+            del shard[channel]
+            self.num_channels -= 1
+            return True
+        return False
+
+    def num_subscribers(self, str channel):
+        cdef _Channel ch = self._shard(channel).get(channel)
+        return 0 if ch is None else len(ch.subs)
+
+    def channels(self):
+        return [name for shard in self._shards for name in shard]
+
+    cpdef Py_ssize_t broadcast(self, str channel, dict push):
+        """Encode ``{"push": push}`` once per wire format and queue it for every subscriber."""
+        cdef _Channel ch = self._shard(channel).get(channel)
+        if ch is None:
+            return 0
+        envelope = {"push": push}
+        ws_item = _dumps(envelope) if len(ch.subs) > ch.n_tcp else None
+        tcp_item = tcp_frame(_packb(envelope)) if ch.n_tcp else None
+        return self._fanout(ch, ws_item, tcp_item)
+
+    cpdef Py_ssize_t broadcast_encoded(self, str channel, object ws_item, object tcp_item):
+        """Fan out pre-encoded items (a JSON line, a TCP frame)."""
+        cdef _Channel ch = self._shard(channel).get(channel)
+        if ch is None:
+            return 0
+        return self._fanout(ch, ws_item, tcp_item)
+
+    cdef Py_ssize_t _fanout(self, _Channel ch, object ws_item, object tcp_item):
+        cdef list slow = None
+        cdef Py_ssize_t n = 0, pos = 0
+        cdef PyObject* key
+        cdef PyObject* value
+        cdef Conn conn
+        while PyDict_Next(ch.subs, &pos, &key, &value):
+            conn = <Conn>key
+            if conn._enqueue(<bytes>(ws_item if conn.wire == _WIRE_WS else tcp_item)):
+                n += 1
+            else:
+                if slow is None:
+                    slow = []
+                slow.append(conn)
+        self.publications += 1
+        self.deliveries += n
+        if slow is not None:
+            for conn in slow:
+                self._on_slow(conn)
+        return n
+
+    cdef inline void _mark_dirty(self, Conn conn):
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            self._call_soon(self.flush)
+
+    def flush(self):
+        """Write each dirty connection's queue with one write (end of loop iteration)."""
+        self._scheduled = False
+        cdef list dirty = self._dirty
+        self._dirty = []
+        cdef list last_items = None, items
+        cdef bytes last_frame = b"", frame
+        cdef int last_wire = -1
+        cdef Conn conn
+        for conn in dirty:
+            conn.dirty = False
+            items = conn.pending
+            if conn.closed or conn.paused or not items:
+                continue
+            if last_items is not None and conn.wire == last_wire and _same(items, last_items):
+                frame = last_frame
+            else:
+                frame = _build(conn.wire, items)
+                last_items = items
+                last_frame = frame
+                last_wire = conn.wire
+            conn.pending = []
+            conn.queued = 0
+            try:
+                conn.transport.write(frame)
+            except Exception:
+                pass
+            self.writes += 1

@@ -1,0 +1,421 @@
+"""The fan-out core in plain Python: the readable twin of ``relay/_core.pyx``.
+
+Both implementations expose the same names and behave identically; the test
+suite runs against each (``RELAY_PUREPYTHON=1`` selects this one). Keep the two
+files side by side when changing either: ``tests/core`` holds a differential
+Hypothesis test that feeds both the same operations.
+
+What lives here is what runs per message or per delivery:
+
+* ``Hub`` - channels sharded by an FNV-1a hash, subscriber sets, and fan-out
+  that encodes a push once per wire format and hands the same bytes to every
+  subscriber.
+* ``Conn`` - a connection's outbound queue. Everything queued during one loop
+  iteration is written with one ``transport.write``; a queue over its byte cap
+  makes ``send`` return False (the caller disconnects with 3008 "slow").
+* ``FrameReader`` - RFC 6455 frame parsing and unmasking for client frames.
+* ``ws_frame`` / ``tcp_frame`` - server frame encoders.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgpack
+import orjson
+
+from relay.protocol.errors import ProtocolError
+
+__all__ = [
+    "IMPLEMENTATION",
+    "WIRE_WS",
+    "WIRE_TCP",
+    "Conn",
+    "Hub",
+    "FrameReader",
+    "ws_frame",
+    "tcp_frame",
+    "fnv1a32",
+]
+
+IMPLEMENTATION = "python"
+
+WIRE_WS = 0  # WebSocket, JSON lines batched into text frames
+WIRE_TCP = 1  # raw TCP, 4-byte big-endian length + msgpack body per message
+
+OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
+OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+_dumps = orjson.dumps
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_U64 = struct.Struct("!Q")
+
+
+def fnv1a32(s: str) -> int:
+    """FNV-1a 32-bit hash of the UTF-8 bytes of ``s`` (channel sharding)."""
+    h = 0x811C9DC5
+    for b in s.encode("utf-8"):
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+def ws_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
+    """One unmasked, final server frame (RFC 6455 5.2: servers never mask)."""
+    n = len(payload)
+    b0 = 0x80 | opcode
+    if n < 126:
+        return bytes((b0, n)) + payload
+    if n < 65536:
+        return bytes((b0, 126)) + _U16.pack(n) + payload
+    return bytes((b0, 127)) + _U64.pack(n) + payload
+
+
+def tcp_frame(body: bytes) -> bytes:
+    """A raw-TCP frame: 4-byte big-endian length, then the msgpack body."""
+    return _U32.pack(len(body)) + body
+
+
+def _unmask(data: bytes, mask: bytes) -> bytes:
+    n = len(data)
+    if n == 0:
+        return b""
+    key = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+class FrameReader:
+    """Incremental RFC 6455 parser for frames sent by a client.
+
+    ``feed(data)`` returns the complete messages found so far as
+    ``(opcode, payload)`` pairs: data messages reassembled from fragments
+    (text already checked to be UTF-8), and control frames as they come.
+    Violations raise ``ProtocolError`` with the close code to send. The
+    message size limit is checked from each frame header, before the payload
+    is buffered.
+    """
+
+    __slots__ = ("max_message", "_buf", "_frag_op", "_frags", "_frag_size")
+
+    def __init__(self, max_message: int) -> None:
+        self.max_message = max_message
+        self._buf = bytearray()
+        self._frag_op = -1
+        self._frags: list[bytes] = []
+        self._frag_size = 0
+
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        buf = self._buf
+        buf += data
+        out: list[tuple[int, bytes]] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 2:
+            b0 = buf[pos]
+            b1 = buf[pos + 1]
+            fin = b0 & 0x80
+            opcode = b0 & 0x0F
+            if b0 & 0x70:
+                raise ProtocolError(1002, "reserved bits set")  # RFC 6455 5.2, no extension
+            if not b1 & 0x80:
+                raise ProtocolError(1002, "client frame not masked")  # RFC 6455 5.1
+            length = b1 & 0x7F
+            hlen = 2
+            if length == 126:
+                if end - pos < 4:
+                    break
+                length = _U16.unpack_from(buf, pos + 2)[0]
+                hlen = 4
+            elif length == 127:
+                if end - pos < 10:
+                    break
+                length = _U64.unpack_from(buf, pos + 2)[0]
+                if length >> 63:
+                    raise ProtocolError(1002, "invalid frame length")
+                hlen = 10
+            if opcode >= 8:
+                if opcode > OP_PONG:
+                    raise ProtocolError(1002, "unknown opcode")
+                if not fin or length > 125:
+                    raise ProtocolError(1002, "invalid control frame")  # RFC 6455 5.5
+            elif opcode == OP_CONT:
+                if self._frag_op < 0:
+                    raise ProtocolError(1002, "unexpected continuation frame")
+                if self._frag_size + length > self.max_message:
+                    raise ProtocolError(1009, "message too big")
+            elif opcode in (OP_TEXT, OP_BINARY):
+                if self._frag_op >= 0:
+                    raise ProtocolError(1002, "expected continuation frame")
+                if length > self.max_message:
+                    raise ProtocolError(1009, "message too big")
+            else:
+                raise ProtocolError(1002, "unknown opcode")
+            total = hlen + 4 + length
+            if end - pos < total:
+                break
+            mask = bytes(buf[pos + hlen : pos + hlen + 4])
+            payload = _unmask(bytes(buf[pos + hlen + 4 : pos + total]), mask)
+            pos += total
+            if opcode >= 8:
+                out.append((opcode, payload))
+                continue
+            if opcode != OP_CONT:
+                self._frag_op = opcode
+            if not fin:
+                self._frags.append(payload)
+                self._frag_size += length
+                continue
+            if self._frags:
+                self._frags.append(payload)
+                payload = b"".join(self._frags)
+                self._frags = []
+                self._frag_size = 0
+            op = self._frag_op
+            self._frag_op = -1
+            if op == OP_TEXT:
+                try:
+                    payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ProtocolError(1007, "invalid UTF-8 in text message") from None
+            out.append((op, payload))
+        if pos:
+            del buf[:pos]
+        return out
+
+
+class Conn:
+    """A connection's outbound queue (one per client connection).
+
+    ``send`` queues one already-encoded item: a JSON line for WebSocket, a
+    complete frame for raw TCP. The hub writes everything queued in a loop
+    iteration with one ``transport.write``. While the transport is paused
+    (kernel and transport buffers full), items stay queued; once the queue
+    would pass ``cap`` bytes, ``send`` refuses and returns False.
+    """
+
+    __slots__ = (
+        "hub", "transport", "wire", "cap", "pending", "queued",
+        "paused", "dirty", "closed", "session", "__weakref__",
+    )
+
+    def __init__(self, hub: "Hub", transport, wire: int, cap: int, session=None) -> None:
+        self.hub = hub
+        self.transport = transport
+        self.wire = wire
+        self.cap = cap
+        self.pending: list[bytes] = []
+        self.queued = 0
+        self.paused = False
+        self.dirty = False
+        self.closed = False
+        self.session = session
+
+    def send(self, item: bytes) -> bool:
+        """Queue ``item``; False means the cap was hit and the item was dropped."""
+        if self.closed:
+            return True
+        n = len(item)
+        if self.queued + n > self.cap:
+            return False
+        self.pending.append(item)
+        self.queued += n
+        if not self.dirty:
+            self.dirty = True
+            self.hub._mark_dirty(self)
+        return True
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.pending and not self.dirty:
+            self.dirty = True
+            self.hub._mark_dirty(self)
+
+    def take(self) -> bytes:
+        """Remove and return everything queued, encoded for the wire (maybe b"")."""
+        items = self.pending
+        if not items:
+            return b""
+        self.pending = []
+        self.queued = 0
+        return _build(self.wire, items)
+
+    def close(self, tail: bytes = b"", flush: bool = True) -> None:
+        """Stop queueing; write what is queued (unless ``flush`` is False), then ``tail``."""
+        if self.closed:
+            return
+        data = self.take() if flush else b""
+        self.pending = []
+        self.queued = 0
+        self.closed = True
+        if data or tail:
+            try:
+                self.transport.write(data + tail if data else tail)
+            except Exception:
+                pass
+
+
+def _build(wire: int, items: list[bytes]) -> bytes:
+    if wire == WIRE_WS:
+        if len(items) == 1:
+            return ws_frame(items[0])
+        return ws_frame(b"\n".join(items))
+    return b"".join(items)
+
+
+def _same(a: list, b: list) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x is not y:
+            return False
+    return True
+
+
+class _Channel:
+    __slots__ = ("subs", "n_tcp")
+
+    def __init__(self) -> None:
+        self.subs: dict[Conn, None] = {}
+        self.n_tcp = 0
+
+
+class Hub:
+    """Channels and their local subscribers, and the fan-out to them.
+
+    ``call_soon`` schedules the end-of-iteration flush (``loop.call_soon``);
+    ``on_slow(conn)`` is called after a fan-out for each subscriber whose queue
+    refused the item.
+    """
+
+    def __init__(self, call_soon, on_slow, num_shards: int = 64) -> None:
+        if num_shards < 1:
+            raise ValueError("num_shards must be >= 1")
+        self._call_soon = call_soon
+        self._on_slow = on_slow
+        self.num_shards = num_shards
+        self._shards: list[dict[str, _Channel]] = [{} for _ in range(num_shards)]
+        self._dirty: list[Conn] = []
+        self._scheduled = False
+        self.num_channels = 0
+        self.num_subscriptions = 0
+        self.deliveries = 0
+        self.publications = 0
+        self.writes = 0
+
+    def shard_of(self, channel: str) -> int:
+        return fnv1a32(channel) % self.num_shards
+
+    def conn(self, transport, wire: int, cap: int, session=None) -> Conn:
+        return Conn(self, transport, wire, cap, session)
+
+    def subscribe(self, channel: str, conn: Conn) -> bool:
+        """Add ``conn`` to ``channel``; True when the channel is new on this hub."""
+        shard = self._shards[fnv1a32(channel) % self.num_shards]
+        ch = shard.get(channel)
+        created = ch is None
+        if created:
+            ch = shard[channel] = _Channel()
+            self.num_channels += 1
+        if conn not in ch.subs:
+            ch.subs[conn] = None
+            self.num_subscriptions += 1
+            if conn.wire == WIRE_TCP:
+                ch.n_tcp += 1
+        return created
+
+    def unsubscribe(self, channel: str, conn: Conn) -> bool:
+        """Remove ``conn``; True when that left the channel empty (it is dropped)."""
+        shard = self._shards[fnv1a32(channel) % self.num_shards]
+        ch = shard.get(channel)
+        if ch is None or conn not in ch.subs:
+            return False
+        del ch.subs[conn]
+        self.num_subscriptions -= 1
+        if conn.wire == WIRE_TCP:
+            ch.n_tcp -= 1
+        if not ch.subs:
+            del shard[channel]
+            self.num_channels -= 1
+            return True
+        return False
+
+    def num_subscribers(self, channel: str) -> int:
+        ch = self._shards[fnv1a32(channel) % self.num_shards].get(channel)
+        return 0 if ch is None else len(ch.subs)
+
+    def channels(self) -> list[str]:
+        return [name for shard in self._shards for name in shard]
+
+    def broadcast(self, channel: str, push: dict) -> int:
+        """Encode ``{"push": push}`` once per wire format and queue it for every subscriber."""
+        ch = self._shards[fnv1a32(channel) % self.num_shards].get(channel)
+        if ch is None:
+            return 0
+        envelope = {"push": push}
+        ws_item = _dumps(envelope) if len(ch.subs) > ch.n_tcp else None
+        tcp_item = tcp_frame(_packb(envelope)) if ch.n_tcp else None
+        return self._fanout(ch, ws_item, tcp_item)
+
+    def broadcast_encoded(self, channel: str, ws_item, tcp_item) -> int:
+        """Fan out pre-encoded items (a JSON line, a TCP frame)."""
+        ch = self._shards[fnv1a32(channel) % self.num_shards].get(channel)
+        if ch is None:
+            return 0
+        return self._fanout(ch, ws_item, tcp_item)
+
+    def _fanout(self, ch: _Channel, ws_item, tcp_item) -> int:
+        slow = None
+        n = 0
+        for conn in ch.subs:
+            item = ws_item if conn.wire == WIRE_WS else tcp_item
+            if conn.send(item):
+                n += 1
+            else:
+                if slow is None:
+                    slow = []
+                slow.append(conn)
+        self.publications += 1
+        self.deliveries += n
+        if slow:
+            for conn in slow:
+                self._on_slow(conn)
+        return n
+
+    def _mark_dirty(self, conn: Conn) -> None:
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            self._call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write each dirty connection's queue with one write (end of loop iteration)."""
+        self._scheduled = False
+        dirty = self._dirty
+        self._dirty = []
+        last_items = None
+        last_frame = b""
+        last_wire = -1
+        for conn in dirty:
+            conn.dirty = False
+            items = conn.pending
+            if conn.closed or conn.paused or not items:
+                continue
+            if last_items is not None and conn.wire == last_wire and _same(items, last_items):
+                frame = last_frame
+            else:
+                frame = _build(conn.wire, items)
+                last_items, last_frame, last_wire = items, frame, conn.wire
+            conn.pending = []
+            conn.queued = 0
+            try:
+                conn.transport.write(frame)
+            except Exception:
+                pass
+            self.writes += 1

@@ -1,0 +1,1 @@
+"""HTTP side of relay: the Centrifugo-compatible server API, health and readiness."""

@@ -1,0 +1,206 @@
+"""Centrifugo-compatible HTTP server API (``POST /api/<method>``) plus ``/healthz`` and ``/readyz``.
+
+Requests carry the key in ``X-API-Key`` (or ``Authorization: apikey <key>``).
+Answers are ``{"result": {...}}`` or ``{"error": {"code": N, "message": "..."}}``
+with HTTP 200, as Centrifugo does, so its API clients (``cent``) work unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+from typing import Any, Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from relay.codes import DISCONNECTS, ERRORS, ClientError, Disconnect
+
+__all__ = ["build_api_app", "API_METHODS"]
+
+log = logging.getLogger("relay.api")
+
+Handler = Callable[[Any, dict], Awaitable[dict]]
+
+
+def _str(p: dict, key: str, required: bool = True) -> str:
+    v = p.get(key, "")
+    if not isinstance(v, str) or (required and not v):
+        raise ERRORS.BAD_REQUEST
+    return v
+
+
+def _channel(node, p: dict) -> str:
+    ch = _str(p, "channel")
+    if not node.valid_channel(ch):
+        raise ERRORS.BAD_REQUEST
+    if node.cfg.channel_options(ch) is None:
+        raise ERRORS.UNKNOWN_CHANNEL
+    return ch
+
+
+def _publish_args(p: dict) -> dict:
+    if "b64data" in p and "data" not in p:
+        try:
+            base64.b64decode(p["b64data"], validate=True)
+        except Exception:
+            raise ERRORS.BAD_REQUEST from None
+        raise ClientError(107, "bad request: binary data (b64data) is not supported by the JSON protocol")
+    if "data" not in p:
+        raise ERRORS.BAD_REQUEST
+    tags = p.get("tags") or None
+    if tags is not None and (not isinstance(tags, dict)
+                             or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items())):
+        raise ERRORS.BAD_REQUEST
+    key = p.get("idempotency_key") or None
+    if key is not None and not isinstance(key, str):
+        raise ERRORS.BAD_REQUEST
+    return {"tags": tags, "skip_history": bool(p.get("skip_history", False)), "idempotency_key": key}
+
+
+async def api_publish(node, p: dict) -> dict:
+    channel = _channel(node, p)
+    pos = await node.publish(channel, p["data"] if "data" in p else None, **_publish_args(p))
+    return {"offset": pos.offset, "epoch": pos.epoch} if pos.epoch else {}
+
+
+async def api_broadcast(node, p: dict) -> dict:
+    channels = p.get("channels")
+    if not isinstance(channels, list) or not channels:
+        raise ERRORS.BAD_REQUEST
+    args = _publish_args(p)
+    responses = []
+    for ch in channels:
+        try:
+            if not isinstance(ch, str):
+                raise ERRORS.BAD_REQUEST
+            pos = await node.publish(_channel(node, {"channel": ch}), p["data"], **args)
+            responses.append({"result": {"offset": pos.offset, "epoch": pos.epoch} if pos.epoch else {}})
+        except ClientError as e:
+            responses.append({"error": e.to_dict()})
+    return {"responses": responses}
+
+
+async def api_presence(node, p: dict) -> dict:
+    channel = _channel(node, p)
+    if not node.cfg.channel_options(channel).presence:
+        raise ERRORS.NOT_AVAILABLE
+    return {"presence": await node.presence.presence(channel)}
+
+
+async def api_presence_stats(node, p: dict) -> dict:
+    channel = _channel(node, p)
+    if not node.cfg.channel_options(channel).presence:
+        raise ERRORS.NOT_AVAILABLE
+    clients, users = await node.presence.presence_stats(channel)
+    return {"num_clients": clients, "num_users": users}
+
+
+async def api_history(node, p: dict) -> dict:
+    channel = _channel(node, p)
+    if node.cfg.channel_options(channel).history_size <= 0:
+        raise ERRORS.NOT_AVAILABLE
+    return await node.history(channel, p)
+
+
+async def api_history_remove(node, p: dict) -> dict:
+    channel = _channel(node, p)
+    await node.broker.remove_history(channel)
+    return {}
+
+
+async def api_unsubscribe(node, p: dict) -> dict:
+    channel = _channel(node, p)
+    node.unsubscribe_user(_str(p, "user", required=False), channel, _str(p, "client", required=False))
+    return {}
+
+
+async def api_disconnect(node, p: dict) -> dict:
+    user = _str(p, "user", required=False)
+    d = DISCONNECTS.FORCE_NO_RECONNECT
+    spec = p.get("disconnect")
+    if spec is not None:
+        if not isinstance(spec, dict) or type(spec.get("code")) is not int or not 3000 <= spec["code"] < 5000:
+            raise ERRORS.BAD_REQUEST
+        d = Disconnect(spec["code"], str(spec.get("reason", "")))
+    node.disconnect_user(user, d, _str(p, "client", required=False))
+    return {}
+
+
+async def api_channels(node, p: dict) -> dict:
+    return {"channels": node.channels(_str(p, "pattern", required=False))}
+
+
+async def api_info(node, p: dict) -> dict:
+    return {"nodes": [node.info()]}
+
+
+API_METHODS: dict[str, Handler] = {
+    "publish": api_publish,
+    "broadcast": api_broadcast,
+    "presence": api_presence,
+    "presence_stats": api_presence_stats,
+    "history": api_history,
+    "history_remove": api_history_remove,
+    "unsubscribe": api_unsubscribe,
+    "disconnect": api_disconnect,
+    "channels": api_channels,
+    "info": api_info,
+}
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
+
+
+def build_api_app(node, is_ready: Callable[[], bool]) -> web.Application:
+    cfg = node.cfg
+    expected = cfg.api_key.encode()
+
+    def authorized(request: web.Request) -> bool:
+        if not expected:
+            return False
+        key = request.headers.get("X-API-Key", "")
+        if not key:
+            auth = request.headers.get("Authorization", "")
+            if auth.lower().startswith("apikey "):
+                key = auth[7:].strip()
+        return bool(key) and hmac.compare_digest(key.encode(), expected)
+
+    async def api(request: web.Request) -> web.Response:
+        if not authorized(request):
+            node.stats.auth_failure("api_key")
+            return _json({"error": ERRORS.UNAUTHORIZED.to_dict()}, status=401)
+        handler = API_METHODS.get(request.match_info["method"])
+        if handler is None:
+            return _json({"error": ERRORS.METHOD_NOT_FOUND.to_dict()}, status=404)
+        body = await request.read()
+        try:
+            params = orjson.loads(body) if body.strip() else {}
+        except orjson.JSONDecodeError:
+            return _json({"error": ClientError(107, "bad request: invalid JSON").to_dict()}, status=400)
+        if not isinstance(params, dict):
+            return _json({"error": ClientError(107, "bad request: body must be an object").to_dict()},
+                         status=400)
+        try:
+            return _json({"result": await handler(node, params)})
+        except ClientError as e:
+            return _json({"error": e.to_dict()})
+        except Exception:
+            log.exception("server API method %s failed", request.match_info["method"])
+            return _json({"error": ERRORS.INTERNAL.to_dict()})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        if is_ready():
+            return _json({"status": "ready"})
+        return _json({"status": "not ready"}, status=503)
+
+    app = web.Application(client_max_size=cfg.api_max_body_size)
+    app.router.add_post("/api/{method}", api)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

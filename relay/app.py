@@ -1,0 +1,89 @@
+"""The composition root: builds the broker, node, transports and API, starts and stops them in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from relay import core
+from relay.api.http import build_api_app
+from relay.brokers.memory import MemoryBroker, MemoryPresenceManager
+from relay.config import Config
+from relay.node import Node
+from relay.transports.tcp import TcpProtocol
+from relay.transports.websocket import WebSocketProtocol
+
+__all__ = ["App", "run"]
+
+log = logging.getLogger("relay")
+
+
+class App:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.node = Node(cfg, MemoryBroker(), MemoryPresenceManager())
+        self.servers: list[asyncio.AbstractServer] = []
+        self._api_runner: web.AppRunner | None = None
+        self.ready = False
+        self.ports: dict[str, int] = {}
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        if core.IMPORT_ERROR:
+            log.error("compiled core not loaded (%s): running the pure-Python core", core.IMPORT_ERROR)
+        await self.node.start()
+        if cfg.ws_port:
+            srv = await loop.create_server(lambda: WebSocketProtocol(self.node), cfg.host, cfg.ws_port,
+                                           backlog=4096, reuse_address=True)
+            self.servers.append(srv)
+            self.ports["ws"] = srv.sockets[0].getsockname()[1]
+        if cfg.tcp_port:
+            srv = await loop.create_server(lambda: TcpProtocol(self.node), cfg.host, cfg.tcp_port,
+                                           backlog=4096, reuse_address=True)
+            self.servers.append(srv)
+            self.ports["tcp"] = srv.sockets[0].getsockname()[1]
+        if cfg.api_port:
+            self._api_runner = web.AppRunner(build_api_app(self.node, lambda: self.ready), access_log=None)
+            await self._api_runner.setup()
+            site = web.TCPSite(self._api_runner, cfg.host, cfg.api_port, reuse_address=True)
+            await site.start()
+            self.ports["api"] = cfg.api_port
+        self.ready = True
+        log.info("relay started: core=%s ws=%s tcp=%s api=%s", core.IMPLEMENTATION,
+                 f"ws://{cfg.host}:{cfg.ws_port}{cfg.ws_path}" if cfg.ws_port else "off",
+                 f"{cfg.host}:{cfg.tcp_port}" if cfg.tcp_port else "off",
+                 f"http://{cfg.host}:{cfg.api_port}" if cfg.api_port else "off")
+
+    async def stop(self) -> None:
+        self.ready = False
+        for srv in self.servers:
+            srv.close()
+        await self.node.stop()
+        for srv in self.servers:
+            await srv.wait_closed()
+        if self._api_runner is not None:
+            await self._api_runner.cleanup()
+
+
+async def _serve(cfg: Config, on_started=None) -> None:
+    app = App(cfg)
+    await app.start()
+    if on_started is not None:
+        on_started(app)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await app.stop()
+
+
+def run(cfg: Config, on_started=None) -> None:
+    import uvloop
+
+    uvloop.run(_serve(cfg, on_started))

@@ -1,0 +1,104 @@
+"""The narrow interfaces every broker implements (after centrifuge's Broker and PresenceManager).
+
+A publication is a plain dict in the client protocol's shape
+(``{"data": ..., "offset": 7, "info": {...}, "tags": {...}}``) so the node can
+encode it for the wire without converting it again.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = ["StreamPosition", "HistoryResult", "PublishOptions", "BrokerEventHandler", "Broker",
+           "PresenceManager", "UnrecoverablePosition"]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    offset: int = 0
+    epoch: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    publications: list[dict]
+    position: StreamPosition
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOptions:
+    history_size: int = 0
+    history_ttl: float = 0.0
+    history_meta_ttl: float = 86400.0
+    info: dict | None = None
+    tags: dict[str, str] | None = None
+    idempotency_key: str | None = None
+    idempotency_window: float = 300.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class UnrecoverablePosition(Exception):
+    """``since`` names another epoch, or a position the stream no longer holds."""
+
+
+class BrokerEventHandler(Protocol):
+    """What a broker calls back into (the node)."""
+
+    def handle_publication(self, channel: str, pub: dict) -> None: ...
+
+    def handle_join(self, channel: str, info: dict) -> None: ...
+
+    def handle_leave(self, channel: str, info: dict) -> None: ...
+
+
+class Broker(abc.ABC):
+    @abc.abstractmethod
+    async def start(self, handler: BrokerEventHandler) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def subscribe(self, channel: str) -> None:
+        """This node has local subscribers for ``channel`` (deliver its publications here)."""
+
+    @abc.abstractmethod
+    async def unsubscribe(self, channel: str) -> None:
+        """The last local subscriber of ``channel`` left."""
+
+    @abc.abstractmethod
+    async def publish(self, channel: str, data: Any, opts: PublishOptions) -> StreamPosition:
+        """Store (when history is on) and deliver a publication to every node with subscribers."""
+
+    @abc.abstractmethod
+    async def publish_join(self, channel: str, info: dict) -> None: ...
+
+    @abc.abstractmethod
+    async def publish_leave(self, channel: str, info: dict) -> None: ...
+
+    @abc.abstractmethod
+    async def history(self, channel: str, *, since: StreamPosition | None, limit: int, reverse: bool,
+                      meta_ttl: float) -> HistoryResult:
+        """Publications after ``since`` (all kept, if None); ``limit`` < 0: no limit, 0: position only.
+
+        Raises ``UnrecoverablePosition`` when ``since`` names another epoch."""
+
+    @abc.abstractmethod
+    async def remove_history(self, channel: str) -> None: ...
+
+
+class PresenceManager(abc.ABC):
+    @abc.abstractmethod
+    async def add_presence(self, channel: str, client_id: str, info: dict) -> None: ...
+
+    @abc.abstractmethod
+    async def remove_presence(self, channel: str, client_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def presence(self, channel: str) -> dict[str, dict]: ...
+
+    @abc.abstractmethod
+    async def presence_stats(self, channel: str) -> tuple[int, int]:
+        """(number of clients, number of distinct users)."""

@@ -1,0 +1,146 @@
+"""``relay serve | token | info | check-config``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+
+from relay import __version__
+
+__all__ = ["main"]
+
+
+def _load(args) -> "Config":  # noqa: F821
+    from relay.config import load
+
+    overrides = {}
+    for name in ("host", "ws_port", "tcp_port", "api_port", "log_level", "token_hmac_secret", "api_key"):
+        v = getattr(args, name, None)
+        if v is not None:
+            overrides[name] = v
+    return load(args.config, overrides=overrides)
+
+
+def cmd_serve(args) -> int:
+    from relay.app import run
+    from relay.auth import make_connect_token
+    from relay import core
+
+    cfg = _load(args)
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def started(app) -> None:
+        if not args.print_token:
+            return
+        token = make_connect_token(args.print_token, cfg.token_hmac_secret, ttl=24 * 3600)
+        print(f"""
+relay {__version__} is running (core: {core.IMPLEMENTATION}, broker: memory)
+  WebSocket  ws://{cfg.host}:{cfg.ws_port}{cfg.ws_path}   (Centrifugo JSON protocol; any Centrifugo SDK)
+  raw TCP    {cfg.host}:{cfg.tcp_port}                     (4-byte length + msgpack, see docs/protocol.md)
+  HTTP API   http://{cfg.host}:{cfg.api_port}/api/<method>   (X-API-Key: {cfg.api_key or '<unset>'})
+  health     http://{cfg.host}:{cfg.api_port}/healthz, /readyz
+
+Test token for user '{args.print_token}' (valid 24 h):
+  {token}
+
+Try it:  .venv/bin/python -m relay.demo --token {token}
+Publish: curl -s -H 'X-API-Key: {cfg.api_key}' -d '{{"channel":"chat:lobby","data":{{"text":"hi"}}}}' \\
+           http://{cfg.host}:{cfg.api_port}/api/publish
+""", flush=True)
+
+    run(cfg, started)
+    return 0
+
+
+def cmd_token(args) -> int:
+    from relay.auth import make_connect_token
+
+    secret = args.secret
+    if not secret:
+        secret = _load(args).token_hmac_secret
+    print(make_connect_token(args.user, secret, ttl=args.ttl or None))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from relay import core
+
+    info = {
+        "version": __version__,
+        "core": core.IMPLEMENTATION,
+        "core_forced_pure_python": core.FORCED_PURE,
+        "core_import_error": core.IMPORT_ERROR,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    for mod in ("uvloop", "msgpack", "orjson", "redis", "aiohttp", "jwt", "prometheus_client"):
+        try:
+            m = __import__(mod)
+            info[mod] = getattr(m, "__version__", "?")
+        except ImportError:
+            info[mod] = None
+    print(json.dumps(info, indent=2))
+    if core.IMPORT_ERROR:
+        print(f"WARNING: compiled core not loaded: {core.IMPORT_ERROR}", file=sys.stderr)
+    return 0
+
+
+def cmd_check_config(args) -> int:
+    from relay.config import ConfigError, load
+
+    try:
+        load(args.file, environ={})
+    except ConfigError as e:
+        print(f"{args.file}: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: OK")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="relay", description="real-time message relay (Centrifugo protocol)")
+    p.add_argument("--version", action="version", version=f"relay {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the relay")
+    s.add_argument("--config", "-c", help="TOML config file")
+    s.add_argument("--host")
+    s.add_argument("--ws-port", type=int)
+    s.add_argument("--tcp-port", type=int)
+    s.add_argument("--api-port", type=int)
+    s.add_argument("--log-level")
+    s.add_argument("--print-token", metavar="USER", help="print connection help and a test token for USER")
+    s.set_defaults(func=cmd_serve)
+
+    t = sub.add_parser("token", help="sign an HS256 connect token")
+    t.add_argument("--user", required=True)
+    t.add_argument("--ttl", type=int, default=3600, help="seconds until expiry (0: never)")
+    t.add_argument("--secret", help="HMAC secret (default: token_hmac_secret from config/env)")
+    t.add_argument("--config", "-c")
+    t.set_defaults(func=cmd_token)
+
+    i = sub.add_parser("info", help="version, active core, libraries")
+    i.set_defaults(func=cmd_info)
+
+    c = sub.add_parser("check-config", help="validate a TOML config file")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_check_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from relay.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

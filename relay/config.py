@@ -1,0 +1,268 @@
+"""relay's one typed configuration: every limit and default, in one place.
+
+Sources, later ones win: defaults < TOML file < ``RELAY_*`` environment <
+command-line flags. ``load()`` raises ``ConfigError`` naming every bad key or
+value. Nested keys in the environment use ``__``:
+``RELAY_WS_PORT=9000``, ``RELAY_CHANNEL__PRESENCE=true``,
+``RELAY_NAMESPACES__CHAT__HISTORY_SIZE=100``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Mapping, get_args, get_origin, get_type_hints
+
+__all__ = ["Config", "ChannelOptions", "ConfigError", "load", "from_mapping", "NAMESPACE_RE"]
+
+NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
+
+
+class ConfigError(ValueError):
+    """One or more bad keys or values; ``errors`` lists each as 'key: problem'."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(errors))
+        self.errors = errors
+
+
+def _doc(text: str, **kw: Any) -> Any:
+    return field(metadata={"doc": text}, **kw)
+
+
+@dataclass
+class ChannelOptions:
+    """Options of a channel namespace (``[channel]`` applies to names without a namespace)."""
+
+    allow_subscribe: bool = _doc("clients may subscribe (user-limited '#' channels still check the user)",
+                                 default=True)
+    allow_anonymous: bool = _doc("anonymous connections may subscribe and read", default=False)
+    allow_publish: bool = _doc("subscribed clients may publish (otherwise only the server API)", default=False)
+    presence: bool = _doc("track who is subscribed; clients may call presence/presence_stats", default=False)
+    join_leave: bool = _doc("send join/leave pushes to subscribers who ask for them", default=False)
+    force_push_join_leave: bool = _doc("send join/leave pushes to every subscriber", default=False)
+    history_size: int = _doc("publications kept per channel (0: no history)", default=0)
+    history_ttl: float = _doc("seconds a publication stays in history", default=300.0)
+    force_recovery: bool = _doc("subscriptions are recoverable: clients get offsets and recover gaps",
+                                default=False)
+    allow_history: bool = _doc("subscribed clients may call history", default=True)
+
+
+@dataclass
+class Config:
+    host: str = _doc("address the listeners bind to", default="127.0.0.1")
+    ws_port: int = _doc("WebSocket port (0: disabled)", default=8000)
+    ws_path: str = _doc("WebSocket endpoint path", default="/connection/websocket")
+    tcp_port: int = _doc("raw TCP (msgpack) port (0: disabled)", default=8001)
+    api_port: int = _doc("HTTP server API, /healthz, /readyz port (0: disabled)", default=8002)
+    node_name: str = _doc("name shown in info and logs (default: host name)", default="")
+    log_level: str = _doc("DEBUG, INFO, WARNING or ERROR", default="INFO")
+
+    token_hmac_secret: str = _doc("HS256 secret for connect tokens", default="")
+    allow_anonymous_connect: bool = _doc("clients may connect without a token (user '')", default=False)
+    api_key: str = _doc("key for the HTTP server API (X-API-Key); empty: API refuses every call",
+                        default="")
+
+    client_queue_max_size: int = _doc("bytes a connection may have queued before 3008 slow", default=1048576)
+    client_write_high_water: int = _doc("transport buffer bytes before writes pause", default=65536)
+    ping_interval: float = _doc("seconds between server pings", default=25.0)
+    pong_timeout: float = _doc("seconds a client has to answer a ping before 3012 no pong", default=10.0)
+    client_stale_timeout: float = _doc("seconds to send connect after the socket opens (3502 stale)",
+                                       default=10.0)
+    handshake_timeout: float = _doc("seconds to finish the WebSocket handshake", default=10.0)
+    max_ws_message_size: int = _doc("largest WebSocket message a client may send (1009)", default=65536)
+    max_tcp_frame_size: int = _doc("largest raw TCP frame a client may send (3501)", default=65536)
+    max_handshake_size: int = _doc("largest WebSocket handshake request in bytes (431)", default=8192)
+    max_handshake_headers: int = _doc("most headers in a WebSocket handshake (431)", default=64)
+    max_channels_per_connection: int = _doc("subscriptions per connection (106 limit exceeded)", default=128)
+    max_channel_length: int = _doc("longest channel name in bytes (107 bad request)", default=255)
+    max_commands_per_message: int = _doc("commands in one WebSocket message (3501)", default=100)
+    api_max_body_size: int = _doc("largest HTTP server API request body in bytes (413)", default=1048576)
+    hub_shards: int = _doc("channel shards in the hub", default=64)
+    history_meta_ttl: float = _doc("seconds a channel's stream position (epoch) outlives its last publish",
+                                   default=86400.0)
+    shutdown_timeout: float = _doc("seconds to close connections on shutdown", default=5.0)
+    demo: bool = _doc("serve the demo page on the API port", default=False)
+
+    channel: ChannelOptions = _doc("options for channels without a namespace", default_factory=ChannelOptions)
+    namespaces: dict[str, ChannelOptions] = _doc("options per namespace ('ns:' prefix)", default_factory=dict)
+
+    def channel_options(self, channel: str) -> ChannelOptions | None:
+        """Options for ``channel``, or None when its namespace is not configured."""
+        ns, sep, _ = channel.partition(":")
+        if not sep:
+            return self.channel
+        return self.namespaces.get(ns)
+
+    def validate(self) -> list[str]:
+        errs: list[str] = []
+        for name in ("ws_port", "tcp_port", "api_port"):
+            v = getattr(self, name)
+            if not 0 <= v <= 65535:
+                errs.append(f"{name}: {v} is not a port (0-65535)")
+        if not self.ws_path.startswith("/"):
+            errs.append("ws_path: must start with '/'")
+        positive = ("client_queue_max_size", "client_write_high_water", "max_ws_message_size",
+                    "max_tcp_frame_size", "max_handshake_size", "max_handshake_headers",
+                    "max_channels_per_connection", "max_channel_length", "max_commands_per_message", "api_max_body_size",
+                    "hub_shards", "ping_interval", "pong_timeout", "client_stale_timeout",
+                    "handshake_timeout", "history_meta_ttl", "shutdown_timeout")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                errs.append(f"{name}: must be > 0")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            errs.append(f"log_level: {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+        if not self.token_hmac_secret and not self.allow_anonymous_connect:
+            errs.append("token_hmac_secret: required unless allow_anonymous_connect = true")
+        for ns, opts in [("channel", self.channel)] + [(f"namespaces.{k}", v) for k, v in self.namespaces.items()]:
+            if ns.startswith("namespaces.") and not NAMESPACE_RE.match(ns[11:]):
+                errs.append(f"{ns}: namespace names are 1-64 of A-Z a-z 0-9 _ - .")
+            if opts.history_size < 0:
+                errs.append(f"{ns}.history_size: must be >= 0")
+            if opts.history_ttl <= 0:
+                errs.append(f"{ns}.history_ttl: must be > 0")
+            if opts.force_recovery and opts.history_size == 0:
+                errs.append(f"{ns}.force_recovery: needs history_size > 0")
+        return errs
+
+
+def _convert(value: Any, tp: Any, key: str, errs: list[str], from_text: bool) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            errs.append(f"{key}: expected a table")
+            return None
+        return _build(tp, value, key, errs, from_text)
+    if origin is dict:
+        _, vt = get_args(tp)
+        if not isinstance(value, Mapping):
+            errs.append(f"{key}: expected a table")
+            return None
+        return {k: _convert(v, vt, f"{key}.{k}", errs, from_text) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str) and value.lower() in ("1", "0", "true", "false", "yes", "no"):
+            return value.lower() in ("1", "true", "yes")
+        errs.append(f"{key}: expected true or false, got {value!r}")
+        return None
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        errs.append(f"{key}: expected an integer, got {value!r}")
+        return None
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if from_text and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        errs.append(f"{key}: expected a number, got {value!r}")
+        return None
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        errs.append(f"{key}: expected a string, got {value!r}")
+        return None
+    raise TypeError(f"unsupported config type {tp!r}")  # pragma: no cover
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str, errs: list[str], from_text: bool, base=None):
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if k not in names:
+            errs.append(f"{key}: unknown key")
+            continue
+        kwargs[k] = _convert(v, hints[k], key, errs, from_text)
+    if base is not None:
+        return dataclasses.replace(base, **kwargs)
+    return cls(**kwargs)
+
+
+def _env_tree(environ: Mapping[str, str]) -> dict:
+    tree: dict = {}
+    for name, value in environ.items():
+        if not name.startswith("RELAY_") or name == "RELAY_PUREPYTHON" or name.startswith("RELAY_DEBUG"):
+            continue
+        path = name[6:].lower().split("__")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return tree
+
+
+def from_mapping(data: Mapping[str, Any], from_text: bool = False) -> Config:
+    errs: list[str] = []
+    cfg = _apply(Config(), data, errs, from_text)
+    if errs:
+        raise ConfigError(errs)
+    errs = cfg.validate()
+    if errs:
+        raise ConfigError(errs)
+    return cfg
+
+
+def load(path: str | None = None, environ: Mapping[str, str] | None = None,
+         overrides: Mapping[str, Any] | None = None) -> Config:
+    """Build the config from a TOML file, the environment and flag overrides."""
+    data: dict = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError([f"{path}: cannot read ({e.strerror})"]) from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError([f"{path}: not valid TOML ({e})"]) from None
+    errs: list[str] = []
+    cfg = _apply(Config(), data, errs, from_text=False)
+    env = _env_tree(os.environ if environ is None else environ)
+    if env:
+        cfg = _apply(cfg, env, errs, from_text=True)
+    if overrides:
+        cfg = _apply(cfg, {k: v for k, v in overrides.items() if v is not None}, errs, from_text=False)
+    if errs:
+        raise ConfigError(errs)
+    errs = cfg.validate()
+    if errs:
+        raise ConfigError(errs)
+    return cfg
+
+
+def _apply(cfg: Config, data: Mapping[str, Any], errs: list[str], from_text: bool) -> Config:
+    """Apply a nested mapping of overrides on top of ``cfg``."""
+    hints = get_type_hints(Config)
+    changes: dict[str, Any] = {}
+    for k, v in data.items():
+        if k in ("channel", "namespaces") and not isinstance(v, Mapping):
+            errs.append(f"{k}: expected a table")
+        elif k == "channel":
+            changes[k] = _build(ChannelOptions, v, "channel", errs, from_text, base=cfg.channel)
+        elif k == "namespaces":
+            nss = dict(cfg.namespaces)
+            for ns, opts in v.items():
+                if not isinstance(opts, Mapping):
+                    errs.append(f"namespaces.{ns}: expected a table")
+                    continue
+                nss[ns] = _build(ChannelOptions, opts, f"namespaces.{ns}", errs, from_text,
+                                 base=nss.get(ns, ChannelOptions()))
+            changes[k] = nss
+        elif k in hints:
+            changes[k] = _convert(v, hints[k], k, errs, from_text)
+        else:
+            errs.append(f"{k}: unknown key")
+    return dataclasses.replace(cfg, **changes)

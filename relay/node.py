@@ -1,0 +1,266 @@
+"""The node: one relay process's registry of clients and channels, and its entry points.
+
+It owns the hub (fan-out core), the broker and the presence manager, receives
+publications from the broker (``handle_publication``) and hands them to the hub,
+and offers the operations the HTTP server API calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import socket
+import time
+from collections import Counter
+from typing import Any
+
+from relay import __version__
+from relay.brokers.base import Broker, PresenceManager, PublishOptions, StreamPosition, UnrecoverablePosition
+from relay.codes import DISCONNECTS, ERRORS, Disconnect
+from relay.config import ChannelOptions, Config
+from relay.core import IMPLEMENTATION, Hub
+from relay.session import ClientSession, join_leave_channel
+
+__all__ = ["Node", "Stats"]
+
+log = logging.getLogger("relay.node")
+
+
+class Stats:
+    """Counters kept up to date as things happen (exported as metrics by the API)."""
+
+    def __init__(self) -> None:
+        self.commands: Counter[tuple[str, str]] = Counter()
+        self.disconnects: Counter[int] = Counter()
+        self.auth_failures: Counter[str] = Counter()
+        self.connections_total = 0
+
+    def command(self, method: str, result: str) -> None:
+        self.commands[(method, result)] += 1
+
+    def disconnect(self, code: int) -> None:
+        self.disconnects[code] += 1
+
+    def auth_failure(self, reason: str) -> None:
+        self.auth_failures[reason] += 1
+
+
+class Node:
+    def __init__(self, cfg: Config, broker: Broker, presence: PresenceManager) -> None:
+        self.cfg = cfg
+        self.broker = broker
+        self.presence = presence
+        self.name = cfg.node_name or socket.gethostname()
+        self.started_at = time.time()
+        self.stats = Stats()
+        self.hub: Hub = None  # type: ignore[assignment]  # created in start(), needs the loop
+        self.sessions: dict[str, ClientSession] = {}
+        self.users: dict[str, set[ClientSession]] = {}
+        self.open_sessions: set[ClientSession] = set()
+        self._ping_task: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+        self.core = IMPLEMENTATION
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.hub = Hub(loop.call_soon, self._on_slow, self.cfg.hub_shards)
+        await self.broker.start(self)
+        self._ping_task = loop.create_task(self._ping_loop())
+
+    async def stop(self) -> None:
+        if self._ping_task:
+            self._ping_task.cancel()
+        for s in list(self.open_sessions):
+            s.disconnect(DISCONNECTS.SHUTDOWN)
+        if self._background:
+            await asyncio.wait(self._background, timeout=self.cfg.shutdown_timeout)
+        await self.broker.close()
+
+    def spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- sessions --------------------------------------------------------------------------------
+
+    def new_session(self, transport: Any, raw_transport: asyncio.Transport, wire: int,
+                    remote: str = "") -> ClientSession:
+        s = ClientSession(self, transport, raw_transport, wire, remote)
+        self.open_sessions.add(s)
+        self.stats.connections_total += 1
+        return s
+
+    def register(self, s: ClientSession) -> None:
+        self.sessions[s.client_id] = s
+        self.users.setdefault(s.user, set()).add(s)
+
+    def unregister(self, s: ClientSession) -> None:
+        self.open_sessions.discard(s)
+        if self.sessions.pop(s.client_id, None) is not None:
+            users = self.users.get(s.user)
+            if users is not None:
+                users.discard(s)
+                if not users:
+                    del self.users[s.user]
+
+    def _on_slow(self, conn) -> None:
+        session = conn.session
+        if session is not None:
+            session.disconnect(DISCONNECTS.SLOW)
+
+    async def _ping_loop(self) -> None:
+        """Ping each connected client every ``ping_interval``, spread over the interval."""
+        interval = self.cfg.ping_interval
+        tick = min(1.0, interval / 4)
+        next_ping: dict[ClientSession, float] = {}
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for s in list(self.sessions.values()):
+                due = next_ping.get(s)
+                if due is None:
+                    # first ping one interval after connect; the hash spreads clients over the tick
+                    next_ping[s] = now + interval - (hash(s) % 1000) * tick / 1000
+                elif now >= due:
+                    next_ping[s] = now + interval
+                    s.ping(now)
+            if len(next_ping) > len(self.sessions):
+                for s in [s for s in next_ping if s.closed]:
+                    del next_ping[s]
+
+    # --- channels --------------------------------------------------------------------------------
+
+    def valid_channel(self, channel: str) -> bool:
+        if not channel or len(channel.encode("utf-8")) > self.cfg.max_channel_length:
+            return False
+        return all(c >= " " and c != "\x7f" for c in channel)
+
+    def check_subscribe(self, s: ClientSession, channel: str, opts: ChannelOptions) -> None:
+        if not s.user and not opts.allow_anonymous:
+            raise ERRORS.PERMISSION_DENIED
+        if not opts.allow_subscribe:
+            raise ERRORS.PERMISSION_DENIED
+        _, sep, users = channel.rpartition("#")
+        if sep and s.user not in users.split(","):
+            raise ERRORS.PERMISSION_DENIED
+
+    async def add_subscription(self, s: ClientSession, channel: str, join_leave: bool,
+                               opts: ChannelOptions) -> None:
+        first = self.hub.subscribe(channel, s.conn)
+        if join_leave:
+            self.hub.subscribe(join_leave_channel(channel), s.conn)
+        if first:
+            await self.broker.subscribe(channel)
+        if opts.presence:
+            info = s.client_info()
+            await self.presence.add_presence(channel, s.client_id, info)
+            if opts.join_leave:
+                await self.broker.publish_join(channel, info)
+
+    def drop_subscription(self, s: ClientSession, channel: str, join_leave: bool) -> None:
+        if join_leave:
+            self.hub.unsubscribe(join_leave_channel(channel), s.conn)
+        if self.hub.unsubscribe(channel, s.conn):
+            self.spawn(self.broker.unsubscribe(channel))
+        opts = self.cfg.channel_options(channel)
+        if opts is not None and opts.presence:
+            self.spawn(self._leave(channel, s.client_id, s.client_info(), opts.join_leave))
+
+    async def _leave(self, channel: str, client_id: str, info: dict, announce: bool) -> None:
+        await self.presence.remove_presence(channel, client_id)
+        if announce:
+            await self.broker.publish_leave(channel, info)
+
+    # --- broker events (BrokerEventHandler) ------------------------------------------------------
+
+    def handle_publication(self, channel: str, pub: dict) -> None:
+        self.hub.broadcast(channel, {"channel": channel, "pub": pub})
+
+    def handle_join(self, channel: str, info: dict) -> None:
+        self.hub.broadcast(join_leave_channel(channel), {"channel": channel, "join": {"info": info}})
+
+    def handle_leave(self, channel: str, info: dict) -> None:
+        self.hub.broadcast(join_leave_channel(channel), {"channel": channel, "leave": {"info": info}})
+
+    # --- operations (client commands and the server API) -----------------------------------------
+
+    async def publish(self, channel: str, data: Any, *, info: dict | None = None,
+                      tags: dict[str, str] | None = None, skip_history: bool = False,
+                      idempotency_key: str | None = None) -> StreamPosition:
+        opts = self.cfg.channel_options(channel)
+        if opts is None:
+            raise ERRORS.UNKNOWN_CHANNEL
+        popts = PublishOptions(
+            history_size=0 if skip_history else opts.history_size,
+            history_ttl=opts.history_ttl,
+            history_meta_ttl=self.cfg.history_meta_ttl,
+            info=info, tags=tags or None, idempotency_key=idempotency_key or None,
+        )
+        return await self.broker.publish(channel, data, popts)
+
+    async def history(self, channel: str, p: dict) -> dict:
+        limit = p.get("limit", 0)
+        reverse = p.get("reverse", False)
+        since = p.get("since")
+        if type(limit) is not int or not isinstance(reverse, bool):
+            raise ERRORS.BAD_REQUEST
+        pos = None
+        if since is not None:
+            if not isinstance(since, dict):
+                raise ERRORS.BAD_REQUEST
+            try:
+                pos = StreamPosition(int(since.get("offset") or 0), str(since.get("epoch") or ""))
+            except (TypeError, ValueError):
+                raise ERRORS.BAD_REQUEST from None
+        try:
+            hr = await self.broker.history(channel, since=pos, limit=limit, reverse=reverse,
+                                           meta_ttl=self.cfg.history_meta_ttl)
+        except UnrecoverablePosition:
+            raise ERRORS.UNRECOVERABLE_POSITION from None
+        return {"publications": hr.publications, "epoch": hr.position.epoch, "offset": hr.position.offset}
+
+    def disconnect_user(self, user: str, d: Disconnect, client: str = "") -> int:
+        targets = list(self.users.get(user, ()))
+        n = 0
+        for s in targets:
+            if client and s.client_id != client:
+                continue
+            s.disconnect(d)
+            n += 1
+        return n
+
+    def unsubscribe_user(self, user: str, channel: str, client: str = "") -> int:
+        n = 0
+        for s in list(self.users.get(user, ())):
+            if (client and s.client_id != client) or channel not in s.subs:
+                continue
+            jl = s.subs.pop(channel)
+            self.drop_subscription(s, channel, jl)
+            s.send({"push": {"channel": channel, "unsubscribe": {"code": 2000, "reason": "server unsubscribe"}}})
+            n += 1
+        return n
+
+    def channels(self, pattern: str = "") -> dict[str, dict]:
+        out = {}
+        for ch in self.hub.channels():
+            if ch.startswith("\x00"):
+                continue
+            if pattern and not fnmatch.fnmatchcase(ch, pattern):
+                continue
+            out[ch] = {"num_clients": self.hub.num_subscribers(ch)}
+        return out
+
+    def info(self) -> dict:
+        return {
+            "uid": self.name,
+            "name": self.name,
+            "version": __version__,
+            "num_clients": len(self.sessions),
+            "num_users": len(self.users),
+            "num_channels": sum(1 for ch in self.hub.channels() if not ch.startswith("\x00")),
+            "num_subs": sum(len(s.subs) for s in self.sessions.values()),
+            "uptime": int(time.time() - self.started_at),
+        }

@@ -1,0 +1,126 @@
+"""RFC 6455 opening handshake, sans-I/O.
+
+``parse_handshake(buf, limits)`` looks at the bytes received so far and returns
+``None`` (need more data), or a ``Handshake`` (a valid upgrade request), or
+raises ``HandshakeError`` carrying the HTTP status and the response to send.
+Header count and size are checked before anything is parsed further.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+
+__all__ = ["Handshake", "HandshakeError", "parse_handshake", "accept_response", "close_frame_payload",
+           "parse_close_payload", "GUID"]
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    path: str
+    headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
+    key: str
+    consumed: int  # bytes of the buffer taken by the request
+
+    @property
+    def origin(self) -> str | None:
+        return self.headers.get("origin")
+
+
+class HandshakeError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+
+    def response(self) -> bytes:
+        body = self.reason.encode() + b"\n"
+        phrase = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+                  426: "Upgrade Required", 431: "Request Header Fields Too Large",
+                  503: "Service Unavailable"}.get(self.status, "Error")
+        head = (f"HTTP/1.1 {self.status} {phrase}\r\nContent-Type: text/plain\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n")
+        if self.status == 426:
+            head += "Sec-WebSocket-Version: 13\r\n"
+        return head.encode() + b"\r\n" + body
+
+
+def parse_handshake(buf: bytes | bytearray, path: str, max_size: int, max_headers: int) -> Handshake | None:
+    """Parse an HTTP/1.1 upgrade request (RFC 6455 4.2.1) from the start of ``buf``."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buf) > max_size:
+            raise HandshakeError(431, "request headers too large")
+        return None
+    if end + 4 > max_size:
+        raise HandshakeError(431, "request headers too large")
+    try:
+        text = bytes(buf[:end]).decode("latin-1")
+    except Exception:  # pragma: no cover - latin-1 decodes anything
+        raise HandshakeError(400, "bad request") from None
+    lines = text.split("\r\n")
+    if len(lines) - 1 > max_headers:
+        raise HandshakeError(431, "too many request headers")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise HandshakeError(400, "bad request line")
+    method, target, version = parts
+    if version != "HTTP/1.1":
+        raise HandshakeError(400, "HTTP/1.1 required")
+    if method != "GET":
+        raise HandshakeError(405, "method not allowed")
+    req_path = target.split("?", 1)[0]
+    if req_path != path:
+        raise HandshakeError(404, "not found")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise HandshakeError(400, "malformed header")
+        name = name.lower()
+        value = value.strip()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    if "websocket" not in headers.get("upgrade", "").lower():
+        raise HandshakeError(426, "websocket upgrade required")
+    if "upgrade" not in [t.strip() for t in headers.get("connection", "").lower().split(",")]:
+        raise HandshakeError(400, "Connection header must include Upgrade")
+    if headers.get("sec-websocket-version") != "13":
+        raise HandshakeError(426, "unsupported websocket version")
+    key = headers.get("sec-websocket-key", "")
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            raise ValueError
+    except ValueError:
+        raise HandshakeError(400, "invalid Sec-WebSocket-Key") from None
+    return Handshake(path=target, headers=headers, key=key, consumed=end + 4)
+
+
+def accept_response(key: str) -> bytes:
+    """The 101 response for ``key`` (RFC 6455 4.2.2). No subprotocol, no extension."""
+    accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    ).encode()
+
+
+def close_frame_payload(code: int, reason: str) -> bytes:
+    """Close frame body (RFC 6455 5.5.1): 2-byte code + UTF-8 reason, at most 125 bytes."""
+    r = reason.encode("utf-8")[:123]
+    return code.to_bytes(2, "big") + r
+
+
+def parse_close_payload(payload: bytes) -> tuple[int, str] | None:
+    """Code and reason of a received close frame; None when it had no body. Raises ValueError if invalid."""
+    if not payload:
+        return None
+    if len(payload) == 1:
+        raise ValueError("close frame body of one byte")
+    code = int.from_bytes(payload[:2], "big")
+    # RFC 6455 7.4.1/7.4.2: 1005, 1006, 1015 and unassigned codes never travel on the wire
+    if code < 1000 or code in (1004, 1005, 1006, 1015) or 1016 <= code < 3000 or code >= 5000:
+        raise ValueError("invalid close code")
+    return code, payload[2:].decode("utf-8")

@@ -1,0 +1,392 @@
+"""One client connection's state and commands (Centrifugo client protocol v2).
+
+Transport-agnostic: a transport feeds it whole messages (a WebSocket message or
+a raw TCP frame body) and implements ``close_with(code, reason)``. Replies and
+pushes go into the connection's core ``Conn`` queue, in order, so a subscribe
+reply always precedes the first publication of that subscription.
+
+Commands of one connection run one after another, in the order received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from relay import __version__
+from relay.auth import TokenExpired, TokenInvalid, verify_connect_token
+from relay.brokers.base import StreamPosition, UnrecoverablePosition
+from relay.codes import DISCONNECTS, ERRORS, ClientError, Disconnect
+from relay.core import WIRE_TCP
+from relay.protocol.codec import codec_for
+from relay.protocol.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from relay.node import Node
+
+__all__ = ["ClientSession", "join_leave_channel"]
+
+log = logging.getLogger("relay.session")
+
+METHODS = ("connect", "subscribe", "unsubscribe", "publish", "presence", "presence_stats", "history",
+           "refresh", "rpc", "sub_refresh", "send")
+
+FLAG_REJECT_UNRECOVERED = 2  # subscribe "flag" bit: error 112 instead of recovered=false
+
+
+def join_leave_channel(channel: str) -> str:
+    """The hub channel whose subscribers receive join/leave pushes for ``channel``."""
+    return "\x00jl\x00" + channel
+
+
+class ClientSession:
+    __slots__ = ("node", "transport", "conn", "codec", "client_id", "user", "conn_info", "expire_at",
+                 "connected", "closed", "subs", "_queue", "_task", "_pong_deadline", "_stale_timer",
+                 "_info_cache", "remote")
+
+    def __init__(self, node: "Node", transport: Any, raw_transport: asyncio.Transport, wire: int,
+                 remote: str = "") -> None:
+        self.node = node
+        self.transport = transport
+        self.codec = codec_for(wire)
+        self.conn = node.hub.conn(raw_transport, wire, node.cfg.client_queue_max_size, self)
+        self.client_id = ""
+        self.user = ""
+        self.conn_info: Any = None
+        self.expire_at: float | None = None
+        self.connected = False
+        self.closed = False
+        self.subs: dict[str, bool] = {}  # channel -> receives join/leave
+        self._queue: deque[dict] = deque()
+        self._task: asyncio.Task | None = None
+        self._pong_deadline = 0.0
+        self._info_cache: dict | None = None
+        self.remote = remote
+        loop = asyncio.get_running_loop()
+        self._stale_timer = loop.call_later(node.cfg.client_stale_timeout, self._stale)
+
+    # --- input -----------------------------------------------------------------------------------
+
+    def feed(self, message: bytes) -> None:
+        """Handle one message from the transport: a batch of commands (or pongs)."""
+        if self.closed:
+            return
+        try:
+            commands = self.codec.decode(message)
+        except ProtocolError as e:
+            self.disconnect(Disconnect(e.code, e.reason))
+            return
+        if len(commands) > self.node.cfg.max_commands_per_message:
+            self.disconnect(Disconnect(DISCONNECTS.BAD_REQUEST.code, "bad request: too many commands"))
+            return
+        for cmd in commands:
+            if not cmd:
+                self._pong_deadline = 0.0  # pong: an empty command
+                continue
+            self._queue.append(cmd)
+        if self._queue and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue and not self.closed:
+                await self._dispatch(self._queue.popleft())
+        finally:
+            self._task = None
+
+    async def _dispatch(self, cmd: dict) -> None:
+        method = None
+        for m in METHODS:
+            if m in cmd:
+                method = m
+                break
+        cmd_id = cmd.get("id")
+        stats = self.node.stats
+        if method == "send":
+            stats.command(method, "error")
+            # Centrifugo: an async message with no handler on the server ends the connection.
+            self.disconnect(Disconnect(3508, "not available"))
+            return
+        if type(cmd_id) is not int or cmd_id <= 0:
+            stats.command(method or "unknown", "bad_request")
+            self.disconnect(Disconnect(DISCONNECTS.BAD_REQUEST.code, "bad request: command without id"))
+            return
+        if method is None:
+            stats.command("unknown", "error")
+            self._reply_error(cmd_id, ERRORS.METHOD_NOT_FOUND)
+            return
+        if (method == "connect") == self.connected:
+            stats.command(method, "bad_request")
+            why = "already connected" if self.connected else "connect first"
+            self.disconnect(Disconnect(DISCONNECTS.BAD_REQUEST.code, f"bad request: {why}"))
+            return
+        params = cmd[method]
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            stats.command(method, "bad_request")
+            self.disconnect(Disconnect(DISCONNECTS.BAD_REQUEST.code, f"bad request: {method} must be an object"))
+            return
+        try:
+            result = await getattr(self, "_cmd_" + method)(params, cmd_id)
+        except ClientError as e:
+            stats.command(method, "error")
+            self._reply_error(cmd_id, e)
+            return
+        except Disconnect as d:
+            stats.command(method, "disconnect")
+            self.disconnect(d)
+            return
+        except Exception:
+            stats.command(method, "internal_error")
+            log.exception("command %s failed (client %s)", method, self.client_id)
+            self._reply_error(cmd_id, ERRORS.INTERNAL)
+            return
+        stats.command(method, "ok")
+        if result is not None:
+            self.send({"id": cmd_id, method: result})
+
+    # --- output ----------------------------------------------------------------------------------
+
+    def send(self, obj: dict) -> None:
+        if not self.conn.send(self.codec.encode(obj)):
+            self.disconnect(DISCONNECTS.SLOW)
+
+    def _reply_error(self, cmd_id: int, err: ClientError) -> None:
+        self.send({"id": cmd_id, "error": err.to_dict()})
+
+    def ping(self, now: float) -> None:
+        """Called by the node's ping scan for connected clients."""
+        if self._pong_deadline and now > self._pong_deadline:
+            self.disconnect(DISCONNECTS.NO_PONG)
+            return
+        if self.expire_at is not None and time.time() > self.expire_at:
+            self.disconnect(DISCONNECTS.EXPIRED)
+            return
+        if not self.conn.send(self.codec.PING):
+            self.disconnect(DISCONNECTS.SLOW)
+            return
+        if not self._pong_deadline:
+            self._pong_deadline = now + self.node.cfg.pong_timeout
+
+    def client_info(self) -> dict:
+        info = self._info_cache
+        if info is None:
+            info = {"client": self.client_id, "user": self.user}
+            if self.conn_info is not None:
+                info["conn_info"] = self.conn_info
+            self._info_cache = info
+        return info
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def _stale(self) -> None:
+        if not self.connected and not self.closed:
+            self.disconnect(DISCONNECTS.STALE)
+
+    def disconnect(self, d: Disconnect) -> None:
+        """End the connection with ``d`` (close frame, or a disconnect push on raw TCP)."""
+        if self.closed:
+            return
+        self.node.stats.disconnect(d.code)
+        self.transport.close_with(d.code, d.reason, flush=d.code != DISCONNECTS.SLOW.code)
+        self.on_closed()
+
+    def on_closed(self) -> None:
+        """The transport is gone (or going): drop every subscription, presence and the registration."""
+        if self.closed:
+            return
+        self.closed = True
+        self._stale_timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+        self._queue.clear()
+        self.node.unregister(self)
+        for channel, jl in self.subs.items():
+            self.node.drop_subscription(self, channel, jl)
+        self.subs = {}
+
+    # --- commands --------------------------------------------------------------------------------
+
+    async def _cmd_connect(self, p: dict, cmd_id: int) -> dict:
+        node = self.node
+        cfg = node.cfg
+        token = p.get("token")
+        if token:
+            if not isinstance(token, str):
+                raise Disconnect(DISCONNECTS.BAD_REQUEST.code, "bad request: token must be a string")
+            try:
+                creds = verify_connect_token(token, cfg.token_hmac_secret)
+            except TokenExpired:
+                node.stats.auth_failure("token_expired")
+                raise ERRORS.TOKEN_EXPIRED from None
+            except TokenInvalid:
+                node.stats.auth_failure("invalid_token")
+                raise DISCONNECTS.INVALID_TOKEN from None
+            self.user = creds.user
+            self.expire_at = creds.expire_at
+            self.conn_info = creds.info
+        elif cfg.allow_anonymous_connect:
+            self.user = ""
+        else:
+            node.stats.auth_failure("no_credentials")
+            raise Disconnect(DISCONNECTS.BAD_REQUEST.code, "bad request: credentials not found")
+        self.client_id = secrets.token_hex(16)
+        self.connected = True
+        self._stale_timer.cancel()
+        node.register(self)
+        result: dict = {"client": self.client_id, "version": __version__, "ping": int(cfg.ping_interval),
+                        "pong": True}
+        if self.expire_at is not None:
+            result["expires"] = True
+            result["ttl"] = max(1, int(self.expire_at - time.time()))
+        if node.name:
+            result["node"] = node.name
+        return result
+
+    async def _cmd_refresh(self, p: dict, cmd_id: int) -> dict:
+        token = p.get("token")
+        if not isinstance(token, str) or not token:
+            raise ERRORS.BAD_REQUEST
+        try:
+            creds = verify_connect_token(token, self.node.cfg.token_hmac_secret)
+        except TokenExpired:
+            raise ERRORS.TOKEN_EXPIRED from None
+        except TokenInvalid:
+            raise DISCONNECTS.INVALID_TOKEN from None
+        if creds.user != self.user:
+            raise DISCONNECTS.INVALID_TOKEN
+        self.expire_at = creds.expire_at
+        result: dict = {"client": self.client_id, "version": __version__}
+        if self.expire_at is not None:
+            result["expires"] = True
+            result["ttl"] = max(1, int(self.expire_at - time.time()))
+        return result
+
+    def _channel(self, p: dict) -> str:
+        channel = p.get("channel")
+        if not isinstance(channel, str) or not self.node.valid_channel(channel):
+            raise ERRORS.BAD_REQUEST
+        return channel
+
+    async def _cmd_subscribe(self, p: dict, cmd_id: int) -> None:
+        node = self.node
+        channel = self._channel(p)
+        if channel in self.subs:
+            raise ERRORS.ALREADY_SUBSCRIBED
+        if len(self.subs) >= node.cfg.max_channels_per_connection:
+            raise ERRORS.LIMIT_EXCEEDED
+        opts = node.cfg.channel_options(channel)
+        if opts is None:
+            raise ERRORS.UNKNOWN_CHANNEL
+        node.check_subscribe(self, channel, opts)
+        join_leave = opts.join_leave and (bool(p.get("join_leave")) or opts.force_push_join_leave)
+        result: dict = {}
+        if opts.history_size > 0 and (opts.force_recovery or p.get("recoverable")):
+            result["recoverable"] = True
+            result["positioned"] = True
+            pos, pubs, recovered = await self._recover(channel, p, opts)
+            if p.get("recover"):
+                if not recovered and int(p.get("flag") or 0) & FLAG_REJECT_UNRECOVERED:
+                    raise ERRORS.UNRECOVERABLE_POSITION
+                result["was_recovering"] = True
+                result["recovered"] = recovered
+                if pubs:
+                    result["publications"] = pubs
+            result["epoch"] = pos.epoch
+            result["offset"] = pos.offset
+        if self.closed or channel in self.subs:
+            return
+        # Queue the reply, then join the hub in the same step: nothing published after the
+        # history read above can be missed, and the reply precedes every publication.
+        self.send({"id": cmd_id, "subscribe": result})
+        self.subs[channel] = join_leave
+        await node.add_subscription(self, channel, join_leave, opts)
+
+    async def _recover(self, channel: str, p: dict, opts) -> tuple[StreamPosition, list, bool]:
+        broker = self.node.broker
+        meta_ttl = self.node.cfg.history_meta_ttl
+        if not p.get("recover"):
+            hr = await broker.history(channel, since=None, limit=0, reverse=False, meta_ttl=meta_ttl)
+            return hr.position, [], False
+        try:
+            since = StreamPosition(int(p.get("offset") or 0), str(p.get("epoch") or ""))
+        except (TypeError, ValueError):
+            raise ERRORS.BAD_REQUEST from None
+        try:
+            hr = await broker.history(channel, since=since, limit=-1, reverse=False, meta_ttl=meta_ttl)
+        except UnrecoverablePosition:
+            hr = await broker.history(channel, since=None, limit=0, reverse=False, meta_ttl=meta_ttl)
+            return hr.position, [], False
+        pubs = hr.publications
+        top = hr.position.offset
+        recovered = since.offset == top or (since.offset < top and bool(pubs)
+                                            and pubs[0].get("offset") == since.offset + 1)
+        return hr.position, (pubs if recovered else []), recovered
+
+    async def _cmd_unsubscribe(self, p: dict, cmd_id: int) -> dict:
+        channel = self._channel(p)
+        if channel in self.subs:
+            jl = self.subs.pop(channel)
+            self.node.drop_subscription(self, channel, jl)
+        return {}
+
+    async def _cmd_publish(self, p: dict, cmd_id: int) -> dict:
+        channel = self._channel(p)
+        opts = self.node.cfg.channel_options(channel)
+        if opts is None:
+            raise ERRORS.UNKNOWN_CHANNEL
+        if not opts.allow_publish or channel not in self.subs:
+            raise ERRORS.PERMISSION_DENIED
+        if "data" not in p:
+            raise ERRORS.BAD_REQUEST
+        data = p["data"]
+        if self.conn.wire == WIRE_TCP:
+            try:
+                orjson.dumps(data)  # must reach JSON subscribers too
+            except TypeError:
+                raise ERRORS.BAD_REQUEST from None
+        await self.node.publish(channel, data, info=self.client_info())
+        return {}
+
+    def _subscribed_opts(self, p: dict):
+        channel = self._channel(p)
+        opts = self.node.cfg.channel_options(channel)
+        if opts is None:
+            raise ERRORS.UNKNOWN_CHANNEL
+        if channel not in self.subs:
+            raise ERRORS.PERMISSION_DENIED
+        return channel, opts
+
+    async def _cmd_presence(self, p: dict, cmd_id: int) -> dict:
+        channel, opts = self._subscribed_opts(p)
+        if not opts.presence:
+            raise ERRORS.NOT_AVAILABLE
+        return {"presence": await self.node.presence.presence(channel)}
+
+    async def _cmd_presence_stats(self, p: dict, cmd_id: int) -> dict:
+        channel, opts = self._subscribed_opts(p)
+        if not opts.presence:
+            raise ERRORS.NOT_AVAILABLE
+        clients, users = await self.node.presence.presence_stats(channel)
+        return {"num_clients": clients, "num_users": users}
+
+    async def _cmd_history(self, p: dict, cmd_id: int) -> dict:
+        channel, opts = self._subscribed_opts(p)
+        if opts.history_size <= 0:
+            raise ERRORS.NOT_AVAILABLE
+        if not opts.allow_history:
+            raise ERRORS.PERMISSION_DENIED
+        return await self.node.history(channel, p)
+
+    async def _cmd_rpc(self, p: dict, cmd_id: int) -> dict:
+        raise ERRORS.NOT_AVAILABLE  # no RPC handler configured (the event proxy adds one)
+
+    async def _cmd_sub_refresh(self, p: dict, cmd_id: int) -> dict:
+        raise ERRORS.NOT_AVAILABLE  # subscription tokens are not in use

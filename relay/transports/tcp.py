@@ -1,0 +1,72 @@
+"""Raw TCP transport: length-prefixed msgpack frames; disconnects are a ``disconnect`` push then close."""
+
+from __future__ import annotations
+
+import asyncio
+
+from relay.codes import Disconnect
+from relay.core import WIRE_TCP
+from relay.protocol.codec import MsgpackCodec
+from relay.protocol.errors import ProtocolError
+from relay.protocol.tcp import TcpFrameReader
+
+__all__ = ["TcpProtocol"]
+
+
+class TcpProtocol(asyncio.Protocol):
+    __slots__ = ("node", "transport", "reader", "session", "open")
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self.transport: asyncio.Transport | None = None
+        self.reader = TcpFrameReader(node.cfg.max_tcp_frame_size)
+        self.session = None
+        self.open = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        self.open = True
+        transport.set_write_buffer_limits(high=self.node.cfg.client_write_high_water)
+        peer = transport.get_extra_info("peername")
+        self.session = self.node.new_session(self, transport, WIRE_TCP, peer[0] if peer else "")
+
+    def data_received(self, data: bytes) -> None:
+        if not self.open:
+            return
+        try:
+            frames = self.reader.feed(data)
+        except ProtocolError as e:
+            self.session.disconnect(Disconnect(e.code, e.reason))
+            return
+        for body in frames:
+            if not self.open:
+                return
+            self.session.feed(body)
+
+    def close_with(self, code: int, reason: str, flush: bool = True) -> None:
+        if not self.open:
+            return
+        self.open = False
+        d = Disconnect(code, reason)
+        push = MsgpackCodec.encode({"push": {"disconnect": {"code": code, "reason": reason,
+                                                            "reconnect": d.reconnect}}})
+        self.session.conn.close(push, flush)
+        self.transport.close()
+        asyncio.get_running_loop().call_later(self.node.cfg.shutdown_timeout, self._abort)
+
+    def _abort(self) -> None:
+        if self.transport is not None:  # connection_lost not seen yet: the peer is not reading
+            self.transport.abort()
+
+    def pause_writing(self) -> None:
+        self.session.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.session.conn.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        self.transport = None
+        if self.session is not None:
+            self.session.conn.close(b"", False)
+            self.session.on_closed()

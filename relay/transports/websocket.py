@@ -1,0 +1,148 @@
+"""WebSocket transport: an asyncio protocol feeding the handshake parser and the core's FrameReader."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from relay.codes import WS_CLOSE
+from relay.core import WIRE_WS, FrameReader, ws_frame
+from relay.protocol.errors import ProtocolError
+from relay.protocol.websocket import (HandshakeError, accept_response, close_frame_payload,
+                                      parse_close_payload, parse_handshake)
+
+__all__ = ["WebSocketProtocol"]
+
+log = logging.getLogger("relay.ws")
+
+OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
+_HANDSHAKE, _OPEN, _CLOSING, _CLOSED = range(4)
+
+
+class WebSocketProtocol(asyncio.Protocol):
+    __slots__ = ("node", "transport", "state", "buf", "reader", "session", "_timer", "remote")
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self.transport: asyncio.Transport | None = None
+        self.state = _HANDSHAKE
+        self.buf: bytearray | None = bytearray()
+        self.reader = None
+        self.session = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.remote = ""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        cfg = self.node.cfg
+        transport.set_write_buffer_limits(high=cfg.client_write_high_water)
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if peer else ""
+        self._timer = asyncio.get_running_loop().call_later(cfg.handshake_timeout, self._handshake_timeout)
+
+    def _handshake_timeout(self) -> None:
+        if self.state == _HANDSHAKE:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == _OPEN:
+            self._frames(data)
+        elif self.state == _HANDSHAKE:
+            self._handshake(data)
+
+    def _handshake(self, data: bytes) -> None:
+        cfg = self.node.cfg
+        self.buf += data
+        try:
+            hs = parse_handshake(self.buf, cfg.ws_path, cfg.max_handshake_size, cfg.max_handshake_headers)
+        except HandshakeError as e:
+            self.node.stats.auth_failure(f"handshake_{e.status}")
+            self.state = _CLOSED
+            self.transport.write(e.response())
+            self.transport.close()
+            return
+        if hs is None:
+            return
+        self._timer.cancel()
+        rest = bytes(self.buf[hs.consumed:])
+        self.buf = None
+        self.transport.write(accept_response(hs.key))
+        self.state = _OPEN
+        self.reader = FrameReader(cfg.max_ws_message_size)
+        self.session = self.node.new_session(self, self.transport, WIRE_WS, self.remote)
+        if rest:
+            self._frames(rest)
+
+    def _frames(self, data: bytes) -> None:
+        try:
+            messages = self.reader.feed(data)
+        except ProtocolError as e:
+            self._fail(e.code, e.reason)
+            return
+        session = self.session
+        for op, payload in messages:
+            if self.state != _OPEN:
+                return
+            if op == OP_TEXT:
+                session.feed(payload)
+            elif op == OP_PING:
+                self.transport.write(ws_frame(payload, OP_PONG))  # RFC 6455 5.5.2
+            elif op == OP_CLOSE:
+                self._peer_closed(payload)
+            elif op == OP_BINARY:
+                self._fail(WS_CLOSE.UNSUPPORTED_DATA, "binary messages are not supported (JSON protocol)")
+            # OP_PONG: unsolicited pongs are allowed and ignored (RFC 6455 5.5.3)
+
+    def _peer_closed(self, payload: bytes) -> None:
+        """RFC 6455 5.5.1: answer a close frame with one, then close the TCP connection."""
+        try:
+            parsed = parse_close_payload(payload)
+        except (ValueError, UnicodeDecodeError):
+            self._fail(WS_CLOSE.PROTOCOL_ERROR, "invalid close frame")
+            return
+        code = parsed[0] if parsed else WS_CLOSE.NORMAL
+        self.state = _CLOSING
+        self.session.conn.close(ws_frame(close_frame_payload(code, ""), OP_CLOSE))
+        self.session.on_closed()
+        self.transport.close()
+
+    def _fail(self, code: int, reason: str) -> None:
+        self.node.stats.disconnect(code)
+        self.close_with(code, reason, flush=True)
+        if self.session is not None:
+            self.session.on_closed()
+
+    def close_with(self, code: int, reason: str, flush: bool = True) -> None:
+        """Send a close frame with ``code`` after what is queued (unless ``flush`` is False), then close."""
+        if self.state != _OPEN:
+            return
+        self.state = _CLOSING
+        frame = ws_frame(close_frame_payload(code, reason), OP_CLOSE)
+        if self.session is not None:
+            self.session.conn.close(frame, flush)
+        else:
+            self.transport.write(frame)
+        self.transport.close()
+        # a peer that does not read lets the buffer never drain: abort after the shutdown timeout
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.node.cfg.shutdown_timeout, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if self.state != _CLOSED and self.transport is not None:
+            self.transport.abort()
+
+    def pause_writing(self) -> None:
+        if self.session is not None:
+            self.session.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.session is not None:
+            self.session.conn.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = _CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.session is not None:
+            self.session.conn.close(b"", False)
+            self.session.on_closed()
