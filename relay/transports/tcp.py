@@ -51,12 +51,19 @@ class TcpProtocol(asyncio.Protocol):
         push = MsgpackCodec.encode({"push": {"disconnect": {"code": code, "reason": reason,
                                                             "reconnect": d.reconnect}}})
         self.session.conn.close(push, flush)
-        self.transport.close()
+        # half-close so unread input cannot turn our close into a RST that loses the push
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            self.transport.close()
         asyncio.get_running_loop().call_later(self.node.cfg.shutdown_timeout, self._abort)
 
     def _abort(self) -> None:
         if self.transport is not None:  # connection_lost not seen yet: the peer is not reading
             self.transport.abort()
+
+    def eof_received(self) -> bool:
+        return False
 
     def pause_writing(self) -> None:
         self.session.conn.pause_writing()

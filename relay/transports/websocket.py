@@ -49,6 +49,10 @@ class WebSocketProtocol(asyncio.Protocol):
             self._frames(data)
         elif self.state == _HANDSHAKE:
             self._handshake(data)
+        # _CLOSING: our close frame is out; input is discarded until the peer closes
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
 
     def _handshake(self, data: bytes) -> None:
         cfg = self.node.cfg
@@ -122,7 +126,12 @@ class WebSocketProtocol(asyncio.Protocol):
             self.session.conn.close(frame, flush)
         else:
             self.transport.write(frame)
-        self.transport.close()
+        # Half-close and discard what the peer still sends: closing with unread input would
+        # make the kernel send RST and the peer could lose our close frame.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            self.transport.close()
         # a peer that does not read lets the buffer never drain: abort after the shutdown timeout
         loop = asyncio.get_running_loop()
         loop.call_later(self.node.cfg.shutdown_timeout, self._abort_if_open)
