@@ -18,6 +18,9 @@ from typing import Any, Mapping, get_args, get_origin, get_type_hints
 
 __all__ = ["Config", "ChannelOptions", "ConfigError", "load", "from_mapping", "NAMESPACE_RE"]
 
+# RELAY_* variables that are not config keys (build and test switches)
+NON_CONFIG_ENV = frozenset({"RELAY_PUREPYTHON", "RELAY_EXPECT_COMPILED", "RELAY_DEBUG_BUILD"})
+
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
 
 
@@ -195,7 +198,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, errs: list[str], fro
 def _env_tree(environ: Mapping[str, str]) -> dict:
     tree: dict = {}
     for name, value in environ.items():
-        if not name.startswith("RELAY_") or name == "RELAY_PUREPYTHON" or name.startswith("RELAY_DEBUG"):
+        if not name.startswith("RELAY_") or name in NON_CONFIG_ENV:
             continue
         path = name[6:].lower().split("__")
         node = tree

@@ -222,11 +222,12 @@ class Node:
             raise ERRORS.UNRECOVERABLE_POSITION from None
         return {"publications": hr.publications, "epoch": hr.position.epoch, "offset": hr.position.offset}
 
-    def disconnect_user(self, user: str, d: Disconnect, client: str = "") -> int:
+    def disconnect_user(self, user: str, d: Disconnect, client: str = "",
+                        keep: frozenset[str] = frozenset()) -> int:
         targets = list(self.users.get(user, ()))
         n = 0
         for s in targets:
-            if client and s.client_id != client:
+            if (client and s.client_id != client) or s.client_id in keep:
                 continue
             s.disconnect(d)
             n += 1

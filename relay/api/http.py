@@ -124,7 +124,10 @@ async def api_disconnect(node, p: dict) -> dict:
         if not isinstance(spec, dict) or type(spec.get("code")) is not int or not 3000 <= spec["code"] < 5000:
             raise ERRORS.BAD_REQUEST
         d = Disconnect(spec["code"], str(spec.get("reason", "")))
-    node.disconnect_user(user, d, _str(p, "client", required=False))
+    keep = p.get("whitelist") or []
+    if not isinstance(keep, list) or not all(isinstance(c, str) for c in keep):
+        raise ERRORS.BAD_REQUEST
+    node.disconnect_user(user, d, _str(p, "client", required=False), keep=frozenset(keep))
     return {}
 
 

@@ -1,0 +1,179 @@
+"""The fan-out core's contract, run against both implementations."""
+
+import msgpack
+import orjson
+import pytest
+
+from tests.core.conftest import RecordingTransport
+from tests.wsframes import parse_server_frames
+
+
+def make_hub(impl, loop, slow=None, shards=8):
+    return impl.Hub(loop.call_soon, (slow.append if slow is not None else lambda c: None), shards)
+
+
+def ws_lines(transport):
+    """Every JSON line the transport received, across frames."""
+    buf = bytearray(b"".join(transport.writes))
+    out = []
+    for op, payload in parse_server_frames(buf):
+        assert op == 1
+        out += [orjson.loads(line) for line in payload.split(b"\n")]
+    assert not buf
+    return out
+
+
+def test_subscribe_unsubscribe_counts(impl, loop):
+    hub = make_hub(impl, loop)
+    a = hub.conn(RecordingTransport(), impl.WIRE_WS, 1 << 20)
+    b = hub.conn(RecordingTransport(), impl.WIRE_WS, 1 << 20)
+    assert hub.subscribe("x", a) is True
+    assert hub.subscribe("x", b) is False
+    assert hub.subscribe("x", b) is False  # idempotent
+    assert (hub.num_channels, hub.num_subscriptions, hub.num_subscribers("x")) == (1, 2, 2)
+    assert hub.unsubscribe("x", a) is False
+    assert hub.unsubscribe("x", a) is False
+    assert hub.unsubscribe("x", b) is True
+    assert (hub.num_channels, hub.num_subscriptions) == (0, 0)
+    assert hub.channels() == []
+
+
+def test_broadcast_encodes_once_and_coalesces_per_iteration(impl, loop):
+    hub = make_hub(impl, loop)
+    ts = [RecordingTransport() for _ in range(3)]
+    conns = [hub.conn(t, impl.WIRE_WS, 1 << 20) for t in ts]
+    for c in conns:
+        hub.subscribe("news", c)
+    for i in range(5):
+        assert hub.broadcast("news", {"channel": "news", "pub": {"data": {"i": i}}}) == 3
+    assert all(t.writes == [] for t in ts)  # nothing written before the iteration ends
+    loop.run()
+    for t in ts:
+        assert len(t.writes) == 1  # five pushes, one write
+        assert [m["push"]["pub"]["data"]["i"] for m in ws_lines(t)] == [0, 1, 2, 3, 4]
+    # identical batches share one frame object: encoded once for all subscribers
+    assert ts[0].writes[0] == ts[1].writes[0] == ts[2].writes[0]
+    assert hub.deliveries == 15 and hub.publications == 5 and hub.writes == 3
+
+
+def test_tcp_and_ws_subscribers_get_their_own_wire_format(impl, loop):
+    hub = make_hub(impl, loop)
+    tw, tt = RecordingTransport(), RecordingTransport()
+    hub.subscribe("c", hub.conn(tw, impl.WIRE_WS, 1 << 20))
+    hub.subscribe("c", hub.conn(tt, impl.WIRE_TCP, 1 << 20))
+    hub.broadcast("c", {"channel": "c", "pub": {"data": "a"}})
+    hub.broadcast("c", {"channel": "c", "pub": {"data": "b"}})
+    loop.run()
+    assert [m["push"]["pub"]["data"] for m in ws_lines(tw)] == ["a", "b"]
+    data = tt.writes[0]
+    msgs = []
+    while data:
+        n = int.from_bytes(data[:4], "big")
+        msgs.append(msgpack.unpackb(data[4:4 + n]))
+        data = data[4 + n:]
+    assert [m["push"]["pub"]["data"] for m in msgs] == ["a", "b"]
+
+
+def test_replies_and_pushes_keep_their_order(impl, loop):
+    hub = make_hub(impl, loop)
+    t = RecordingTransport()
+    c = hub.conn(t, impl.WIRE_WS, 1 << 20)
+    c.send(b'{"id":1,"subscribe":{}}')
+    hub.subscribe("c", c)
+    hub.broadcast("c", {"channel": "c", "pub": {"data": 1}})
+    c.send(b'{"id":2,"publish":{}}')
+    loop.run()
+    lines = ws_lines(t)
+    assert [m.get("id") for m in lines] == [1, None, 2]
+
+
+def test_queue_cap_reports_slow_and_spares_others(impl, loop):
+    slow = []
+    hub = make_hub(impl, loop, slow)
+    fast_t, slow_t = RecordingTransport(), RecordingTransport()
+    fast = hub.conn(fast_t, impl.WIRE_WS, 1 << 20)
+    lagging = hub.conn(slow_t, impl.WIRE_WS, 300)
+    hub.subscribe("c", fast)
+    hub.subscribe("c", lagging)
+    lagging.pause_writing()  # the kernel buffer is full: nothing leaves the queue
+    for i in range(20):
+        hub.broadcast("c", {"channel": "c", "pub": {"data": "x" * 20, "i": i}})
+        loop.run()
+    assert slow and all(s is lagging for s in slow)
+    assert lagging.queued <= 300
+    assert slow_t.writes == []
+    assert len(ws_lines(fast_t)) == 20  # the fast subscriber got everything
+
+
+def test_resume_writing_flushes_what_was_queued(impl, loop):
+    hub = make_hub(impl, loop)
+    t = RecordingTransport()
+    c = hub.conn(t, impl.WIRE_WS, 1 << 20)
+    hub.subscribe("c", c)
+    c.pause_writing()
+    hub.broadcast("c", {"channel": "c", "pub": {"data": 1}})
+    loop.run()
+    assert t.writes == [] and c.queued > 0
+    c.resume_writing()
+    loop.run()
+    assert [m["push"]["pub"]["data"] for m in ws_lines(t)] == [1]
+    assert c.queued == 0
+
+
+def test_close_flushes_then_writes_tail_and_ignores_later_sends(impl, loop):
+    hub = make_hub(impl, loop)
+    t = RecordingTransport()
+    c = hub.conn(t, impl.WIRE_WS, 1 << 20)
+    c.send(b'{"id":1}')
+    c.close(b"TAIL")
+    assert c.closed
+    assert c.send(b'{"id":2}') is True  # accepted and dropped: the connection is going away
+    loop.run()
+    assert len(t.writes) == 1 and t.writes[0].endswith(b"TAIL")
+    assert impl.ws_frame(b'{"id":1}') + b"TAIL" == t.writes[0]
+
+
+def test_close_without_flush_drops_queue(impl, loop):
+    hub = make_hub(impl, loop)
+    t = RecordingTransport()
+    c = hub.conn(t, impl.WIRE_WS, 1 << 20)
+    c.send(b'{"id":1}')
+    c.close(b"TAIL", False)
+    loop.run()
+    assert t.writes == [b"TAIL"]
+
+
+def test_broadcast_to_unknown_channel_is_noop(impl, loop):
+    hub = make_hub(impl, loop)
+    assert hub.broadcast("nobody", {"channel": "nobody", "pub": {"data": 1}}) == 0
+    assert hub.broadcast_encoded("nobody", b"x", None) == 0
+
+
+def test_shards_spread_channels(impl, loop):
+    hub = make_hub(impl, loop, shards=16)
+    assert {hub.shard_of(f"chat:{i}") for i in range(500)} == set(range(16))
+    assert impl.fnv1a32("") == 0x811C9DC5
+    assert impl.fnv1a32("a") == 0xE40C292C  # FNV-1a test vector
+    with pytest.raises(ValueError):
+        impl.Hub(loop.call_soon, lambda c: None, 0)
+
+
+def test_ws_frame_lengths(impl):
+    for n in (0, 125, 126, 65535, 65536, 70000):
+        f = impl.ws_frame(b"a" * n)
+        buf = bytearray(f)
+        [(op, payload)] = parse_server_frames(buf)
+        assert op == 1 and len(payload) == n and not buf
+    assert impl.tcp_frame(b"abc") == b"\x00\x00\x00\x03abc"
+
+
+def test_large_coalesced_frame(impl, loop):
+    hub = make_hub(impl, loop)
+    t = RecordingTransport()
+    c = hub.conn(t, impl.WIRE_WS, 1 << 24)
+    hub.subscribe("c", c)
+    for i in range(2000):
+        hub.broadcast("c", {"channel": "c", "pub": {"data": "y" * 50, "i": i}})
+    loop.run()
+    assert len(t.writes) == 1
+    assert [m["push"]["pub"]["i"] for m in ws_lines(t)] == list(range(2000))
