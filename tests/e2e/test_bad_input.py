@@ -1,0 +1,163 @@
+"""Bad input: each gets its documented error or close code, and other clients are unaffected."""
+
+import asyncio
+import time
+import uuid
+
+import jwt
+import pytest
+
+from tests.rawclients import RawTCP, RawWS, ws_connected
+from tests.wsframes import client_frame
+
+
+@pytest.fixture
+async def bystander(relay):
+    """A healthy subscriber that must keep receiving while others misbehave."""
+    ch = f"pub:{uuid.uuid4().hex[:8]}"
+    ws = await ws_connected(relay.ws_port, relay.token("bystander"))
+    await ws.call("subscribe", {"channel": ch})
+    yield ws, ch
+    # still alive and still receiving
+    await ws.call("publish", {"channel": ch, "data": "still here"})
+    assert (await ws.pub())["pub"]["data"] == "still here"
+    ws.close()
+
+
+async def closed_with(ws: RawWS) -> tuple[int, str]:
+    code, reason = await ws.expect_close()
+    assert await ws.eof()
+    return code, reason
+
+
+@pytest.mark.parametrize("payload,code", [
+    (b"{not json", 3501),
+    (b"[1,2,3]", 3501),
+    (b'{"connect":{}}', 3501),                      # missing id
+    (b'{"id":"1","connect":{}}', 3501),             # id not an integer
+    (b'{"id":1,"subscribe":{"channel":"a"}}', 3501),  # command before connect
+    (b'{"id":1,"connect":[]}', 3501),               # params not an object
+    (b'{"id":1,"connect":{}}', 3501),               # no credentials, anonymous not allowed
+    (b'{"id":1,"connect":{"token":"not.a.jwt"}}', 3500),
+])
+async def test_bad_commands_before_connect(relay, bystander, payload, code):
+    ws = await RawWS.open(relay.ws_port)
+    await ws.send_text(payload)
+    assert (await closed_with(ws))[0] == code
+
+
+async def test_invalid_json_after_connect(relay, bystander):
+    ws = await ws_connected(relay.ws_port, relay.token("alice"))
+    await ws.send_text(b'{"id":2,"subscribe":')
+    assert await closed_with(ws) == (3501, "bad request: invalid JSON")
+
+
+async def test_unknown_command_is_an_error_reply(relay, bystander):
+    ws = await ws_connected(relay.ws_port, relay.token("alice"))
+    assert (await ws.call("teleport", {}))["error"] == {"code": 104, "message": "method not found"}
+    ws.close()
+
+
+async def test_tampered_and_expired_tokens(relay, bystander):
+    token = relay.token("alice")
+    head, body, sig = token.split(".")
+    forged = jwt.encode({"sub": "admin", "exp": int(time.time()) + 60}, "wrong-secret-0123456789abcdef0123456789", algorithm="HS256")
+    for bad in (f"{head}.{body}.{sig[:-2]}AA", forged,
+                jwt.encode({"sub": "x"}, "k" * 64, algorithm="HS384"),
+                jwt.encode({"exp": int(time.time()) + 60}, relay.config["token_hmac_secret"], algorithm="HS256")):
+        ws = await RawWS.open(relay.ws_port)
+        await ws.send_cmds({"id": 1, "connect": {"token": bad}})
+        assert await closed_with(ws) == (3500, "invalid token"), bad
+    expired = jwt.encode({"sub": "alice", "exp": int(time.time()) - 5}, relay.config["token_hmac_secret"],
+                         algorithm="HS256")
+    ws = await RawWS.open(relay.ws_port)
+    reply = await ws.call("connect", {"token": expired})
+    assert reply["error"]["code"] == 109  # the SDK fetches a new token and retries
+    ws.close()
+
+
+async def test_permission_errors(relay, bystander):
+    ws = await ws_connected(relay.ws_port, relay.token("alice"))
+    assert (await ws.call("subscribe", {"channel": "closed:x"}))["error"]["code"] == 103
+    assert (await ws.call("subscribe", {"channel": "nope:x"}))["error"]["code"] == 102
+    assert (await ws.call("subscribe", {"channel": "chat:order1#bob,carol"}))["error"]["code"] == 103
+    assert "subscribe" in await ws.call("subscribe", {"channel": "chat:order1#alice,bob"})
+    assert (await ws.call("subscribe", {"channel": "chat:order1#alice,bob"}))["error"]["code"] == 105
+    # publish where not allowed / not subscribed
+    await ws.call("subscribe", {"channel": "news:x"})
+    assert (await ws.call("publish", {"channel": "news:x", "data": 1}))["error"]["code"] == 103
+    assert (await ws.call("publish", {"channel": "chat:unsubscribed", "data": 1}))["error"]["code"] == 103
+    assert (await ws.call("subscribe", {"channel": ""}))["error"]["code"] == 107
+    assert (await ws.call("subscribe", {"channel": "a" * 300}))["error"]["code"] == 107
+    assert (await ws.call("subscribe", {"channel": "chat:\x00"}))["error"]["code"] == 107
+    assert (await ws.call("subscribe", {"channel": 5}))["error"]["code"] == 107
+    assert (await ws.call("presence", {"channel": "news:x"}))["error"]["code"] == 108
+    assert (await ws.call("history", {"channel": "chat:unsubscribed"}))["error"]["code"] == 103
+    ws.close()
+
+
+async def test_anonymous_is_refused_unless_allowed(relay_factory):
+    r = relay_factory({"allow_anonymous_connect": True})
+    ws = await RawWS.open(r.ws_port)
+    assert (await ws.call("connect", {}))["connect"]["client"]
+    assert (await ws.call("subscribe", {"channel": "chat:a"}))["error"]["code"] == 103
+    assert "subscribe" in await ws.call("subscribe", {"channel": "news:a"})  # allow_anonymous
+    ws.close()
+
+
+async def test_channel_limit(relay_factory):
+    r = relay_factory({"max_channels_per_connection": 2})
+    ws = await ws_connected(r.ws_port, r.token("alice"))
+    await ws.call("subscribe", {"channel": "pub:1"})
+    await ws.call("subscribe", {"channel": "pub:2"})
+    assert (await ws.call("subscribe", {"channel": "pub:3"}))["error"] == {"code": 106, "message": "limit exceeded"}
+    ws.close()
+
+
+@pytest.mark.parametrize("frame,code", [
+    (client_frame(b'{"id":1}', mask=False), 1002),
+    (client_frame(b"\xc3\x28"), 1007),
+    (client_frame(b"x" * 70000), 1009),
+    (client_frame(b"", length_override=2**40)[:10], 1009),   # header only: refused before the payload
+    (client_frame(b"\x00\x01", opcode=2), 1003),              # binary: not the JSON protocol
+    (client_frame(b"x", rsv=4), 1002),
+])
+async def test_frame_violations(relay, bystander, frame, code):
+    ws = await ws_connected(relay.ws_port, relay.token("alice"))
+    await ws.send_raw(frame)
+    assert (await closed_with(ws))[0] == code
+
+
+async def test_too_many_commands_in_one_message(relay_factory):
+    r = relay_factory({"max_commands_per_message": 3})
+    ws = await ws_connected(r.ws_port, r.token("alice"))
+    await ws.send_cmds(*[{"id": i + 2, "presence_stats": {"channel": "x"}} for i in range(4)])
+    assert (await closed_with(ws))[0] == 3501
+
+
+async def test_handshake_errors_are_http(relay):
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.ws_port)
+    writer.write(b"GET /elsewhere HTTP/1.1\r\nHost: x\r\n\r\n")
+    resp = await reader.read()
+    assert resp.startswith(b"HTTP/1.1 404 ")
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.ws_port)
+    writer.write(b"GET /connection/websocket HTTP/1.1\r\n" + b"X-Junk: aaaaaaaaaa\r\n" * 1000)
+    resp = await reader.read()
+    assert resp.startswith(b"HTTP/1.1 431 ")
+
+
+async def test_tcp_absurd_frame_length(relay, bystander):
+    c = await RawTCP.open(relay.tcp_port)
+    c.writer.write(b"\x7f\xff\xff\xff")  # announces 2 GiB, sends nothing else
+    push = await c.push()
+    assert push["disconnect"]["code"] == 3501 and "too big" in push["disconnect"]["reason"]
+    assert push["disconnect"]["reconnect"] is False
+    assert await c.reader.read() == b""
+
+
+async def test_tcp_invalid_msgpack(relay, bystander):
+    c = await RawTCP.open(relay.tcp_port)
+    c.writer.write(b"\x00\x00\x00\x01\xc1")
+    push = await c.push()
+    assert push["disconnect"]["code"] == 3501
+    assert await c.reader.read() == b""
