@@ -29,6 +29,7 @@ class App:
         self._api_runner: web.AppRunner | None = None
         self.ready = False
         self.ports: dict[str, int] = {}
+        self._demo_task: asyncio.Task | None = None
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -47,7 +48,14 @@ class App:
             self.servers.append(srv)
             self.ports["tcp"] = srv.sockets[0].getsockname()[1]
         if cfg.api_port:
-            self._api_runner = web.AppRunner(build_api_app(self.node, lambda: self.ready), access_log=None)
+            api_app = build_api_app(self.node, lambda: self.ready)
+            if cfg.demo:
+                from relay.demo import add_demo_routes, demo_publisher
+
+                add_demo_routes(api_app, self.node)
+                self._demo_task = asyncio.get_running_loop().create_task(demo_publisher(self.node))
+                log.warning("demo mode is on: /demo issues guest tokens; never enable it in production")
+            self._api_runner = web.AppRunner(api_app, access_log=None)
             await self._api_runner.setup()
             site = web.TCPSite(self._api_runner, cfg.host, cfg.api_port, reuse_address=True)
             await site.start()
@@ -60,6 +68,8 @@ class App:
 
     async def stop(self) -> None:
         self.ready = False
+        if self._demo_task is not None:
+            self._demo_task.cancel()
         for srv in self.servers:
             srv.close()
         await self.node.stop()

@@ -46,7 +46,7 @@ relay {__version__} is running (core: {core.IMPLEMENTATION}, broker: memory)
 Test token for user '{args.print_token}' (valid 24 h):
   {token}
 
-Try it:  .venv/bin/python -m relay.demo --token {token}
+Demo:    open http://{cfg.host}:{cfg.api_port}/demo in two browser tabs and chat
 Publish: curl -s -H 'X-API-Key: {cfg.api_key}' -d '{{"channel":"chat:lobby","data":{{"text":"hi"}}}}' \\
            http://{cfg.host}:{cfg.api_port}/api/publish
 """, flush=True)

@@ -1,0 +1,52 @@
+"""The CLI as a user runs it: real subprocesses."""
+
+import json
+import subprocess
+import sys
+
+import jwt
+
+from tests.relayproc import ROOT
+
+
+def relay(*args, env=None):
+    import os
+
+    e = dict(os.environ, PYTHONPATH=str(ROOT))
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "relay", *args], capture_output=True, text=True, env=e,
+                          cwd=str(ROOT), timeout=30)
+
+
+def test_token_is_a_valid_hs256_jwt():
+    r = relay("token", "--user", "alice", "--ttl", "60", "--secret", "s" * 32)
+    assert r.returncode == 0, r.stderr
+    claims = jwt.decode(r.stdout.strip(), "s" * 32, algorithms=["HS256"])
+    assert claims["sub"] == "alice" and claims["exp"] - claims["iat"] == 60
+    r = relay("token", "--user", "bob", env={"RELAY_TOKEN_HMAC_SECRET": "e" * 32})
+    assert jwt.decode(r.stdout.strip(), "e" * 32, algorithms=["HS256"])["sub"] == "bob"
+
+
+def test_info_reports_the_active_core():
+    r = relay("info")
+    info = json.loads(r.stdout)
+    assert info["core"] in ("cython", "python") and info["version"]
+    forced = json.loads(relay("info", env={"RELAY_PUREPYTHON": "1"}).stdout)
+    assert forced["core"] == "python" and forced["core_forced_pure_python"] is True
+
+
+def test_check_config(tmp_path):
+    assert relay("check-config", str(ROOT / "deploy/relay.dev.toml")).returncode == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text('ws_port = 70000\nmystery = true\n')
+    r = relay("check-config", str(bad))
+    assert r.returncode == 1
+    assert "ws_port: 70000 is not a port" in r.stderr or "mystery: unknown key" in r.stderr
+    assert "mystery: unknown key" in r.stderr
+
+
+def test_serve_with_bad_config_exits_with_message(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('ws_port = "x"\n')
+    r = relay("serve", "-c", str(bad))
+    assert r.returncode == 2 and "ws_port: expected an integer" in r.stderr

@@ -1,0 +1,70 @@
+"""Config: sources, precedence and a clear error for every bad key or value."""
+
+import pytest
+
+from relay.config import Config, ConfigError, load
+
+
+def write(tmp_path, text):
+    p = tmp_path / "relay.toml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_defaults_need_a_secret_or_anonymous():
+    with pytest.raises(ConfigError) as e:
+        load(environ={})
+    assert "token_hmac_secret: required unless allow_anonymous_connect = true" in e.value.errors
+    assert load(environ={"RELAY_ALLOW_ANONYMOUS_CONNECT": "true"}).allow_anonymous_connect is True
+
+
+def test_precedence_file_env_flags(tmp_path):
+    path = write(tmp_path, 'token_hmac_secret = "s"\nws_port = 9000\ntcp_port = 9001\n'
+                           '[namespaces.chat]\nhistory_size = 5\npresence = true\n')
+    cfg = load(path, environ={"RELAY_TCP_PORT": "9100", "RELAY_NAMESPACES__CHAT__HISTORY_SIZE": "50"},
+               overrides={"ws_port": 9200, "api_port": None})
+    assert (cfg.ws_port, cfg.tcp_port, cfg.api_port) == (9200, 9100, Config.api_port)
+    assert cfg.namespaces["chat"].history_size == 50 and cfg.namespaces["chat"].presence is True
+    assert cfg.channel_options("chat:x").history_size == 50
+    assert cfg.channel_options("lobby") is cfg.channel
+    assert cfg.channel_options("nope:x") is None
+
+
+def test_every_bad_key_and_value_reported(tmp_path):
+    path = write(tmp_path, 'token_hmac_secret = "s"\nws_port = "eighty"\nbogus = 1\nmax_channel_length = 0\n'
+                           'log_level = "LOUD"\n[channel]\npresence = "yes"\nwhat = 1\n'
+                           '[namespaces."bad ns"]\nhistory_size = -1\n[namespaces.ok]\nforce_recovery = true\n')
+    with pytest.raises(ConfigError) as e:
+        load(path, environ={})
+    errs = e.value.errors
+    assert "ws_port: expected an integer, got 'eighty'" in errs
+    assert "bogus: unknown key" in errs
+    assert "channel.presence: expected true or false, got 'yes'" in errs
+    assert "channel.what: unknown key" in errs
+    with pytest.raises(ConfigError) as e:
+        load(write(tmp_path, 'token_hmac_secret = "s"\nmax_channel_length = 0\nlog_level = "LOUD"\n'
+                             '[namespaces."bad ns"]\nhistory_size = -1\n[namespaces.ok]\nforce_recovery = true\n'),
+             environ={})
+    errs = e.value.errors
+    assert "max_channel_length: must be > 0" in errs
+    assert any(x.startswith("log_level:") for x in errs)
+    assert any(x.startswith("namespaces.bad ns:") for x in errs)
+    assert "namespaces.bad ns.history_size: must be >= 0" in errs
+    assert "namespaces.ok.force_recovery: needs history_size > 0" in errs
+
+
+def test_bad_env_and_unreadable_file(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load(environ={"RELAY_TOKEN_HMAC_SECRET": "s", "RELAY_PING_INTERVAL": "soon", "RELAY_NOPE": "1"})
+    assert set(e.value.errors) == {"ping_interval: expected a number, got 'soon'", "nope: unknown key"}
+    with pytest.raises(ConfigError) as e:
+        load(str(tmp_path / "missing.toml"), environ={})
+    assert "cannot read" in e.value.errors[0]
+    with pytest.raises(ConfigError) as e:
+        load(write(tmp_path, "ws_port = = 1"), environ={})
+    assert "not valid TOML" in e.value.errors[0]
+
+
+def test_build_switches_are_not_config_keys():
+    cfg = load(environ={"RELAY_TOKEN_HMAC_SECRET": "s", "RELAY_PUREPYTHON": "1", "RELAY_EXPECT_COMPILED": "1"})
+    assert cfg.token_hmac_secret == "s"
