@@ -31,6 +31,7 @@ run: build
 # The whole suite twice: on the compiled core (and a test fails if it was not loaded),
 # then on the pure-Python twin.
 test: build $(NODE_STAMP)
+	$(PY) -m ruff check relay tests bench
 	$(MAKE) test-compiled
 	$(MAKE) test-pure
 

@@ -272,7 +272,7 @@ def _build(wire: int, items: list[bytes]) -> bytes:
 def _same(a: list, b: list) -> bool:
     if len(a) != len(b):
         return False
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         if x is not y:
             return False
     return True

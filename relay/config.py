@@ -14,7 +14,8 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any, Mapping, get_args, get_origin, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
+from collections.abc import Mapping
 
 __all__ = ["Config", "ChannelOptions", "ConfigError", "load", "from_mapping", "NAMESPACE_RE"]
 
@@ -110,7 +111,8 @@ class Config:
             errs.append("ws_path: must start with '/'")
         positive = ("client_queue_max_size", "client_write_high_water", "max_ws_message_size",
                     "max_tcp_frame_size", "max_handshake_size", "max_handshake_headers",
-                    "max_channels_per_connection", "max_channel_length", "max_commands_per_message", "api_max_body_size",
+                    "max_channels_per_connection", "max_channel_length", "max_commands_per_message",
+                    "api_max_body_size",
                     "hub_shards", "ping_interval", "pong_timeout", "client_stale_timeout",
                     "handshake_timeout", "history_meta_ttl", "shutdown_timeout")
         for name in positive:

@@ -22,7 +22,8 @@ import socket
 import struct
 import threading
 from concurrent.futures import Future
-from typing import Any, Coroutine
+from typing import Any
+from collections.abc import Coroutine
 
 __all__ = ["TcpProxy"]
 
@@ -173,7 +174,7 @@ class TcpProxy:
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), 2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

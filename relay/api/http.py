@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web

@@ -34,7 +34,7 @@ def run(impl, ops, wires, caps):
     slow = []
     hub = impl.Hub(loop.call_soon, lambda c: slow.append(conns.index(c)), 4)
     transports = [RecordingTransport() for _ in range(N_CONNS)]
-    conns = [hub.conn(t, w, c) for t, w, c in zip(transports, wires, caps)]
+    conns = [hub.conn(t, w, c) for t, w, c in zip(transports, wires, caps, strict=True)]
     results = []
     for o in ops:
         kind = o[0]

@@ -1,6 +1,5 @@
 """The HTTP server API, driven by `cent` (Centrifugo's own API client) against a real relay."""
 
-import asyncio
 import uuid
 
 import aiohttp

@@ -61,7 +61,8 @@ async def test_unknown_command_is_an_error_reply(relay, bystander):
 async def test_tampered_and_expired_tokens(relay, bystander):
     token = relay.token("alice")
     head, body, sig = token.split(".")
-    forged = jwt.encode({"sub": "admin", "exp": int(time.time()) + 60}, "wrong-secret-0123456789abcdef0123456789", algorithm="HS256")
+    forged = jwt.encode({"sub": "admin", "exp": int(time.time()) + 60}, "wrong-secret-0123456789abcdef0123456789",
+                        algorithm="HS256")
     for bad in (f"{head}.{body}.{sig[:-2]}AA", forged,
                 jwt.encode({"sub": "x"}, "k" * 64, algorithm="HS384"),
                 jwt.encode({"exp": int(time.time()) + 60}, relay.config["token_hmac_secret"], algorithm="HS256")):

@@ -233,7 +233,8 @@ async def test_unsubscribe_then_no_more_publications(relay, ns):
     a = await ws_connected(relay.ws_port, relay.token("alice"))
     await a.call("subscribe", {"channel": ch})
     await a.call("unsubscribe", {"channel": ch})
-    import urllib.request, json
+    import urllib.request
+    import json
     req = urllib.request.Request(f"{relay.api_url}/publish", method="POST",
                                  data=json.dumps({"channel": ch, "data": 1}).encode(),
                                  headers={"X-API-Key": relay.api_key})
