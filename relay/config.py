@@ -72,6 +72,9 @@ class Config:
 
     client_queue_max_size: int = _doc("bytes a connection may have queued before 3008 slow", default=1048576)
     client_write_high_water: int = _doc("transport buffer bytes before writes pause", default=65536)
+    client_write_delay: float = _doc("seconds to hold a connection's outbound queue so more messages share one "
+                                     "frame and one write (0: write at the end of each loop iteration)",
+                                     default=0.0)
     ping_interval: float = _doc("seconds between server pings", default=25.0)
     pong_timeout: float = _doc("seconds a client has to answer a ping before 3012 no pong", default=10.0)
     client_stale_timeout: float = _doc("seconds to send connect after the socket opens (3502 stale)",
@@ -118,6 +121,8 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 errs.append(f"{name}: must be > 0")
+        if not 0 <= self.client_write_delay <= 1:
+            errs.append("client_write_delay: must be between 0 and 1 second")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             errs.append(f"log_level: {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
         if not self.token_hmac_secret and not self.allow_anonymous_connect:

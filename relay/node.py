@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import logging
 import socket
 import time
@@ -66,7 +67,11 @@ class Node:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.hub = Hub(loop.call_soon, self._on_slow, self.cfg.hub_shards)
+        delay = self.cfg.client_write_delay
+        # The hub schedules one flush per batch of queued writes: at the end of this loop
+        # iteration, or after client_write_delay to let more messages share a frame.
+        schedule = loop.call_soon if delay <= 0 else functools.partial(loop.call_later, delay)
+        self.hub = Hub(schedule, self._on_slow, self.cfg.hub_shards)
         await self.broker.start(self)
         self._ping_task = loop.create_task(self._ping_loop())
 

@@ -242,3 +242,19 @@ async def test_unsubscribe_then_no_more_publications(relay, ns):
     with pytest.raises(asyncio.TimeoutError):
         await a.pub(timeout=0.3)
     a.close()
+
+
+async def test_write_delay_coalesces_across_iterations(relay_factory):
+    r = relay_factory({"client_write_delay": 0.2})
+    ch = chan("pub")
+    a = await ws_connected(r.ws_port, r.token("alice"))
+    await a.call("subscribe", {"channel": ch})
+    b = await ws_connected(r.ws_port, r.token("bob"))
+    await b.call("subscribe", {"channel": ch})
+    for i in range(3):  # three separate messages, in separate loop iterations
+        await b.send_cmds({"id": 10 + i, "publish": {"channel": ch, "data": i}})
+        await asyncio.sleep(0.02)
+    op, payload = await a.frame()
+    assert op == 1 and payload.count(b'"pub"') == 3  # one frame, one write
+    a.close()
+    b.close()
