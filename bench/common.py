@@ -1,0 +1,346 @@
+"""Shared plumbing for relay's benchmarks (see /work/shared/BENCHMARKING.md).
+
+What lives here, so that ``fanout.py`` and ``idle.py`` do not repeat it:
+
+* launching a server pinned to one core (``taskset -c 0``) and waiting until it
+  accepts WebSocket connections: :class:`RelayServer` (relay itself, from a
+  temporary TOML config) and :class:`PicowsPeer` (the naive picows relay in
+  ``bench/peers/picows_relay.py``);
+* reading a process's CPU time and RSS from ``/proc`` (the figures are charged
+  to the server *process*, never to the machine, because the machine is shared);
+* the machine description and JSON result files in ``bench/results/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ROOT", "PYTHON", "SERVER_CPU", "GENERATOR_CPU", "RELAY_SECRET", "FANOUT_CHANNEL",
+    "free_port", "raise_nofile", "pin_to", "proc_cpu_times", "proc_cpu_seconds", "cpu_stat", "proc_rss_bytes",
+    "ServerProcess", "RelayServer", "PicowsPeer", "machine_description", "write_result",
+    "fmt_rate",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+#: the project's interpreter: servers and load generator run on the same Python
+PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() \
+    else sys.executable
+SERVER_CPU = 0     #: the core every server under test is pinned to
+GENERATOR_CPU = 1  #: the core the load generator (workers and publisher) is pinned to
+RELAY_SECRET = "bench-secret-0123456789abcdef0123456789"
+FANOUT_CHANNEL = "bench:fanout"
+RESULTS_DIR = ROOT / "bench" / "results"
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raise_nofile() -> int:
+    """Raise this process's open-file soft limit to the hard limit (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def pin_to(cpu: int) -> None:
+    """Pin the calling process (all its threads) to ``cpu`` when the machine has it."""
+    if cpu < (os.cpu_count() or 1):
+        os.sched_setaffinity(0, {cpu})
+
+
+def proc_cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of ``pid`` in seconds, from /proc/PID/stat (all threads, children excluded)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    # the command name (field 2) may contain spaces: split after its closing parenthesis
+    fields = data[data.rindex(b")") + 2:].split()
+    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK  # fields 14 and 15 of stat(5)
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds."""
+    u, s = proc_cpu_times(pid)
+    return u + s
+
+
+_STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpu_stat() -> dict[int, dict[str, float]]:
+    """Per-CPU time in seconds by kind (user, nice, system, idle, iowait, irq, softirq, steal).
+
+    Used to see what ran on the benchmark's cores besides the processes under test: softirq
+    time (on loopback the receiving side's TCP work runs as softirq on the *sender's* core
+    and, with IRQ time accounting, is charged to no process) and other tenants' load.
+    """
+    out: dict[int, dict[str, float]] = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if not line.startswith("cpu") or line.startswith("cpu "):
+                continue
+            name, *vals = line.split()
+            out[int(name[3:])] = {k: int(v) / _CLK_TCK for k, v in zip(_STAT_FIELDS, vals, strict=False)}
+    return out
+
+
+def proc_rss_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` in bytes (/proc/PID/statm)."""
+    with open(f"/proc/{pid}/statm", "rb") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+@dataclass
+class ServerProcess:
+    """A server under test, started with ``taskset -c SERVER_CPU`` and logged to a temp file.
+
+    Subclasses fill ``argv()`` and ``_ready()``; ``name`` is the label printed in results.
+    """
+
+    name: str
+    cpu: int = SERVER_CPU
+    proc: subprocess.Popen | None = None
+    tmp: tempfile.TemporaryDirectory = field(default_factory=lambda: tempfile.TemporaryDirectory(
+        prefix="relay-bench-"))
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.tmp.name) / "server.log"
+
+    @property
+    def ws_url(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def argv(self) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _ready(self) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def start(self, timeout: float = 30.0) -> "ServerProcess":
+        cmd = self.argv()
+        if self.cpu < (os.cpu_count() or 1):
+            cmd = ["taskset", "-c", str(self.cpu)] + cmd
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env.pop("RELAY_PUREPYTHON", None)  # benchmark the compiled core unless told otherwise
+        self._log = open(self.log_path, "wb")
+        # taskset execs the server, so Popen.pid is the server's pid
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=str(ROOT))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            if self._ready():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not become ready:\n{self.log()}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def cpu_seconds(self) -> float:
+        return proc_cpu_seconds(self.pid)
+
+    def cpu_times(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the server process."""
+        return proc_cpu_times(self.pid)
+
+    def rss_bytes(self) -> int:
+        return proc_rss_bytes(self.pid)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def cleanup(self) -> None:
+        self.stop()
+        self.tmp.cleanup()
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cleanup()
+
+
+def _tcp_accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class RelayServer(ServerProcess):
+    """relay itself (``python -m relay serve``) with the benchmark configuration.
+
+    ``client_queue_max_size`` is raised to 4 MiB so a burst never trips 3008 (slow)
+    before the socket buffers do; the ``bench`` namespace allows client publishing.
+    """
+
+    name: str = "relay"
+    extra_config: dict[str, Any] = field(default_factory=dict)
+    ws_port: int = field(default_factory=free_port)
+    tcp_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/connection/websocket"
+
+    @property
+    def secret(self) -> str:
+        return RELAY_SECRET
+
+    def config_text(self) -> str:
+        cfg: dict[str, Any] = {
+            "host": "127.0.0.1", "ws_port": self.ws_port, "tcp_port": self.tcp_port,
+            "api_port": self.api_port, "token_hmac_secret": RELAY_SECRET, "api_key": "bench",
+            "client_queue_max_size": 4194304, "ping_interval": 25.0,
+        }
+        cfg.update(self.extra_config)
+        lines = [f"{k} = {json.dumps(v)}" for k, v in cfg.items()]  # JSON scalars are TOML scalars
+        lines += ["", "[namespaces.bench]", "allow_publish = true", ""]
+        return "\n".join(lines)
+
+    def argv(self) -> list[str]:
+        path = Path(self.tmp.name) / "relay.toml"
+        path.write_text(self.config_text())
+        return [PYTHON, "-m", "relay", "serve", "-c", str(path)]
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/readyz", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def core(self) -> str:
+        """The fan-out core the server reported in its start line (``core=cython``)."""
+        for line in self.log().splitlines():
+            if "core=" in line:
+                return line.split("core=", 1)[1].split()[0]
+        return "unknown"
+
+    def token(self, user: str = "bench") -> str:
+        from relay.auth import make_connect_token
+
+        return make_connect_token(user, RELAY_SECRET, ttl=None)
+
+
+@dataclass
+class PicowsPeer(ServerProcess):
+    """The naive picows relay (bench/peers/picows_relay.py) on uvloop."""
+
+    name: str = "picows"
+    port: int = field(default_factory=free_port)
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    @property
+    def pub_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/pub"
+
+    def argv(self) -> list[str]:
+        return [PYTHON, str(ROOT / "bench" / "peers" / "picows_relay.py"), "--port", str(self.port)]
+
+    def _ready(self) -> bool:
+        return _tcp_accepts(self.port)
+
+
+def _version(mod: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(mod)
+    except Exception:
+        return "not installed"
+
+
+def machine_description() -> dict[str, Any]:
+    """CPU model, cores, kernel, Python, library versions and relay's core implementation."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        sys.path.insert(0, str(ROOT))
+        os.environ.pop("RELAY_PUREPYTHON", None)
+        from relay import __version__ as relay_version
+        from relay import core as relay_core
+
+        core_impl = relay_core.IMPLEMENTATION
+    except Exception as e:  # pragma: no cover - reported, not fatal
+        relay_version, core_impl = "unknown", f"import failed: {e}"
+    return {
+        "cpu_model": model, "cpus": os.cpu_count(), "kernel": platform.release(),
+        "python": platform.python_version(), "picows": _version("picows"), "uvloop": _version("uvloop"),
+        "orjson": _version("orjson"), "relay": relay_version, "relay_core": core_impl,
+        "server_cpu": SERVER_CPU, "generator_cpu": GENERATOR_CPU,
+        "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+    }
+
+
+def write_result(kind: str, data: dict[str, Any]) -> Path:
+    """Write ``data`` to bench/results/<kind>-<timestamp>.json and return the path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def fmt_rate(x: float) -> str:
+    """12345678 -> '12.35M', 45678 -> '45.7k'."""
+    if x >= 1e6:
+        return f"{x / 1e6:.2f}M"
+    if x >= 1e3:
+        return f"{x / 1e3:.1f}k"
+    return f"{x:.0f}"

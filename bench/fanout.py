@@ -1,0 +1,403 @@
+"""Fan-out benchmark: relay against the naive picows relay, same subscribers, same run.
+
+For each case and each server (relay, then the picows peer) this starts the server
+pinned to CPU 0, connects the subscribers (load generator workers pinned to CPU 1),
+connects one publisher (CPU 1) and runs the case's steps in order of rising load.
+Each step publishes at a fixed rate for ``warmup + duration`` seconds; the last
+``duration`` seconds are the measured window. It prints one line per server and step:
+
+* deliveries/s      deliveries received during the window / window length
+* p50/p99/max       publish-to-receive latency of messages stamped in the window
+* loss              1 - delivered / (published in window x subscribers), after draining
+* CPU/delivery      server utime+stime over the window / deliveries received in it
+* per core          deliveries per second of server CPU (1 / CPU per delivery)
+* gen CPU           load generator (workers + publisher) CPU over the window, % of one core
+
+Marks: GENERATOR-LIMITED (generator >= 90 % of its core: the figure is the generator's),
+SATURATED (latency grew through the window, median over 1 s, or a backlog was still
+draining at the drain timeout; loss then reads "backlog" and the heavier steps for that
+server are skipped), p99>50ms, LOSS (deliveries stopped short of the published count).
+
+Cases (``--cases abc``):
+  a  1,000 subscribers, 1 message per tick at 50 and 200 msg/s
+  b  10,000 subscribers, 1 message per tick at 10 and 20 msg/s
+  c  hot channel: 1,000 subscribers, 20 publishes per frame at 50/100/200 frames/s
+  d  (not in the default set) 1,000 subscribers, 100 msg/s sent as 1, 2, 5, 10 publishes
+     per frame: how CPU per delivery falls as more messages share a write
+
+Results also go to bench/results/fanout-<timestamp>.json with the machine description.
+Run: ``.venv/bin/python bench/fanout.py`` (``--quick`` for a smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (GENERATOR_CPU, SERVER_CPU, PicowsPeer, RelayServer, ServerProcess,  # noqa: E402
+                    cpu_stat, fmt_rate, machine_description, pin_to, raise_nofile, write_result)
+from loadgen import LoadGenerator, Publisher, Target, self_cpu_seconds  # noqa: E402
+
+__all__ = ["Step", "Case", "CASES", "run_step", "run_server", "format_line", "main"]
+
+GEN_LIMIT_PCT = 90.0      #: generator CPU (% of its core) from which a figure is the generator's
+SATURATION_P99_MS = 50.0  #: p99 bound quoted in BENCHMARKING.md (a step over it is marked)
+SATURATION_P50_MS = 1000.0  #: a median latency over this counts as saturated
+NOISE_PCT = 5.0  #: other tenants' load or steal on a benchmark core above this marks a step NOISY
+
+
+@dataclass(frozen=True)
+class Step:
+    """One offered load: ``batch`` messages per frame, ``ticks`` frames per second."""
+
+    ticks: float
+    batch: int = 1
+
+    @property
+    def rate(self) -> float:
+        return self.ticks * self.batch
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    title: str
+    subscribers: int
+    steps: tuple[Step, ...]
+    workers: int
+
+
+CASES: dict[str, Case] = {
+    "a": Case("a", "1 msg per tick", 1000, (Step(50), Step(200)), workers=2),
+    "b": Case("b", "10k subscribers", 10000, (Step(10), Step(20)), workers=4),
+    "c": Case("c", "hot channel, 20 publishes per frame", 1000,
+              (Step(50, 20), Step(100, 20), Step(200, 20)), workers=2),
+    "d": Case("d", "coalescing sweep, same 100k deliveries/s in 1/2/5/10 publishes per frame", 1000,
+              (Step(100, 1), Step(50, 2), Step(20, 5), Step(10, 10)), workers=2),
+}
+
+
+def _core_use(a: dict[int, dict[str, float]], b: dict[int, dict[str, float]], ours: dict[int, float],
+              wall: float) -> dict[int, dict[str, float]]:
+    """What ran on each benchmark core during the window, from two /proc/stat readings.
+
+    ``irq_softirq_s``: interrupt and softirq time (on CPU 0 that is the server's loopback TCP
+    work, which utime+stime may not include); ``other_pct``: task time not explained by our
+    processes (``ours``: their utime+stime per core), i.e. other tenants; ``steal_pct``.
+    """
+    out: dict[int, dict[str, float]] = {}
+    for cpu, our_cpu in ours.items():
+        if cpu not in a or cpu not in b or wall <= 0:
+            continue
+        d = {k: b[cpu][k] - a[cpu][k] for k in a[cpu]}
+        tasks = d["user"] + d["nice"] + d["system"]
+        out[cpu] = {"busy_pct": round(100.0 * (tasks + d["irq"] + d["softirq"] + d["steal"]) / wall, 1),
+                    "irq_softirq_s": round(d["irq"] + d["softirq"], 3),
+                    "other_pct": round(max(0.0, 100.0 * (tasks - our_cpu) / wall), 1),
+                    "steal_pct": round(100.0 * d["steal"] / wall, 1)}
+    return out
+
+
+def _pct(h, q: float) -> float | None:
+    v = h.percentile_ms(q)
+    return None if v is None else round(v, 3)
+
+
+async def _drain(lg: LoadGenerator, expected: int, server: ServerProcess, timeout: float,
+                 stall: float = 3.0) -> dict[str, Any]:
+    """Wait until every in-window message arrived, deliveries stop for ``stall`` s, or ``timeout``.
+
+    ``complete``: everything arrived. ``timed_out``: deliveries were still flowing at the
+    timeout (a backlog, i.e. the server is saturated). Neither: deliveries stopped short,
+    so the missing ones are lost.
+    """
+    t0 = time.monotonic()
+    last_total, last_change = -1, t0
+    while True:
+        got, total, _ = await asyncio.to_thread(lg.counts)
+        now = time.monotonic()
+        if got >= expected:
+            return {"complete": True, "timed_out": False, "drain_s": round(now - t0, 2)}
+        if total != last_total:
+            last_total, last_change = total, now
+        if now - last_change > stall or not server.alive():
+            return {"complete": False, "timed_out": False, "drain_s": round(now - t0, 2)}
+        if now - t0 > timeout:
+            return {"complete": False, "timed_out": True, "drain_s": round(now - t0, 2)}
+        await asyncio.sleep(0.2)
+
+
+async def run_step(case: Case, step: Step, server: ServerProcess, lg: LoadGenerator, pub: Publisher,
+                   warmup: float, duration: float, drain_timeout: float) -> dict[str, Any]:
+    """Publish ``step`` for warmup + duration, drain, and return the step's figures."""
+    start_ns = time.time_ns() + 200_000_000
+    ws_ns = start_ns + int(warmup * 1e9)
+    we_ns = ws_ns + int(duration * 1e9)
+    await asyncio.to_thread(lg.set_window, ws_ns, we_ns)
+    marks: dict[str, tuple] = {}
+    stats: dict[str, dict] = {}
+
+    def edge(which: str) -> None:
+        marks[which] = (time.monotonic(), server.cpu_times(), lg.cpu_times(), self_cpu_seconds())
+        stats[which] = cpu_stat()
+
+    replies0, errors0 = pub.replies, pub.errors
+    await asyncio.sleep(max(0.0, (start_ns - time.time_ns()) / 1e9))
+    sent = await pub.run(step.ticks, step.batch, ws_ns, we_ns, on_window_edge=edge)
+    expected = sent["in_window"] * lg.connected
+    drained = await _drain(lg, expected, server, drain_timeout)
+    w = await asyncio.to_thread(lg.report)
+
+    (t_a, srv_a, gen_a, me_a), (t_b, srv_b, gen_b, me_b) = marks["start"], marks["end"]
+    wall = t_b - t_a
+    server_user, server_sys = srv_b[0] - srv_a[0], srv_b[1] - srv_a[1]
+    server_cpu = server_user + server_sys
+    workers_user, workers_sys = gen_b[0] - gen_a[0], gen_b[1] - gen_a[1]
+    gen_cpu = workers_user + workers_sys + (me_b - me_a)
+    cores = _core_use(stats["start"], stats["end"], {SERVER_CPU: server_cpu, GENERATOR_CPU: gen_cpu}, wall)
+    server_softirq = cores.get(SERVER_CPU, {}).get("irq_softirq_s", 0.0)
+    recv = w.recv_in_window
+    p50_1, p50_2 = w.hist_first.percentile_ms(50), w.hist_second.percentile_ms(50)
+    p50 = w.hist.percentile_ms(50)
+    # saturated: latency grows through the window, or it is over a second, or a backlog outlived
+    # the drain timeout (also when nothing stamped in the window arrived at all)
+    growing = p50_1 is not None and p50_2 is not None and p50_2 > 1.25 * p50_1 + 20.0
+    saturated = (growing or drained["timed_out"] or (p50 is not None and p50 > SATURATION_P50_MS)
+                 or (w.in_window == 0 and expected > 0 and w.lost == 0))
+    loss = None if expected == 0 else 1.0 - w.in_window / expected
+    return {
+        "case": case.key, "server": server.name, "subscribers": lg.connected,
+        "msgs_per_s": step.rate, "frames_per_s": step.ticks, "batch": step.batch,
+        "published_in_window": sent["in_window"], "published": sent["sent"],
+        "publisher_max_late_ms": round(sent["max_late_ms"], 2),
+        "expected_deliveries": expected, "delivered_in_window": w.in_window,
+        "received_in_window": recv, "frames_received_in_window": w.frames_in_window,
+        "window_s": round(wall, 3), "deliveries_per_s": recv / wall if wall else 0.0,
+        "loss": loss, "drain": drained,
+        "latency_ms": {"p50": _pct(w.hist, 50), "p99": _pct(w.hist, 99), "max": round(w.hist.max_ns / 1e6, 3),
+                       "p50_first_half": _pct(w.hist_first, 50), "p50_second_half": _pct(w.hist_second, 50)},
+        "server_cpu_s": round(server_cpu, 3), "server_cpu_pct": 100.0 * server_cpu / wall if wall else 0.0,
+        "server_cpu_us_per_delivery": server_cpu * 1e6 / recv if recv else None,
+        "server_core_softirq_s": round(server_softirq, 3),
+        "server_cpu_incl_softirq_us_per_delivery": (server_cpu + server_softirq) * 1e6 / recv if recv else None,
+        "cores": cores,
+        "noisy": any(c["other_pct"] > NOISE_PCT or c["steal_pct"] > NOISE_PCT for c in cores.values()),
+        "deliveries_per_core_s": recv / server_cpu if server_cpu > 0 else None,
+        "generator_cpu_pct": 100.0 * gen_cpu / wall if wall else 0.0,
+        "server_user_s": round(server_user, 3), "server_sys_s": round(server_sys, 3),
+        "generator_workers_user_s": round(workers_user, 3), "generator_workers_sys_s": round(workers_sys, 3),
+        "generator_workers_cpu_pct": 100.0 * (workers_user + workers_sys) / wall if wall else 0.0,
+        "publisher_cpu_pct": 100.0 * (me_b - me_a) / wall if wall else 0.0,
+        "generator_limited": wall > 0 and 100.0 * gen_cpu / wall >= GEN_LIMIT_PCT,
+        "saturated": bool(saturated),
+        "lost_connections": w.lost, "close_codes": w.close_codes, "pings_answered": w.pings,
+        "subscriber_errors": w.errors[:5],
+        "per_connection_min": w.per_conn_min, "per_connection_max": w.per_conn_max,
+        "publish_errors": pub.errors - errors0, "publish_replies": pub.replies - replies0,
+        "server_alive": server.alive(),
+    }
+
+
+def _sys_share(r: dict[str, Any]) -> str:
+    total = r["server_user_s"] + r["server_sys_s"]
+    return f"{100.0 * r['server_sys_s'] / total:.0f}% sys" if total > 0 else "-"
+
+
+def format_line(r: dict[str, Any]) -> str:
+    """One printed line per server and step."""
+    lat = r["latency_ms"]
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else (f"{v:.1f}" if v >= 10 else f"{v:.2f}")
+
+    cpu = r["server_cpu_us_per_delivery"]
+    cpu_si = r["server_cpu_incl_softirq_us_per_delivery"]
+    per_core = r["deliveries_per_core_s"]
+    loss = r["loss"]
+    if loss is None:
+        loss_s = "-"
+    elif r["drain"]["timed_out"]:
+        loss_s = "backlog"
+    else:
+        loss_s = "0" if loss <= 0 else f"{loss:.4%}"
+    marks = []
+    if r["generator_limited"]:
+        marks.append("GENERATOR-LIMITED")
+    if r["saturated"]:
+        marks.append("SATURATED")
+    elif lat["p99"] is not None and lat["p99"] > SATURATION_P99_MS:
+        marks.append(f"p99>{SATURATION_P99_MS:g}ms")
+    if r["drain"]["complete"] is False and not r["drain"]["timed_out"]:
+        marks.append("LOSS")
+    if r["lost_connections"]:
+        marks.append(f"DISCONNECTS={r['lost_connections']} codes={r['close_codes']}")
+    if r["publish_errors"]:
+        marks.append(f"PUBLISH-ERRORS={r['publish_errors']}")
+    if not r["server_alive"]:
+        marks.append("SERVER-DIED")
+    if r["noisy"]:
+        marks.append("NOISY(" + ", ".join(f"cpu{c}: other {v['other_pct']:.0f}% steal {v['steal_pct']:.0f}%"
+                                          for c, v in r["cores"].items()) + ")")
+    return (f"  {r['server']:<7} {fmt_rate(r['deliveries_per_s']):>7} deliv/s"
+            f"  p50 {ms(lat['p50']):>6} p99 {ms(lat['p99']):>6} max {ms(lat['max']):>6} ms"
+            f"  loss {loss_s:<8}"
+            f"  CPU {'-' if cpu is None else f'{cpu:.3f}':>6} us/deliv"
+            f" [+softirq {'-' if cpu_si is None else f'{cpu_si:.3f}':>6}]"
+            f" ({r['server_cpu_pct']:3.0f}% core {_sys_share(r)},"
+            f" {'-' if per_core is None else fmt_rate(per_core)}/core-s)"
+            f"  gen CPU {r['generator_cpu_pct']:3.0f}%"
+            + ("  " + " ".join(marks) if marks else ""))
+
+
+async def run_server(case: Case, server: ServerProcess, subscribers: int, warmup: float, duration: float,
+                     drain_timeout: float, print_fn) -> list[dict[str, Any]]:
+    """Start ``server``, connect the subscribers and the publisher, run every step, stop."""
+    results: list[dict[str, Any]] = []
+    await asyncio.to_thread(server.start)
+    lg: LoadGenerator | None = None
+    pub: Publisher | None = None
+    try:
+        if isinstance(server, RelayServer):
+            token = server.token()
+            target = Target("relay", "relay", server.ws_url, server.ws_url, token)
+            print_fn(f"  [relay core={server.core()} pid={server.pid}]")
+        else:
+            assert isinstance(server, PicowsPeer)
+            target = Target(server.name, "raw", server.ws_url, server.pub_url)
+        lg = LoadGenerator(target, subscribers, case.workers)
+        t0 = time.monotonic()
+        n = await asyncio.to_thread(lg.connect)
+        if n < subscribers:
+            print_fn(f"  {server.name}: only {n}/{subscribers} subscribers connected: {lg.errors[:2]}")
+        rss = server.rss_bytes()
+        print_fn(f"  [{server.name}: {n} subscribers connected in {time.monotonic() - t0:.1f}s,"
+                 f" server RSS {rss / 2**20:.0f} MiB]")
+        pub = Publisher(target)
+        await pub.connect()
+        await asyncio.sleep(0.5)
+        for step in case.steps:
+            r = await run_step(case, step, server, lg, pub, warmup, duration, drain_timeout)
+            results.append(r)
+            print_fn(f"  step {fmt_rate(step.rate)} msg/s ({step.batch}/frame x {step.ticks:g}/s):")
+            print_fn(format_line(r))
+            if r["saturated"] or not r["server_alive"]:
+                for later in case.steps[case.steps.index(step) + 1:]:
+                    print_fn(f"  step {fmt_rate(later.rate)} msg/s: skipped for {server.name}"
+                             f" (saturated at a lighter step)")
+                    results.append({"case": case.key, "server": server.name, "msgs_per_s": later.rate,
+                                    "batch": later.batch, "skipped": "saturated at a lighter step"})
+                break
+    finally:
+        if pub is not None:
+            pub.close()
+        if lg is not None:
+            await asyncio.to_thread(lg.close)
+        server.cleanup()
+    return results
+
+
+def make_server(name: str) -> ServerProcess:
+    """``relay``, ``relay-wdN`` (relay with client_write_delay = N ms) or ``picows``."""
+    if name == "picows":
+        return PicowsPeer()
+    if name == "relay":
+        return RelayServer()
+    if name.startswith("relay-wd") and name[8:].isdigit():
+        return RelayServer(name=name, extra_config={"client_write_delay": int(name[8:]) / 1000})
+    raise SystemExit(f"unknown server {name!r}: use relay, relay-wd<ms> or picows")
+
+
+def _ratios(results: list[dict[str, Any]]) -> list[str]:
+    """relay / picows CPU per delivery for each step both servers ran."""
+    out = []
+    by = {(r["case"], r["msgs_per_s"], r["batch"], r["server"]): r for r in results if "skipped" not in r}
+    for (case, rate, batch, srv), r in by.items():
+        if not srv.startswith("relay"):
+            continue
+        p = by.get((case, rate, batch, "picows"))
+        if p and r["server_cpu_us_per_delivery"] and p["server_cpu_us_per_delivery"]:
+            ratio = r["server_cpu_us_per_delivery"] / p["server_cpu_us_per_delivery"]
+            key = "server_cpu_incl_softirq_us_per_delivery"
+            si = (r[key] or 0) / (p[key] or 1)
+            out.append(f"  ({case}) {fmt_rate(rate)} msg/s, {batch}/frame: {srv}/picows CPU per delivery = {ratio:.2f}x"
+                       f" ({r['server_cpu_us_per_delivery']:.3f} vs {p['server_cpu_us_per_delivery']:.3f} us;"
+                       f" incl. softirq {si:.2f}x)")
+    return out
+
+
+async def amain(args: argparse.Namespace) -> int:
+    pin_to(GENERATOR_CPU)
+    raise_nofile()
+    results: list[dict[str, Any]] = []
+    lines: list[str] = []
+
+    def print_fn(s: str) -> None:
+        print(s, flush=True)
+        lines.append(s)
+
+    machine = machine_description()
+    print_fn(f"machine: {machine['cpu_model']}, {machine['cpus']} CPUs, kernel {machine['kernel']}, "
+             f"Python {machine['python']}, picows {machine['picows']}, uvloop {machine['uvloop']}, "
+             f"relay {machine['relay']} core={machine['relay_core']}")
+    print_fn(f"servers on CPU 0, generator on CPU {GENERATOR_CPU}; window {args.duration:g}s after "
+             f"{args.warmup:g}s warm-up; {args.payload} B payloads")
+    for key in args.cases:
+        case = CASES[key]
+        if args.subscribers:
+            case = Case(case.key, case.title, args.subscribers if key != "b" else case.subscribers,
+                        case.steps, case.workers)
+        if args.quick:
+            case = Case(case.key, case.title, max(10, case.subscribers // 10), case.steps[:2],
+                        max(1, case.workers // 2))
+        print_fn(f"({case.key}) {case.title}: {case.subscribers} subscribers, steps "
+                 + ", ".join(f"{fmt_rate(s.rate)} msg/s" for s in case.steps))
+        for name in args.servers:
+            server: ServerProcess = make_server(name)
+            results += await run_server(case, server, case.subscribers, args.warmup, args.duration,
+                                        args.drain_timeout, print_fn)
+    ratio_lines = _ratios(results)
+    if ratio_lines:
+        print_fn("ratios (same run):")
+        for s in ratio_lines:
+            print_fn(s)
+    path = write_result("fanout", {"machine": machine, "args": vars(args), "results": results,
+                                   "cases": {k: asdict(v) for k, v in CASES.items()}, "printed": lines})
+    print(f"results: {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="relay vs naive picows relay fan-out benchmark",
+                                 epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", default="abc", help="which cases to run, e.g. 'ac' or 'd' (default: abc)")
+    ap.add_argument("--servers", default="relay,picows",
+                    help="comma-separated: relay, relay-wd<ms> (client_write_delay in ms), picows")
+    ap.add_argument("--duration", type=float, default=None, help="measured window in seconds (default 10)")
+    ap.add_argument("--warmup", type=float, default=None, help="seconds before the window (default 2)")
+    ap.add_argument("--drain-timeout", type=float, default=15.0, help="seconds to wait for the backlog")
+    ap.add_argument("--subscribers", type=int, default=None,
+                    help="subscribers for cases a and c (b keeps 10,000)")
+    ap.add_argument("--payload", type=int, default=100, help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="small, short run (smoke test)")
+    args = ap.parse_args(argv)
+    args.cases = [c for c in args.cases if c in CASES]
+    args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if args.duration is None:
+        args.duration = 2.0 if args.quick else 10.0
+    if args.warmup is None:
+        args.warmup = 0.5 if args.quick else 2.0
+    if args.quick:
+        args.drain_timeout = min(args.drain_timeout, 5.0)
+    import uvloop
+
+    return uvloop.run(amain(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
