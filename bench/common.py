@@ -18,14 +18,14 @@ import os
 import platform
 import resource
 import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from relay import testing  # noqa: E402
+from relay.testing import free_port  # noqa: E402
 
 __all__ = [
     "ROOT", "PYTHON", "SERVER_CPU", "GENERATOR_CPU", "RELAY_SECRET", "FANOUT_CHANNEL",
@@ -46,13 +46,6 @@ RESULTS_DIR = ROOT / "bench" / "results"
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def raise_nofile() -> int:
@@ -110,61 +103,16 @@ def proc_rss_bytes(pid: int) -> int:
         return int(f.read().split()[1]) * _PAGE
 
 
-@dataclass
-class ServerProcess:
-    """A server under test, started with ``taskset -c SERVER_CPU`` and logged to a temp file.
+def _tcp_accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
-    Subclasses fill ``argv()`` and ``_ready()``; ``name`` is the label printed in results.
-    """
 
-    name: str
-    cpu: int = SERVER_CPU
-    proc: subprocess.Popen | None = None
-    tmp: tempfile.TemporaryDirectory = field(default_factory=lambda: tempfile.TemporaryDirectory(
-        prefix="relay-bench-"))
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    @property
-    def log_path(self) -> Path:
-        return Path(self.tmp.name) / "server.log"
-
-    @property
-    def ws_url(self) -> str:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def argv(self) -> list[str]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _ready(self) -> bool:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def start(self, timeout: float = 30.0) -> "ServerProcess":
-        cmd = self.argv()
-        if self.cpu < (os.cpu_count() or 1):
-            cmd = ["taskset", "-c", str(self.cpu)] + cmd
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        env.pop("RELAY_PUREPYTHON", None)  # benchmark the compiled core unless told otherwise
-        self._log = open(self.log_path, "wb")
-        # taskset execs the server, so Popen.pid is the server's pid
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=str(ROOT))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
-            if self._ready():
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"{self.name} did not become ready:\n{self.log()}")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+class ServerProcess(testing.ServerProcess):
+    """A server under test, pinned to ``SERVER_CPU``, with its CPU time and RSS read from /proc."""
 
     def cpu_seconds(self) -> float:
         return proc_cpu_seconds(self.pid)
@@ -176,106 +124,39 @@ class ServerProcess:
     def rss_bytes(self) -> int:
         return proc_rss_bytes(self.pid)
 
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "_log", None):
-            self._log.close()
-
-    def cleanup(self) -> None:
-        self.stop()
-        self.tmp.cleanup()
-
-    def __enter__(self) -> "ServerProcess":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.cleanup()
-
-
-def _tcp_accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-@dataclass
-class RelayServer(ServerProcess):
+class RelayServer(testing.RelayProcess, ServerProcess):
     """relay itself (``python -m relay serve``) with the benchmark configuration.
 
     ``client_queue_max_size`` is raised to 4 MiB so a burst never trips 3008 (slow)
     before the socket buffers do; the ``bench`` namespace allows client publishing.
+    The compiled core is benchmarked even when RELAY_PUREPYTHON is set in the shell.
     """
 
-    name: str = "relay"
-    extra_config: dict[str, Any] = field(default_factory=dict)
-    ws_port: int = field(default_factory=free_port)
-    tcp_port: int = field(default_factory=free_port)
-    api_port: int = field(default_factory=free_port)
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.ws_port}/connection/websocket"
-
-    @property
-    def secret(self) -> str:
-        return RELAY_SECRET
-
-    def config_text(self) -> str:
+    def __init__(self, name: str = "relay", extra_config: dict[str, Any] | None = None) -> None:
         cfg: dict[str, Any] = {
-            "host": "127.0.0.1", "ws_port": self.ws_port, "tcp_port": self.tcp_port,
-            "api_port": self.api_port, "token_hmac_secret": RELAY_SECRET, "api_key": "bench",
+            "host": "127.0.0.1", "token_hmac_secret": RELAY_SECRET, "api_key": "bench",
             "client_queue_max_size": 4194304, "ping_interval": 25.0,
+            "namespaces": {"bench": {"allow_publish": True}},
         }
-        cfg.update(self.extra_config)
-        lines = [f"{k} = {json.dumps(v)}" for k, v in cfg.items()]  # JSON scalars are TOML scalars
-        lines += ["", "[namespaces.bench]", "allow_publish = true", ""]
-        return "\n".join(lines)
+        super().__init__(testing.merge(cfg, extra_config or {}), cpu=SERVER_CPU,
+                         unset_env=("RELAY_PUREPYTHON",), name=name)
 
     def argv(self) -> list[str]:
-        path = Path(self.tmp.name) / "relay.toml"
-        path.write_text(self.config_text())
-        return [PYTHON, "-m", "relay", "serve", "-c", str(path)]
+        return [PYTHON] + super().argv()[1:]
 
-    def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/readyz", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    def core(self) -> str:
-        """The fan-out core the server reported in its start line (``core=cython``)."""
-        for line in self.log().splitlines():
-            if "core=" in line:
-                return line.split("core=", 1)[1].split()[0]
-        return "unknown"
-
-    def token(self, user: str = "bench") -> str:
-        from relay.auth import make_connect_token
-
-        return make_connect_token(user, RELAY_SECRET, ttl=None)
+    def token(self, user: str = "bench") -> str:  # type: ignore[override]
+        return super().token(user, ttl=None)
 
 
-@dataclass
 class PicowsPeer(ServerProcess):
     """The naive picows relay (bench/peers/picows_relay.py) on uvloop."""
 
-    name: str = "picows"
-    port: int = field(default_factory=free_port)
+    name = "picows"
+
+    def __init__(self) -> None:
+        super().__init__(cpu=SERVER_CPU)
+        self.port = free_port()
 
     @property
     def ws_url(self) -> str:
@@ -288,7 +169,7 @@ class PicowsPeer(ServerProcess):
     def argv(self) -> list[str]:
         return [PYTHON, str(ROOT / "bench" / "peers" / "picows_relay.py"), "--port", str(self.port)]
 
-    def _ready(self) -> bool:
+    def ready(self) -> bool:
         return _tcp_accepts(self.port)
 
 

@@ -22,4 +22,4 @@ def relay_factory():
 
     yield make
     for r in started:
-        r.stop()
+        r.cleanup()

@@ -1,0 +1,194 @@
+"""Run real relay processes (and other servers) for tests, benchmarks and load tests.
+
+relay is tested over real sockets against a real process: ``RelayProcess`` writes a
+TOML config, starts ``python -m relay serve`` (optionally pinned to one CPU with
+``taskset``) and waits for ``/readyz``. ``ServerProcess`` is the generic part, also
+used for benchmark peers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ROOT", "free_port", "to_toml", "merge", "ServerProcess", "RelayProcess"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def merge(a: dict, b: dict) -> dict:
+    """``a`` updated by ``b``, recursively for nested tables."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def to_toml(cfg: dict) -> str:
+    """relay's config dict as TOML (scalars, ``[channel]`` and ``[namespaces.NAME]`` tables)."""
+    def scalar(v: Any) -> str:
+        if isinstance(v, (bool, int, float, str)):
+            return json.dumps(v)  # JSON booleans, numbers and strings are valid TOML
+        raise TypeError(f"not a TOML scalar: {v!r}")
+
+    lines = [f"{k} = {scalar(v)}" for k, v in cfg.items() if not isinstance(v, dict)]
+    for k, v in cfg.items():
+        if isinstance(v, dict) and k != "namespaces":
+            lines += [f"\n[{k}]"] + [f"{kk} = {scalar(vv)}" for kk, vv in v.items()]
+    for ns, opts in cfg.get("namespaces", {}).items():
+        lines += [f"\n[namespaces.{json.dumps(ns)}]"] + [f"{kk} = {scalar(vv)}" for kk, vv in opts.items()]
+    return "\n".join(lines) + "\n"
+
+
+class ServerProcess:
+    """A server in a child process, logged to a temporary file, optionally pinned to ``cpu``.
+
+    Subclasses give ``argv()`` and ``ready()``.
+    """
+
+    name = "server"
+
+    def __init__(self, cpu: int | None = None, env: dict[str, str] | None = None,
+                 unset_env: tuple[str, ...] = ()) -> None:
+        self.cpu = cpu
+        self.env = env or {}
+        self.unset_env = unset_env
+        self.proc: subprocess.Popen | None = None
+        self.tmp = tempfile.TemporaryDirectory(prefix=f"relay-{self.name}-")
+        self._log = None
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.tmp.name) / "server.log"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def argv(self) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def ready(self) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def start(self, timeout: float = 30.0):
+        cmd = self.argv()
+        if self.cpu is not None and self.cpu < (os.cpu_count() or 1):
+            cmd = ["taskset", "-c", str(self.cpu)] + cmd  # taskset execs: Popen.pid is the server's
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        for name in self.unset_env:
+            env.pop(name, None)
+        env.update(self.env)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            if self.ready():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not become ready:\n{self.log()}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        self.tmp.cleanup()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cleanup()
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+class RelayProcess(ServerProcess):
+    """``python -m relay serve`` with ``config`` (ports are filled in with free ones)."""
+
+    name = "relay"
+
+    def __init__(self, config: dict, cpu: int | None = None, env: dict[str, str] | None = None,
+                 unset_env: tuple[str, ...] = (), name: str | None = None) -> None:
+        if name:
+            self.name = name
+        super().__init__(cpu, env, unset_env)
+        ports = {k: free_port() for k in ("ws_port", "tcp_port", "api_port") if not config.get(k)}
+        self.config = merge(config, ports)
+
+    ws_port = property(lambda self: self.config["ws_port"])
+    tcp_port = property(lambda self: self.config["tcp_port"])
+    api_port = property(lambda self: self.config["api_port"])
+    api_key = property(lambda self: self.config.get("api_key", ""))
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}{self.config.get('ws_path', '/connection/websocket')}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}/api"
+
+    def token(self, user: str, ttl: float | None = 3600, **kw: Any) -> str:
+        from relay.auth import make_connect_token
+
+        return make_connect_token(user, self.config["token_hmac_secret"], ttl=ttl, **kw)
+
+    def argv(self) -> list[str]:
+        path = Path(self.tmp.name) / "relay.toml"
+        path.write_text(to_toml(self.config))
+        return [sys.executable, "-m", "relay", "serve", "-c", str(path)]
+
+    def ready(self) -> bool:
+        return http_ok(f"http://127.0.0.1:{self.api_port}/readyz")
+
+    def core(self) -> str:
+        """The fan-out core the server reported in its start line (``core=cython``)."""
+        for line in self.log().splitlines():
+            if "core=" in line:
+                return line.split("core=", 1)[1].split()[0]
+        return "unknown"
