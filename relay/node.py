@@ -162,6 +162,10 @@ class Node:
         if opts.presence:
             info = s.client_info()
             await self.presence.add_presence(channel, s.client_id, info)
+            if s.closed or channel not in s.subs:
+                # the client left while we were adding it (a broker that really awaits): undo
+                await self.presence.remove_presence(channel, s.client_id)
+                return
             if opts.join_leave:
                 await self.broker.publish_join(channel, info)
 
