@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from tests.rawclients import RawWS, ws_connected
+from tests.rawclients import RawTCP, RawWS, ws_connected
 
 
 def chan(ns="chat"):
@@ -258,3 +258,15 @@ async def test_write_delay_coalesces_across_iterations(relay_factory):
     assert op == 1 and payload.count(b'"pub"') == 3  # one frame, one write
     a.close()
     b.close()
+
+
+async def test_sigterm_disconnects_with_shutdown_code(relay_factory):
+    r = relay_factory()
+    ws = await ws_connected(r.ws_port, r.token("alice"))
+    t = await RawTCP.open(r.tcp_port)
+    await t.call("connect", {"token": r.token("bob")})
+    r.proc.terminate()
+    assert await ws.expect_close() == (3001, "shutdown")
+    push = await t.push()
+    assert push["disconnect"] == {"code": 3001, "reason": "shutdown", "reconnect": True}
+    assert await asyncio.to_thread(r.proc.wait, 10) == 0
