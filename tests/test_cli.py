@@ -50,3 +50,18 @@ def test_serve_with_bad_config_exits_with_message(tmp_path):
     bad.write_text('ws_port = "x"\n')
     r = relay("serve", "-c", str(bad))
     assert r.returncode == 2 and "ws_port: expected an integer" in r.stderr
+
+
+def test_broken_compiled_core_is_reported_loudly():
+    """A compiled core that cannot be imported is never a silent fallback."""
+    import os
+
+    code = ("import sys; sys.modules['relay._core'] = None\n"  # makes `import relay._core` fail
+            "from relay.cli import main; sys.exit(main(['info']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT), timeout=30,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0
+    info = json.loads(r.stdout)
+    assert info["core"] == "python" and "ImportError" in info["core_import_error"]
+    assert "compiled core relay._core failed to import" in r.stderr  # the ERROR log line
+    assert "WARNING: compiled core not loaded" in r.stderr
