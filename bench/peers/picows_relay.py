@@ -38,23 +38,6 @@ def _broadcast(payload: bytes) -> None:
             t.send(WSMsgType.TEXT, line)
 
 
-class Subscriber(WSListener):
-    """A subscriber; whatever it sends is broadcast too (it is a plain broadcast relay)."""
-
-    def on_ws_connected(self, transport: WSTransport) -> None:
-        SUBSCRIBERS[transport] = None
-
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        if frame.msg_type == WSMsgType.TEXT:
-            _broadcast(frame.get_payload_as_bytes())
-        elif frame.msg_type == WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code(), frame.get_close_message())
-            transport.disconnect()
-
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
-        SUBSCRIBERS.pop(transport, None)
-
-
 class Publisher(WSListener):
     """The publisher (path ``/pub``): broadcasts what it sends, receives nothing."""
 
@@ -64,6 +47,16 @@ class Publisher(WSListener):
         elif frame.msg_type == WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code(), frame.get_close_message())
             transport.disconnect()
+
+
+class Subscriber(Publisher):
+    """A subscriber; whatever it sends is broadcast too (it is a plain broadcast relay)."""
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        SUBSCRIBERS[transport] = None
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        SUBSCRIBERS.pop(transport, None)
 
 
 def _listener(request: WSUpgradeRequest) -> WSListener:
