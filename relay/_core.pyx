@@ -155,6 +155,7 @@ cdef class FrameReader:
         cdef Py_ssize_t pos = 0, end = len(buf), hlen, total, i
         cdef uint64_t length
         cdef const uint8_t* p
+        cdef const uint8_t* src
         cdef uint8_t b0, b1, fin
         cdef int opcode, op
         cdef uint8_t mask[4]
@@ -209,18 +210,21 @@ cdef class FrameReader:
             if end - pos < total:
                 break
             memcpy(mask, p + hlen, 4)
-            payload = PyBytes_FromStringAndSize(<const char*>(p + hlen + 4), <Py_ssize_t>length)
+            # A fresh object (NULL source), never a shared one: CPython caches 1-byte bytes
+            # objects, and unmasking such a singleton in place would corrupt it process-wide.
+            payload = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>length)
             q = <uint8_t*>PyBytes_AS_STRING(payload)
+            src = p + hlen + 4
             memcpy(&mask32, mask, 4)
             mask64 = (<uint64_t>mask32 << 32) | mask32
             i = 0
             while i + 8 <= <Py_ssize_t>length:
-                memcpy(&word, q + i, 8)
+                memcpy(&word, src + i, 8)
                 word ^= mask64
                 memcpy(q + i, &word, 8)
                 i += 8
             while i < <Py_ssize_t>length:
-                q[i] ^= mask[i & 3]
+                q[i] = src[i] ^ mask[i & 3]
                 i += 1
             pos += total
             if opcode >= 8:

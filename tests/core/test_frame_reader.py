@@ -77,3 +77,13 @@ def test_utf8_split_across_fragments_is_valid(impl):
     r = impl.FrameReader(100)
     s = "é".encode()
     assert r.feed(client_frame(s[:1], fin=False) + client_frame(s[1:], opcode=0)) == [(1, s)]
+
+
+def test_unmasking_never_mutates_shared_bytes(impl):
+    """Regression: unmasking in place corrupted CPython's cached 1-byte bytes objects."""
+    r = impl.FrameReader(100)
+    for value in range(256):
+        payload = bytes([value])
+        assert r.feed(client_frame(payload, opcode=2)) == [(2, payload)]
+    # every 1-byte singleton still holds its own value
+    assert all(bytes([i])[0] == i for i in range(256))
