@@ -58,8 +58,10 @@ def test_broken_compiled_core_is_reported_loudly():
 
     code = ("import sys; sys.modules['relay._core'] = None\n"  # makes `import relay._core` fail
             "from relay.cli import main; sys.exit(main(['info']))")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("RELAY_PUREPYTHON", None)  # the compiled core must be attempted
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT), timeout=30,
-                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                       env=env)
     assert r.returncode == 0
     info = json.loads(r.stdout)
     assert info["core"] == "python" and "relay._core" in info["core_import_error"]
