@@ -65,6 +65,17 @@ class Config:
     node_name: str = _doc("name shown in info and logs (default: host name)", default="")
     log_level: str = _doc("DEBUG, INFO, WARNING or ERROR", default="INFO")
 
+    broker: str = _doc("'memory' (one process, the default) or 'redis' (many workers and nodes)",
+                       default="memory")
+    redis_urls: list[str] = _doc("Redis instances; channels are spread over them by consistent hash",
+                                 default_factory=lambda: ["redis://127.0.0.1:6379/0"])
+    redis_prefix: str = _doc("prefix of every Redis key and pub/sub channel", default="relay")
+    redis_pubsub_connections: int = _doc("pub/sub connections per Redis instance", default=2)
+    redis_unsubscribe_delay: float = _doc("seconds before a node leaves a Redis channel it no longer needs "
+                                          "(a channel that flaps is not re-subscribed each time)", default=1.0)
+    presence_ttl: float = _doc("seconds a presence entry lives in Redis unless refreshed", default=60.0)
+    idempotency_window: float = _doc("seconds a publish idempotency_key is remembered", default=300.0)
+
     token_hmac_secret: str = _doc("HS256 secret for connect tokens", default="")
     allow_anonymous_connect: bool = _doc("clients may connect without a token (user '')", default=False)
     api_key: str = _doc("key for the HTTP server API (X-API-Key); empty: API refuses every call",
@@ -121,6 +132,18 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 errs.append(f"{name}: must be > 0")
+        if self.broker not in ("memory", "redis"):
+            errs.append(f"broker: {self.broker!r} is not 'memory' or 'redis'")
+        if self.broker == "redis" and not self.redis_urls:
+            errs.append("redis_urls: at least one Redis URL is needed with broker = 'redis'")
+        for u in self.redis_urls:
+            if not u.startswith(("redis://", "rediss://", "unix://")):
+                errs.append(f"redis_urls: {u!r} is not a redis://, rediss:// or unix:// URL")
+        for name in ("redis_pubsub_connections", "presence_ttl", "idempotency_window"):
+            if getattr(self, name) <= 0:
+                errs.append(f"{name}: must be > 0")
+        if self.redis_unsubscribe_delay < 0:
+            errs.append("redis_unsubscribe_delay: must be >= 0")
         if not 0 <= self.client_write_delay <= 1:
             errs.append("client_write_delay: must be between 0 and 1 second")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -146,6 +169,14 @@ def _convert(value: Any, tp: Any, key: str, errs: list[str], from_text: bool) ->
             errs.append(f"{key}: expected a table")
             return None
         return _build(tp, value, key, errs, from_text)
+    if origin is list:
+        (it,) = get_args(tp)
+        if from_text and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            errs.append(f"{key}: expected a list")
+            return None
+        return [_convert(v, it, f"{key}[{i}]", errs, from_text) for i, v in enumerate(value)]
     if origin is dict:
         _, vt = get_args(tp)
         if not isinstance(value, Mapping):

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ROOT", "free_port", "to_toml", "merge", "ServerProcess", "RelayProcess"]
+__all__ = ["ROOT", "free_port", "to_toml", "merge", "ServerProcess", "RelayProcess", "RedisProcess"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,6 +43,8 @@ def to_toml(cfg: dict) -> str:
     def scalar(v: Any) -> str:
         if isinstance(v, (bool, int, float, str)):
             return json.dumps(v)  # JSON booleans, numbers and strings are valid TOML
+        if isinstance(v, list):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
         raise TypeError(f"not a TOML scalar: {v!r}")
 
     lines = [f"{k} = {scalar(v)}" for k, v in cfg.items() if not isinstance(v, dict)]
@@ -192,3 +194,33 @@ class RelayProcess(ServerProcess):
             if "core=" in line:
                 return line.split("core=", 1)[1].split()[0]
         return "unknown"
+
+
+class RedisProcess(ServerProcess):
+    """A throw-away ``redis-server`` on a free port (no persistence), for tests and benchmarks.
+
+    ``extra`` are more ``--option value`` arguments (e.g. ``["--cluster-enabled", "yes"]``).
+    """
+
+    name = "redis"
+
+    def __init__(self, port: int | None = None, extra: list[str] | None = None, cpu: int | None = None) -> None:
+        super().__init__(cpu=cpu)
+        self.port = port or free_port()
+        self.extra = extra or []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def argv(self) -> list[str]:
+        return ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", self.tmp.name, *self.extra]
+
+    def ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False

@@ -1,5 +1,9 @@
+import os
+import shutil
+
 import pytest
 
+from relay.testing import RedisProcess
 from tests.relayproc import RelayProcess
 
 
@@ -17,6 +21,38 @@ def relay_factory():
 
     def make(overrides=None, env=None):
         r = RelayProcess(overrides, env).start()
+        started.append(r)
+        return r
+
+    yield make
+    for r in started:
+        r.cleanup()
+
+
+def need_redis_server() -> None:
+    """Real Redis only: under CI a missing redis-server fails the run, elsewhere it is a clear skip."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed (required under CI=true)")
+        pytest.skip("redis-server is not installed")
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One real redis-server on a free port for the session (tests use unique key prefixes)."""
+    need_redis_server()
+    with RedisProcess() as r:
+        yield r
+
+
+@pytest.fixture
+def redis_factory():
+    """Start extra redis-servers (e.g. three independent shards) for one test."""
+    need_redis_server()
+    started = []
+
+    def make(**kw):
+        r = RedisProcess(**kw).start()
         started.append(r)
         return r
 

@@ -1,0 +1,455 @@
+"""The Redis broker: publications, history and presence in Redis, so many nodes act as one.
+
+Layout per channel ``ch`` (``{ch}`` is a hash tag: a channel's keys and its
+pub/sub all live on one Redis Cluster slot):
+
+* ``<prefix>:meta:{ch}`` hash: ``s`` top offset, ``e`` epoch; expires after
+  ``history_meta_ttl`` without publications. Lost (expired, Redis restarted
+  empty) means a new epoch, so no client is ever told it recovered a gap.
+* ``<prefix>:hist:{ch}`` list of ``<offset>:<expire ms>:<msgpack pub>``, oldest
+  first, capped at ``history_size``; expired entries are skipped on read and the
+  key expires with the newest one.
+* ``<prefix>:idem:{ch}:<key>`` the stream position of an idempotent publish.
+* pub/sub channel ``<prefix>:ps:{ch}``; messages are ``p<offset>:<msgpack pub>``,
+  ``j<msgpack info>`` (join) or ``l<msgpack info>`` (leave).
+* ``<prefix>:pres:{ch}`` hash client -> msgpack info, and ``<prefix>:pres-exp:{ch}``
+  zset client -> expiry; entries not refreshed within ``presence_ttl`` disappear.
+
+Publishing runs one Lua script: the history append, the offset increment and the
+PUBLISH are applied together or not at all.
+
+Channels are spread over several independent Redis instances (``redis_urls``)
+with jump consistent hashing, and over several pub/sub connections per instance.
+A node subscribes in Redis only to channels with local subscribers; subscribe and
+unsubscribe commands are batched per loop iteration, and an unsubscribe waits
+``redis_unsubscribe_delay`` so a channel that flaps is not re-subscribed each time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+import zlib
+from typing import Any
+
+import msgpack
+import redis.asyncio as aioredis
+
+from relay.brokers.base import (Broker, BrokerEventHandler, HistoryResult, PresenceManager, PublishOptions,
+                                StreamPosition, UnrecoverablePosition)
+
+__all__ = ["RedisBroker", "RedisPresenceManager", "RedisShards", "jump_hash", "BrokerUnavailable"]
+
+log = logging.getLogger("relay.redis")
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+class BrokerUnavailable(Exception):
+    """Redis could not be reached: the operation did not happen (never a false OK)."""
+
+
+def jump_hash(key: int, buckets: int) -> int:
+    """Jump consistent hash (Lamping & Veach 2014): adding a bucket moves only ~1/n of the keys."""
+    b, j = -1, 0
+    while j < buckets:
+        b = j
+        key = (key * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
+        j = int((b + 1) * (float(1 << 31) / float((key >> 33) + 1)))
+    return b
+
+
+def _key_hash(channel: str) -> int:
+    data = channel.encode()
+    return (zlib.crc32(data) << 32) | zlib.adler32(data)
+
+
+PUBLISH_LUA = """
+local meta, hist, idem = KEYS[1], KEYS[2], KEYS[3]
+local body, size, ttl_ms, meta_ttl_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local expire_ms, new_epoch, channel, idem_ms = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
+if idem ~= "" then
+  local seen = redis.call("get", idem)
+  if seen then return {seen, 1} end
+end
+local offset, epoch = 0, ""
+if size > 0 then
+  epoch = redis.call("hget", meta, "e")
+  if not epoch then
+    epoch = new_epoch
+    redis.call("hset", meta, "e", epoch)
+  end
+  offset = redis.call("hincrby", meta, "s", 1)
+  redis.call("pexpire", meta, meta_ttl_ms)
+  redis.call("rpush", hist, offset .. ":" .. expire_ms .. ":" .. body)
+  redis.call("ltrim", hist, -size, -1)
+  redis.call("pexpire", hist, ttl_ms)
+end
+redis.call("publish", channel, "p" .. offset .. ":" .. body)
+local result = offset .. ":" .. epoch
+if idem ~= "" then redis.call("set", idem, result, "px", idem_ms) end
+return {result, 0}
+"""
+
+HISTORY_LUA = """
+local meta, hist = KEYS[1], KEYS[2]
+local new_epoch, meta_ttl_ms, want = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local epoch = redis.call("hget", meta, "e")
+if not epoch then
+  epoch = new_epoch
+  redis.call("hset", meta, "e", epoch)
+end
+if redis.call("pttl", meta) < meta_ttl_ms then redis.call("pexpire", meta, meta_ttl_ms) end
+local top = redis.call("hget", meta, "s") or "0"
+local items = {}
+if want == "1" then items = redis.call("lrange", hist, 0, -1) end
+return {top, epoch, items}
+"""
+
+PRESENCE_ADD_LUA = """
+redis.call("hset", KEYS[1], ARGV[1], ARGV[2])
+redis.call("zadd", KEYS[2], ARGV[3], ARGV[1])
+redis.call("pexpire", KEYS[1], ARGV[4])
+redis.call("pexpire", KEYS[2], ARGV[4])
+return 1
+"""
+
+PRESENCE_GET_LUA = """
+local expired = redis.call("zrangebyscore", KEYS[2], "-inf", ARGV[1])
+for _, c in ipairs(expired) do redis.call("hdel", KEYS[1], c) end
+if #expired > 0 then redis.call("zremrangebyscore", KEYS[2], "-inf", ARGV[1]) end
+return redis.call("hgetall", KEYS[1])
+"""
+
+
+class _PubSubConn:
+    """One pub/sub connection and its reader task; subscribe/unsubscribe batched per iteration."""
+
+    def __init__(self, broker: "RedisBroker", client: aioredis.Redis, name: str) -> None:
+        self.broker = broker
+        self.client = client
+        self.pubsub = client.pubsub()
+        self.control = f"{broker.prefix}:ctl:{name}"
+        self.task: asyncio.Task | None = None
+        self._to_sub: dict[str, list[asyncio.Future]] = {}
+        self._to_unsub: set[str] = set()
+        self._waiting: dict[bytes, list[asyncio.Future]] = {}
+        self._flush_scheduled = False
+
+    async def start(self) -> None:
+        await self.pubsub.subscribe(self.control)
+        self.task = asyncio.get_running_loop().create_task(self._read())
+
+    async def close(self) -> None:
+        if self.task:
+            self.task.cancel()
+            try:
+                await self.task
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self.pubsub.aclose()
+
+    def subscribe(self, name: str) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self._to_unsub.discard(name)
+        self._to_sub.setdefault(name, []).append(fut)
+        self._schedule()
+        return fut
+
+    def unsubscribe(self, name: str) -> None:
+        self._to_sub.pop(name, None)
+        self._to_unsub.add(name)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(lambda: self.broker._spawn(self._flush()))
+
+    async def _flush(self) -> None:
+        self._flush_scheduled = False
+        subs, self._to_sub = self._to_sub, {}
+        unsubs, self._to_unsub = self._to_unsub, set()
+        try:
+            if subs:
+                for name, futs in subs.items():
+                    self._waiting.setdefault(name.encode(), []).extend(futs)
+                await self.pubsub.subscribe(*subs)  # one SUBSCRIBE for the whole batch
+            if unsubs:
+                await self.pubsub.unsubscribe(*unsubs)
+        except Exception as e:  # connection down: the waiters learn it now, not at a timeout
+            for name in subs:
+                for fut in self._waiting.pop(name.encode(), []):
+                    if not fut.done():
+                        fut.set_exception(BrokerUnavailable(str(e)))
+
+    async def _read(self) -> None:
+        handler = self.broker._on_message
+        while True:
+            try:
+                msg = await self.pubsub.get_message(timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("redis pub/sub read failed (%s); reconnecting", e)
+                self.broker.errors += 1
+                await asyncio.sleep(0.2)
+                continue
+            if msg is None:
+                continue
+            kind = msg["type"]
+            if kind == "message":
+                handler(msg["channel"], msg["data"])
+            elif kind == "subscribe":
+                for fut in self._waiting.pop(msg["channel"], []):
+                    if not fut.done():
+                        fut.set_result(None)
+
+
+class RedisShards:
+    """The Redis instances and their pub/sub connections; picks both by channel hash."""
+
+    def __init__(self, urls: list[str], pubsub_per_instance: int) -> None:
+        self.clients = [aioredis.Redis.from_url(u, decode_responses=False, health_check_interval=10)
+                        for u in urls]
+        self.pubsub_per_instance = pubsub_per_instance
+        self.pubsubs: list[list[_PubSubConn]] = []
+
+    def index(self, channel: str) -> int:
+        return jump_hash(_key_hash(channel), len(self.clients))
+
+    def client(self, channel: str) -> aioredis.Redis:
+        return self.clients[self.index(channel)]
+
+    def pubsub(self, channel: str) -> _PubSubConn:
+        conns = self.pubsubs[self.index(channel)]
+        return conns[zlib.crc32(channel.encode()[::-1]) % len(conns)]
+
+
+class RedisBroker(Broker):
+    def __init__(self, urls: list[str], *, prefix: str = "relay", pubsub_per_instance: int = 2,
+                 unsubscribe_delay: float = 1.0, node_name: str = "") -> None:
+        self.prefix = prefix
+        self.shards = RedisShards(urls, pubsub_per_instance)
+        self.unsubscribe_delay = unsubscribe_delay
+        self.node_name = node_name or secrets.token_hex(4)
+        self._handler: BrokerEventHandler | None = None
+        self._scripts: list[dict[str, Any]] = []
+        self._unsub_timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self.errors = 0
+        self.messages_in = 0
+
+    # keys ------------------------------------------------------------------------------------------
+    def _meta(self, ch: str) -> str:
+        return f"{self.prefix}:meta:{{{ch}}}"
+
+    def _hist(self, ch: str) -> str:
+        return f"{self.prefix}:hist:{{{ch}}}"
+
+    def _ps(self, ch: str) -> str:
+        return f"{self.prefix}:ps:{{{ch}}}"
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self, handler: BrokerEventHandler) -> None:
+        self._handler = handler
+        ps_prefix = f"{self.prefix}:ps:{{".encode()
+        self._ps_prefix_len = len(ps_prefix)
+        for i, client in enumerate(self.shards.clients):
+            try:
+                await client.ping()
+            except Exception as e:
+                raise BrokerUnavailable(f"redis shard {i} unreachable: {e}") from None
+            self._scripts.append({
+                "publish": client.register_script(PUBLISH_LUA),
+                "history": client.register_script(HISTORY_LUA),
+            })
+            conns = [_PubSubConn(self, client, f"{self.node_name}:{i}:{j}")
+                     for j in range(self.shards.pubsub_per_instance)]
+            for c in conns:
+                await c.start()
+            self.shards.pubsubs.append(conns)
+
+    async def close(self) -> None:
+        for t in self._unsub_timers.values():
+            t.cancel()
+        for conns in self.shards.pubsubs:
+            for c in conns:
+                await c.close()
+        for client in self.shards.clients:
+            await client.aclose()
+        self._handler = None
+
+    async def ping(self) -> bool:
+        """Every shard answers (readiness)."""
+        try:
+            await asyncio.gather(*(c.ping() for c in self.shards.clients))
+            return True
+        except Exception:
+            return False
+
+    # pub/sub ---------------------------------------------------------------------------------------
+    async def subscribe(self, channel: str) -> None:
+        timer = self._unsub_timers.pop(channel, None)
+        if timer is not None:
+            timer.cancel()  # it flapped: still subscribed in Redis
+            return
+        await self.shards.pubsub(channel).subscribe(self._ps(channel))
+
+    async def unsubscribe(self, channel: str) -> None:
+        if channel in self._unsub_timers:
+            return
+        loop = asyncio.get_running_loop()
+        self._unsub_timers[channel] = loop.call_later(self.unsubscribe_delay, self._really_unsubscribe, channel)
+
+    def _really_unsubscribe(self, channel: str) -> None:
+        self._unsub_timers.pop(channel, None)
+        self.shards.pubsub(channel).unsubscribe(self._ps(channel))
+
+    def _on_message(self, ps_channel: bytes, data: bytes) -> None:
+        handler = self._handler
+        if handler is None or not ps_channel.startswith(f"{self.prefix}:ps:{{".encode()):
+            return
+        self.messages_in += 1
+        channel = ps_channel[self._ps_prefix_len:-1].decode()
+        kind = data[:1]
+        if kind == b"p":
+            off, _, body = data[1:].partition(b":")
+            pub = msgpack.unpackb(body, raw=False)
+            offset = int(off)
+            if offset:
+                pub["offset"] = offset
+            handler.handle_publication(channel, pub)
+        elif kind == b"j":
+            handler.handle_join(channel, msgpack.unpackb(data[1:], raw=False))
+        elif kind == b"l":
+            handler.handle_leave(channel, msgpack.unpackb(data[1:], raw=False))
+
+    # publish and history ---------------------------------------------------------------------------
+    async def publish(self, channel: str, data: Any, opts: PublishOptions) -> StreamPosition:
+        pub: dict = {"data": data}
+        if opts.info is not None:
+            pub["info"] = opts.info
+        if opts.tags:
+            pub["tags"] = opts.tags
+        idx = self.shards.index(channel)
+        idem = f"{self.prefix}:idem:{{{channel}}}:{opts.idempotency_key}" if opts.idempotency_key else ""
+        try:
+            result, _ = await self._scripts[idx]["publish"](
+                keys=[self._meta(channel), self._hist(channel), idem],
+                args=[_packb(pub), opts.history_size, max(1, int(opts.history_ttl * 1000)),
+                      max(1, int(max(opts.history_meta_ttl, opts.history_ttl) * 1000)),
+                      str(int((time.time() + opts.history_ttl) * 1000)), secrets.token_hex(4), self._ps(channel),
+                      max(1, int(opts.idempotency_window * 1000))])
+        except Exception as e:
+            self.errors += 1
+            raise BrokerUnavailable(str(e)) from None
+        off, _, epoch = result.partition(b":")
+        return StreamPosition(int(off), epoch.decode()) if epoch else StreamPosition()
+
+    async def _redis_publish(self, channel: str, message: bytes) -> None:
+        try:
+            await self.shards.client(channel).publish(self._ps(channel), message)
+        except Exception as e:
+            self.errors += 1
+            raise BrokerUnavailable(str(e)) from None
+
+    async def publish_join(self, channel: str, info: dict) -> None:
+        await self._redis_publish(channel, b"j" + _packb(info))
+
+    async def publish_leave(self, channel: str, info: dict) -> None:
+        await self._redis_publish(channel, b"l" + _packb(info))
+
+    async def history(self, channel: str, *, since: StreamPosition | None, limit: int, reverse: bool,
+                      meta_ttl: float) -> HistoryResult:
+        idx = self.shards.index(channel)
+        try:
+            top, epoch, items = await self._scripts[idx]["history"](
+                keys=[self._meta(channel), self._hist(channel)],
+                args=[secrets.token_hex(4), max(1, int(meta_ttl * 1000)), "1" if limit != 0 else "0"])
+        except Exception as e:
+            self.errors += 1
+            raise BrokerUnavailable(str(e)) from None
+        pos = StreamPosition(int(top), epoch.decode())
+        if since is not None and since.epoch != pos.epoch:
+            raise UnrecoverablePosition(channel)
+        if limit == 0:
+            return HistoryResult([], pos)
+        now_ms = int(time.time() * 1000)
+        after = since.offset if since is not None else 0
+        pubs = []
+        for item in items:
+            off, expire_ms, body = item.split(b":", 2)
+            offset = int(off)
+            if offset <= after or int(expire_ms) <= now_ms:
+                continue
+            pub = msgpack.unpackb(body, raw=False)
+            pub["offset"] = offset
+            pubs.append(pub)
+        if reverse:
+            pubs.reverse()
+        if limit > 0:
+            pubs = pubs[:limit]
+        return HistoryResult(pubs, pos)
+
+    async def remove_history(self, channel: str) -> None:
+        try:
+            await self.shards.client(channel).delete(self._hist(channel))
+        except Exception as e:
+            self.errors += 1
+            raise BrokerUnavailable(str(e)) from None
+
+
+class RedisPresenceManager(PresenceManager):
+    """Presence per channel in Redis; an entry lives ``ttl`` seconds unless refreshed."""
+
+    def __init__(self, broker: RedisBroker, ttl: float = 60.0) -> None:
+        self.broker = broker
+        self.ttl = ttl
+        self._add: dict[int, Any] = {}
+        self._get: dict[int, Any] = {}
+
+    def _keys(self, channel: str) -> list[str]:
+        p = self.broker.prefix
+        return [f"{p}:pres:{{{channel}}}", f"{p}:pres-exp:{{{channel}}}"]
+
+    def _script(self, cache: dict, channel: str, source: str):
+        idx = self.broker.shards.index(channel)
+        if idx not in cache:
+            cache[idx] = self.broker.shards.clients[idx].register_script(source)
+        return cache[idx]
+
+    async def add_presence(self, channel: str, client_id: str, info: dict) -> None:
+        now = time.time()
+        try:
+            await self._script(self._add, channel, PRESENCE_ADD_LUA)(
+                keys=self._keys(channel),
+                args=[client_id, _packb(info), int((now + self.ttl) * 1000), int(self.ttl * 1000) + 1000])
+        except Exception as e:
+            raise BrokerUnavailable(str(e)) from None
+
+    async def remove_presence(self, channel: str, client_id: str) -> None:
+        h, z = self._keys(channel)
+        try:
+            async with self.broker.shards.client(channel).pipeline(transaction=True) as p:
+                await p.hdel(h, client_id).zrem(z, client_id).execute()
+        except Exception as e:
+            raise BrokerUnavailable(str(e)) from None
+
+    async def presence(self, channel: str) -> dict[str, dict]:
+        try:
+            flat = await self._script(self._get, channel, PRESENCE_GET_LUA)(
+                keys=self._keys(channel), args=[int(time.time() * 1000)])
+        except Exception as e:
+            raise BrokerUnavailable(str(e)) from None
+        return {flat[i].decode(): msgpack.unpackb(flat[i + 1], raw=False) for i in range(0, len(flat), 2)}
+
+    async def presence_stats(self, channel: str) -> tuple[int, int]:
+        clients = await self.presence(channel)
+        return len(clients), len({i.get("user", "") for i in clients.values()})

@@ -1,0 +1,191 @@
+"""One suite, every broker: the memory broker and the Redis broker (against a real redis-server)
+must give the same answers. Run per broker via the ``broker`` fixture."""
+
+import asyncio
+import uuid
+
+import pytest
+
+from relay.brokers.base import PublishOptions, StreamPosition, UnrecoverablePosition
+from relay.brokers.memory import MemoryBroker, MemoryPresenceManager
+from relay.brokers.redis import RedisBroker, RedisPresenceManager
+
+
+class Handler:
+    def __init__(self):
+        self.events = []
+        self.changed = asyncio.Event()
+
+    def handle_publication(self, channel, pub):
+        self.events.append(("pub", channel, pub))
+        self.changed.set()
+
+    def handle_join(self, channel, info):
+        self.events.append(("join", channel, info))
+        self.changed.set()
+
+    def handle_leave(self, channel, info):
+        self.events.append(("leave", channel, info))
+        self.changed.set()
+
+    def pubs(self, channel):
+        return [e[2] for e in self.events if e[0] == "pub" and e[1] == channel]
+
+    async def until(self, cond, timeout=5.0):
+        async def wait():
+            while not cond():
+                self.changed.clear()
+                await self.changed.wait()
+        await asyncio.wait_for(wait(), timeout)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def broker(request):
+    h = Handler()
+    if request.param == "memory":
+        b, pm = MemoryBroker(), MemoryPresenceManager()
+    else:
+        server = request.getfixturevalue("redis_server")
+        b = RedisBroker([server.url], prefix=f"t{uuid.uuid4().hex[:8]}", unsubscribe_delay=0.2)
+        pm = RedisPresenceManager(b, ttl=60)
+    await b.start(h)
+    b.h, b.pm, b.kind = h, pm, request.param
+    yield b
+    await b.close()
+
+
+def opts(**kw):
+    base = dict(history_size=3, history_ttl=60.0, history_meta_ttl=600.0)
+    base.update(kw)
+    return PublishOptions(**base)
+
+
+def ch():
+    return f"chat:{uuid.uuid4().hex[:8]}"
+
+
+async def test_publish_delivers_with_offsets_to_subscribed_node(broker):
+    c = ch()
+    await broker.subscribe(c)
+    positions = [await broker.publish(c, {"i": i}, opts(info={"user": "u"}, tags={"k": "v"})) for i in range(3)]
+    assert [p.offset for p in positions] == [1, 2, 3] and len({p.epoch for p in positions}) == 1
+    await broker.h.until(lambda: len(broker.h.pubs(c)) == 3)
+    pubs = broker.h.pubs(c)
+    assert [p["data"]["i"] for p in pubs] == [0, 1, 2]
+    assert [p["offset"] for p in pubs] == [1, 2, 3]
+    assert pubs[0]["info"] == {"user": "u"} and pubs[0]["tags"] == {"k": "v"}
+
+
+async def test_history_semantics(broker):
+    c = ch()
+    positions = [await broker.publish(c, i, opts()) for i in range(5)]
+    epoch = positions[0].epoch
+    h = await broker.history(c, since=None, limit=-1, reverse=False, meta_ttl=600)
+    assert [p["data"] for p in h.publications] == [2, 3, 4] and h.position == StreamPosition(5, epoch)
+    h = await broker.history(c, since=StreamPosition(3, epoch), limit=-1, reverse=False, meta_ttl=600)
+    assert [p["offset"] for p in h.publications] == [4, 5]
+    h = await broker.history(c, since=None, limit=2, reverse=True, meta_ttl=600)
+    assert [p["data"] for p in h.publications] == [4, 3]
+    h = await broker.history(c, since=None, limit=0, reverse=False, meta_ttl=600)
+    assert h.publications == [] and h.position.offset == 5
+    with pytest.raises(UnrecoverablePosition):
+        await broker.history(c, since=StreamPosition(3, "other"), limit=-1, reverse=False, meta_ttl=600)
+
+
+async def test_history_position_exists_before_first_publish(broker):
+    c = ch()
+    h1 = await broker.history(c, since=None, limit=0, reverse=False, meta_ttl=600)
+    assert h1.position.offset == 0 and h1.position.epoch
+    p = await broker.publish(c, "x", opts())
+    assert p.epoch == h1.position.epoch and p.offset == 1
+
+
+async def test_history_ttl(broker):
+    c = ch()
+    await broker.publish(c, "old", opts(history_ttl=0.5))
+    await asyncio.sleep(0.7)
+    await broker.publish(c, "new", opts(history_ttl=5))
+    if broker.kind == "memory":
+        pytest.skip("memory broker clock is monotonic time; covered in tests/brokers/test_memory.py")
+    h = await broker.history(c, since=None, limit=-1, reverse=False, meta_ttl=600)
+    assert [p["data"] for p in h.publications] == ["new"] and h.position.offset == 2
+
+
+async def test_no_history_no_offset(broker):
+    c = ch()
+    await broker.subscribe(c)
+    assert await broker.publish(c, 1, opts(history_size=0)) == StreamPosition()
+    await broker.h.until(lambda: broker.h.pubs(c))
+    assert "offset" not in broker.h.pubs(c)[0]
+
+
+async def test_idempotent_publish(broker):
+    c = ch()
+    await broker.subscribe(c)
+    a = await broker.publish(c, 1, opts(idempotency_key="order-1"))
+    b = await broker.publish(c, 1, opts(idempotency_key="order-1"))
+    other = await broker.publish(c, 2, opts(idempotency_key="order-2"))
+    assert a == b and other.offset == 2
+    await broker.h.until(lambda: len(broker.h.pubs(c)) == 2)
+    await asyncio.sleep(0.1)
+    assert [p["data"] for p in broker.h.pubs(c)] == [1, 2]
+    h = await broker.history(c, since=None, limit=-1, reverse=False, meta_ttl=600)
+    assert [p["data"] for p in h.publications] == [1, 2]
+
+
+async def test_remove_history_keeps_position(broker):
+    c = ch()
+    await broker.publish(c, 1, opts())
+    await broker.remove_history(c)
+    h = await broker.history(c, since=None, limit=-1, reverse=False, meta_ttl=600)
+    assert h.publications == [] and h.position.offset == 1
+
+
+async def test_join_leave(broker):
+    c = ch()
+    await broker.subscribe(c)
+    await broker.publish_join(c, {"client": "1", "user": "a"})
+    await broker.publish_leave(c, {"client": "1", "user": "a"})
+    await broker.h.until(lambda: len(broker.h.events) == 2)
+    assert [(e[0], e[2]["user"]) for e in broker.h.events] == [("join", "a"), ("leave", "a")]
+
+
+async def test_presence(broker):
+    c, pm = ch(), broker.pm
+    await pm.add_presence(c, "1", {"client": "1", "user": "a"})
+    await pm.add_presence(c, "2", {"client": "2", "user": "a"})
+    await pm.add_presence(c, "3", {"client": "3", "user": "b", "conn_info": {"name": "Bob"}})
+    assert await pm.presence_stats(c) == (3, 2)
+    assert (await pm.presence(c))["3"] == {"client": "3", "user": "b", "conn_info": {"name": "Bob"}}
+    for cid in "123":
+        await pm.remove_presence(c, cid)
+    assert await pm.presence(c) == {} and await pm.presence_stats(c) == (0, 0)
+
+
+async def test_redis_presence_expires_unless_refreshed(broker):
+    if broker.kind != "redis":
+        pytest.skip("memory presence lives and dies with the process's connections")
+    pm = RedisPresenceManager(broker, ttl=0.4)
+    c = ch()
+    await pm.add_presence(c, "gone", {"client": "gone", "user": "x"})
+    await pm.add_presence(c, "alive", {"client": "alive", "user": "y"})
+    for _ in range(4):
+        await asyncio.sleep(0.2)
+        await pm.add_presence(c, "alive", {"client": "alive", "user": "y"})  # refreshed while connected
+    assert set(await pm.presence(c)) == {"alive"}
+
+
+async def test_redis_unsubscribe_stops_delivery_and_flapping_is_absorbed(broker):
+    if broker.kind != "redis":
+        pytest.skip("the memory broker delivers in-process; the hub filters")
+    c = ch()
+    await broker.subscribe(c)
+    await broker.unsubscribe(c)
+    await broker.subscribe(c)  # flapped back within the delay: still subscribed, nothing re-sent
+    await broker.publish(c, "kept", opts())
+    await broker.h.until(lambda: broker.h.pubs(c))
+    await broker.unsubscribe(c)
+    await asyncio.sleep(0.5)  # past unsubscribe_delay: really gone
+    await broker.publish(c, "dropped", opts())
+    await asyncio.sleep(0.3)
+    assert [p["data"] for p in broker.h.pubs(c)] == ["kept"]
