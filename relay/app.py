@@ -10,6 +10,7 @@ from aiohttp import web
 
 from relay import core
 from relay.api.http import build_api_app
+from relay.brokers.base import Broker, PresenceManager
 from relay.brokers.memory import MemoryBroker, MemoryPresenceManager
 from relay.config import Config
 from relay.node import Node
@@ -21,10 +22,20 @@ __all__ = ["App", "run"]
 log = logging.getLogger("relay")
 
 
+def build_broker(cfg: Config) -> tuple[Broker, PresenceManager]:
+    if cfg.broker == "redis":
+        from relay.brokers.redis import RedisBroker, RedisPresenceManager
+
+        broker = RedisBroker(cfg.redis_urls, prefix=cfg.redis_prefix, pubsub_per_instance=cfg.redis_pubsub_connections,
+                             unsubscribe_delay=cfg.redis_unsubscribe_delay, node_name=cfg.node_name)
+        return broker, RedisPresenceManager(broker, ttl=cfg.presence_ttl)
+    return MemoryBroker(), MemoryPresenceManager()
+
+
 class App:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.node = Node(cfg, MemoryBroker(), MemoryPresenceManager())
+        self.node = Node(cfg, *build_broker(cfg))
         self.servers: list[asyncio.AbstractServer] = []
         self._api_runner: web.AppRunner | None = None
         self.ready = False
@@ -48,7 +59,7 @@ class App:
             self.servers.append(srv)
             self.ports["tcp"] = srv.sockets[0].getsockname()[1]
         if cfg.api_port:
-            api_app = build_api_app(self.node, lambda: self.ready)
+            api_app = build_api_app(self.node, self.is_ready)
             if cfg.demo:
                 from relay.demo import add_demo_routes, demo_publisher
 
@@ -61,10 +72,14 @@ class App:
             await site.start()
             self.ports["api"] = cfg.api_port
         self.ready = True
-        log.info("relay started: core=%s ws=%s tcp=%s api=%s", core.IMPLEMENTATION,
+        log.info("relay started: core=%s broker=%s ws=%s tcp=%s api=%s", core.IMPLEMENTATION, cfg.broker,
                  f"ws://{cfg.host}:{cfg.ws_port}{cfg.ws_path}" if cfg.ws_port else "off",
                  f"{cfg.host}:{cfg.tcp_port}" if cfg.tcp_port else "off",
                  f"http://{cfg.host}:{cfg.api_port}" if cfg.api_port else "off")
+
+    async def is_ready(self) -> bool:
+        """Accepting connections and the broker answers."""
+        return self.ready and await self.node.broker.ping()
 
     async def stop(self) -> None:
         self.ready = False

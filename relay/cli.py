@@ -37,7 +37,7 @@ def cmd_serve(args) -> int:
             return
         token = make_connect_token(args.print_token, cfg.token_hmac_secret, ttl=24 * 3600)
         print(f"""
-relay {__version__} is running (core: {core.IMPLEMENTATION}, broker: memory)
+relay {__version__} is running (core: {core.IMPLEMENTATION}, broker: {cfg.broker})
   WebSocket  ws://{cfg.host}:{cfg.ws_port}{cfg.ws_path}   (Centrifugo JSON protocol; any Centrifugo SDK)
   raw TCP    {cfg.host}:{cfg.tcp_port}                     (4-byte length + msgpack, see docs/protocol.md)
   HTTP API   http://{cfg.host}:{cfg.api_port}/api/<method>   (X-API-Key: {cfg.api_key or '<unset>'})

@@ -17,7 +17,8 @@ from collections import Counter
 from typing import Any
 
 from relay import __version__
-from relay.brokers.base import Broker, PresenceManager, PublishOptions, StreamPosition, UnrecoverablePosition
+from relay.brokers.base import (Broker, BrokerUnavailable, PresenceManager, PublishOptions, StreamPosition,
+                                UnrecoverablePosition)
 from relay.codes import DISCONNECTS, ERRORS, Disconnect
 from relay.config import ChannelOptions, Config
 from relay.core import IMPLEMENTATION, Hub
@@ -60,7 +61,12 @@ class Node:
         self.users: dict[str, set[ClientSession]] = {}
         self.open_sessions: set[ClientSession] = set()
         self._ping_task: asyncio.Task | None = None
+        self._presence_task: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
+        # sessions subscribed or subscribing per channel: the node's interest in the broker
+        self._interest: dict[str, int] = {}
+        # publications received while a subscribe is between its broker subscription and the hub
+        self._collectors: dict[str, list[list[dict]]] = {}
         self.core = IMPLEMENTATION
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -74,10 +80,13 @@ class Node:
         self.hub = Hub(schedule, self._on_slow, self.cfg.hub_shards)
         await self.broker.start(self)
         self._ping_task = loop.create_task(self._ping_loop())
+        if self.presence.refresh_interval:
+            self._presence_task = loop.create_task(self._presence_loop(self.presence.refresh_interval))
 
     async def stop(self) -> None:
-        if self._ping_task:
-            self._ping_task.cancel()
+        for task in (self._ping_task, self._presence_task):
+            if task is not None:
+                task.cancel()
         for s in list(self.open_sessions):
             s.disconnect(DISCONNECTS.SHUTDOWN)
         if self._background:
@@ -136,6 +145,19 @@ class Node:
                 for s in [s for s in next_ping if s.closed]:
                     del next_ping[s]
 
+    async def _presence_loop(self, interval: float) -> None:
+        """Keep live connections' presence from expiring (brokers whose entries expire)."""
+        while True:
+            await asyncio.sleep(interval)
+            for s in list(self.sessions.values()):
+                for channel in list(s.subs):
+                    opts = self.cfg.channel_options(channel)
+                    if opts is not None and opts.presence and not s.closed:
+                        try:
+                            await self.presence.add_presence(channel, s.client_id, s.client_info())
+                        except BrokerUnavailable:
+                            break
+
     # --- channels --------------------------------------------------------------------------------
 
     def valid_channel(self, channel: str) -> bool:
@@ -152,13 +174,49 @@ class Node:
         if sep and s.user not in users.split(","):
             raise ERRORS.PERMISSION_DENIED
 
+    async def acquire(self, channel: str) -> None:
+        """Make sure this node receives ``channel``'s publications (before reading its history)."""
+        n = self._interest.get(channel, 0)
+        self._interest[channel] = n + 1
+        if n == 0:
+            try:
+                await self.broker.subscribe(channel)
+            except BrokerUnavailable:
+                self.release(channel)
+                raise ERRORS.INTERNAL from None
+
+    def release(self, channel: str) -> None:
+        n = self._interest.get(channel, 0) - 1
+        if n > 0:
+            self._interest[channel] = n
+            return
+        self._interest.pop(channel, None)
+        self.spawn(self._broker_unsubscribe(channel))
+
+    async def _broker_unsubscribe(self, channel: str) -> None:
+        try:
+            await self.broker.unsubscribe(channel)
+        except BrokerUnavailable:
+            pass
+
+    def collect(self, channel: str) -> list[dict]:
+        """Start keeping the publications of ``channel`` that arrive from now on."""
+        box: list[dict] = []
+        self._collectors.setdefault(channel, []).append(box)
+        return box
+
+    def stop_collecting(self, channel: str, box: list[dict]) -> None:
+        boxes = self._collectors.get(channel)
+        if boxes is not None:
+            boxes.remove(box)
+            if not boxes:
+                del self._collectors[channel]
+
     async def add_subscription(self, s: ClientSession, channel: str, join_leave: bool,
                                opts: ChannelOptions) -> None:
-        first = self.hub.subscribe(channel, s.conn)
+        self.hub.subscribe(channel, s.conn)
         if join_leave:
             self.hub.subscribe(join_leave_channel(channel), s.conn)
-        if first:
-            await self.broker.subscribe(channel)
         if opts.presence:
             info = s.client_info()
             await self.presence.add_presence(channel, s.client_id, info)
@@ -172,20 +230,27 @@ class Node:
     def drop_subscription(self, s: ClientSession, channel: str, join_leave: bool) -> None:
         if join_leave:
             self.hub.unsubscribe(join_leave_channel(channel), s.conn)
-        if self.hub.unsubscribe(channel, s.conn):
-            self.spawn(self.broker.unsubscribe(channel))
+        self.hub.unsubscribe(channel, s.conn)
+        self.release(channel)
         opts = self.cfg.channel_options(channel)
         if opts is not None and opts.presence:
             self.spawn(self._leave(channel, s.client_id, s.client_info(), opts.join_leave))
 
     async def _leave(self, channel: str, client_id: str, info: dict, announce: bool) -> None:
-        await self.presence.remove_presence(channel, client_id)
-        if announce:
-            await self.broker.publish_leave(channel, info)
+        try:
+            await self.presence.remove_presence(channel, client_id)
+            if announce:
+                await self.broker.publish_leave(channel, info)
+        except BrokerUnavailable:
+            pass  # the entry expires by itself (presence_ttl)
 
     # --- broker events (BrokerEventHandler) ------------------------------------------------------
 
     def handle_publication(self, channel: str, pub: dict) -> None:
+        boxes = self._collectors.get(channel)
+        if boxes is not None:
+            for box in boxes:
+                box.append(pub)
         self.hub.broadcast(channel, {"channel": channel, "pub": pub})
 
     def handle_join(self, channel: str, info: dict) -> None:
@@ -207,8 +272,12 @@ class Node:
             history_ttl=opts.history_ttl,
             history_meta_ttl=self.cfg.history_meta_ttl,
             info=info, tags=tags or None, idempotency_key=idempotency_key or None,
+            idempotency_window=self.cfg.idempotency_window,
         )
-        return await self.broker.publish(channel, data, popts)
+        try:
+            return await self.broker.publish(channel, data, popts)
+        except BrokerUnavailable:
+            raise ERRORS.INTERNAL from None  # never a false OK: the client retries
 
     async def history(self, channel: str, p: dict) -> dict:
         limit = p.get("limit", 0)
@@ -229,6 +298,8 @@ class Node:
                                            meta_ttl=self.cfg.history_meta_ttl)
         except UnrecoverablePosition:
             raise ERRORS.UNRECOVERABLE_POSITION from None
+        except BrokerUnavailable:
+            raise ERRORS.INTERNAL from None
         return {"publications": hr.publications, "epoch": hr.position.epoch, "offset": hr.position.offset}
 
     def disconnect_user(self, user: str, d: Disconnect, client: str = "",

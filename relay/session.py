@@ -21,7 +21,7 @@ import orjson
 
 from relay import __version__
 from relay.auth import TokenExpired, TokenInvalid, verify_connect_token
-from relay.brokers.base import StreamPosition, UnrecoverablePosition
+from relay.brokers.base import BrokerUnavailable, StreamPosition, UnrecoverablePosition
 from relay.codes import DISCONNECTS, ERRORS, ClientError, Disconnect
 from relay.core import WIRE_TCP
 from relay.protocol.codec import codec_for
@@ -287,33 +287,61 @@ class ClientSession:
             raise ERRORS.UNKNOWN_CHANNEL
         node.check_subscribe(self, channel, opts)
         join_leave = opts.join_leave and (bool(p.get("join_leave")) or opts.force_push_join_leave)
-        result: dict = {}
-        if opts.history_size > 0 and (opts.force_recovery or p.get("recoverable")):
-            result["recoverable"] = True
-            result["positioned"] = True
-            pos, pubs, recovered = await self._recover(channel, p, opts)
-            if p.get("recover"):
-                if not recovered and int(p.get("flag") or 0) & FLAG_REJECT_UNRECOVERED:
-                    raise ERRORS.UNRECOVERABLE_POSITION
-                result["was_recovering"] = True
-                result["recovered"] = recovered
-                if pubs:
-                    result["publications"] = pubs
-            result["epoch"] = pos.epoch
-            result["offset"] = pos.offset
+        # Receive the channel on this node first, then read its position: a publication
+        # can then be missed by neither (it is in the history, or it is collected here).
+        await node.acquire(channel)
+        box = node.collect(channel)
+        try:
+            result, extra = await self._position(channel, p, opts, box)
+        except BaseException:
+            node.stop_collecting(channel, box)
+            node.release(channel)
+            raise
+        node.stop_collecting(channel, box)
         if self.closed or channel in self.subs:
+            node.release(channel)
             return
-        # Queue the reply, then join the hub in the same step: nothing published after the
-        # history read above can be missed, and the reply precedes every publication.
+        # Queue the reply, then join the hub in the same step: the reply precedes every
+        # publication, and nothing published since the history read is lost.
         self.send({"id": cmd_id, "subscribe": result})
+        for pub in extra:
+            self.send({"push": {"channel": channel, "pub": pub}})
         self.subs[channel] = join_leave
         await node.add_subscription(self, channel, join_leave, opts)
+
+    async def _position(self, channel: str, p: dict, opts, box: list[dict]) -> tuple[dict, list[dict]]:
+        """The subscribe reply (stream position, recovered publications) and the publications
+        collected meanwhile that the client must still get, in order."""
+        result: dict = {}
+        if not (opts.history_size > 0 and (opts.force_recovery or p.get("recoverable"))):
+            return result, box  # no stream: what arrived since the broker subscription follows the reply
+        result["recoverable"] = True
+        result["positioned"] = True
+        pos, pubs, recovered = await self._recover(channel, p, opts)
+        newer = [x for x in box if x.get("offset", 0) > pos.offset]
+        if p.get("recover"):
+            if not recovered and int(p.get("flag") or 0) & FLAG_REJECT_UNRECOVERED:
+                raise ERRORS.UNRECOVERABLE_POSITION
+            result["was_recovering"] = True
+            result["recovered"] = recovered
+            if recovered and newer:
+                pubs = pubs + newer
+                pos = StreamPosition(newer[-1]["offset"], pos.epoch)
+                newer = []
+            if pubs:
+                result["publications"] = pubs
+        result["epoch"] = pos.epoch
+        result["offset"] = pos.offset
+        return result, newer
 
     async def _recover(self, channel: str, p: dict, opts) -> tuple[StreamPosition, list, bool]:
         broker = self.node.broker
         meta_ttl = self.node.cfg.history_meta_ttl
         if not p.get("recover"):
-            hr = await broker.history(channel, since=None, limit=0, reverse=False, meta_ttl=meta_ttl)
+            try:
+                hr = await broker.history(channel, since=None, limit=0, reverse=False, meta_ttl=meta_ttl)
+            except BrokerUnavailable:
+                raise ERRORS.INTERNAL from None
             return hr.position, [], False
         try:
             since = StreamPosition(int(p.get("offset") or 0), str(p.get("epoch") or ""))
@@ -321,6 +349,8 @@ class ClientSession:
             raise ERRORS.BAD_REQUEST from None
         try:
             hr = await broker.history(channel, since=since, limit=-1, reverse=False, meta_ttl=meta_ttl)
+        except BrokerUnavailable:
+            raise ERRORS.INTERNAL from None
         except UnrecoverablePosition:
             hr = await broker.history(channel, since=None, limit=0, reverse=False, meta_ttl=meta_ttl)
             return hr.position, [], False

@@ -158,7 +158,7 @@ def _json(obj: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
 
 
-def build_api_app(node, is_ready: Callable[[], bool]) -> web.Application:
+def build_api_app(node, is_ready: Callable[[], Awaitable[bool]]) -> web.Application:
     cfg = node.cfg
     expected = cfg.api_key.encode()
 
@@ -199,7 +199,7 @@ def build_api_app(node, is_ready: Callable[[], bool]) -> web.Application:
         return _json({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        if is_ready():
+        if await is_ready():
             return _json({"status": "ready"})
         return _json({"status": "not ready"}, status=503)
 

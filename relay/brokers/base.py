@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = ["StreamPosition", "HistoryResult", "PublishOptions", "BrokerEventHandler", "Broker",
-           "PresenceManager", "UnrecoverablePosition"]
+           "PresenceManager", "UnrecoverablePosition", "BrokerUnavailable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,10 @@ class PublishOptions:
     idempotency_key: str | None = None
     idempotency_window: float = 300.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not be reached: the operation did not happen (never a false OK)."""
 
 
 class UnrecoverablePosition(Exception):
@@ -88,8 +92,15 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def remove_history(self, channel: str) -> None: ...
 
+    async def ping(self) -> bool:
+        """The broker is reachable (readiness)."""
+        return True
+
 
 class PresenceManager(abc.ABC):
+    #: seconds between refreshes of live connections' presence (None: entries never expire)
+    refresh_interval: float | None = None
+
     @abc.abstractmethod
     async def add_presence(self, channel: str, client_id: str, info: dict) -> None: ...
 

@@ -37,18 +37,14 @@ from typing import Any
 import msgpack
 import redis.asyncio as aioredis
 
-from relay.brokers.base import (Broker, BrokerEventHandler, HistoryResult, PresenceManager, PublishOptions,
-                                StreamPosition, UnrecoverablePosition)
+from relay.brokers.base import (Broker, BrokerEventHandler, BrokerUnavailable, HistoryResult, PresenceManager,
+                                PublishOptions, StreamPosition, UnrecoverablePosition)
 
 __all__ = ["RedisBroker", "RedisPresenceManager", "RedisShards", "jump_hash", "BrokerUnavailable"]
 
 log = logging.getLogger("relay.redis")
 
 _packb = msgpack.Packer(use_bin_type=True).pack
-
-
-class BrokerUnavailable(Exception):
-    """Redis could not be reached: the operation did not happen (never a false OK)."""
 
 
 def jump_hash(key: int, buckets: int) -> int:
@@ -230,8 +226,9 @@ class RedisShards:
 
 class RedisBroker(Broker):
     def __init__(self, urls: list[str], *, prefix: str = "relay", pubsub_per_instance: int = 2,
-                 unsubscribe_delay: float = 1.0, node_name: str = "") -> None:
+                 unsubscribe_delay: float = 1.0, node_name: str = "", timeout: float = 5.0) -> None:
         self.prefix = prefix
+        self.timeout = timeout
         self.shards = RedisShards(urls, pubsub_per_instance)
         self.unsubscribe_delay = unsubscribe_delay
         self.node_name = node_name or secrets.token_hex(4)
@@ -300,7 +297,11 @@ class RedisBroker(Broker):
         if timer is not None:
             timer.cancel()  # it flapped: still subscribed in Redis
             return
-        await self.shards.pubsub(channel).subscribe(self._ps(channel))
+        try:
+            await asyncio.wait_for(self.shards.pubsub(channel).subscribe(self._ps(channel)), self.timeout)
+        except TimeoutError:
+            self.errors += 1
+            raise BrokerUnavailable("redis did not confirm SUBSCRIBE in time") from None
 
     async def unsubscribe(self, channel: str) -> None:
         if channel in self._unsub_timers:
@@ -412,6 +413,7 @@ class RedisPresenceManager(PresenceManager):
     def __init__(self, broker: RedisBroker, ttl: float = 60.0) -> None:
         self.broker = broker
         self.ttl = ttl
+        self.refresh_interval = ttl / 3
         self._add: dict[int, Any] = {}
         self._get: dict[int, Any] = {}
 

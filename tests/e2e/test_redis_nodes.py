@@ -1,0 +1,79 @@
+"""Two relay nodes (separate processes, separate ports) on one real Redis act as one."""
+
+import asyncio
+import uuid
+
+import pytest
+
+from tests.rawclients import ws_connected
+
+
+@pytest.fixture
+def two_nodes(redis_server, relay_factory):
+    cfg = {"broker": "redis", "redis_urls": [redis_server.url], "redis_prefix": f"n{uuid.uuid4().hex[:6]}",
+           "redis_unsubscribe_delay": 0.2}
+    return relay_factory(cfg), relay_factory(cfg)
+
+
+async def test_chat_presence_and_recovery_across_nodes(two_nodes):
+    a_node, b_node = two_nodes
+    ch = "chat:order42#alice,agent7"
+    alice = await ws_connected(a_node.ws_port, a_node.token("alice"))
+    agent = await ws_connected(b_node.ws_port, b_node.token("agent7"))
+    sub = (await alice.call("subscribe", {"channel": ch}))["subscribe"]
+    await agent.call("subscribe", {"channel": ch})
+    joined = await alice.push()
+    while joined.get("join", {}).get("info", {}).get("user") != "agent7":
+        joined = await alice.push()
+    await alice.call("publish", {"channel": ch, "data": {"text": "is it in stock?"}})
+    await agent.call("publish", {"channel": ch, "data": {"text": "yes, 3 left"}})
+    for ws in (alice, agent):
+        got = [(await ws.pub())["pub"] for _ in range(2)]
+        assert [g["data"]["text"] for g in got] == ["is it in stock?", "yes, 3 left"]
+        assert [g["offset"] for g in got] == [1, 2]
+        assert [g["info"]["user"] for g in got] == ["alice", "agent7"]
+    pres = (await agent.call("presence", {"channel": ch}))["presence"]["presence"]
+    assert sorted(v["user"] for v in pres.values()) == ["agent7", "alice"]
+    # alice drops off node A; the agent keeps writing; alice comes back on node B and recovers
+    alice.close()
+    for i in range(3):
+        await agent.call("publish", {"channel": ch, "data": {"text": f"missed {i}"}})
+    back = await ws_connected(b_node.ws_port, b_node.token("alice"))
+    r = (await back.call("subscribe", {"channel": ch, "recover": True, "offset": 2, "epoch": sub["epoch"]}))
+    r = r["subscribe"]
+    assert r["recovered"] is True and r["epoch"] == sub["epoch"]
+    assert [p["data"]["text"] for p in r["publications"]] == ["missed 0", "missed 1", "missed 2"]
+    assert r["offset"] == 5
+    agent.close()
+    back.close()
+
+
+async def test_api_publish_on_one_node_reaches_the_other(two_nodes):
+    import json
+    import urllib.request
+
+    a_node, b_node = two_nodes
+    ch = f"news:{uuid.uuid4().hex[:8]}"
+    ws = await ws_connected(b_node.ws_port, b_node.token("shopper"))
+    await ws.call("subscribe", {"channel": ch})
+    req = urllib.request.Request(f"{a_node.api_url}/publish", method="POST",
+                                 data=json.dumps({"channel": ch, "data": {"status": "shipped"}}).encode(),
+                                 headers={"X-API-Key": a_node.api_key})
+    body = json.loads(await asyncio.to_thread(lambda: urllib.request.urlopen(req).read()))
+    assert body["result"]["offset"] == 1
+    assert (await ws.pub())["pub"]["data"] == {"status": "shipped"}
+    ws.close()
+
+
+async def test_readyz_reflects_redis(redis_factory, relay_factory):
+    import urllib.error
+    import urllib.request
+
+    redis = redis_factory()
+    node = relay_factory({"broker": "redis", "redis_urls": [redis.url]})
+    url = f"http://127.0.0.1:{node.api_port}/readyz"
+    assert urllib.request.urlopen(url).status == 200
+    redis.stop()
+    with pytest.raises(urllib.error.HTTPError) as e:
+        await asyncio.to_thread(urllib.request.urlopen, url)
+    assert e.value.code == 503
