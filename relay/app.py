@@ -50,12 +50,12 @@ class App:
         await self.node.start()
         if cfg.ws_port:
             srv = await loop.create_server(lambda: WebSocketProtocol(self.node), cfg.host, cfg.ws_port,
-                                           backlog=4096, reuse_address=True)
+                                           backlog=4096, reuse_address=True, reuse_port=cfg.reuse_port)
             self.servers.append(srv)
             self.ports["ws"] = srv.sockets[0].getsockname()[1]
         if cfg.tcp_port:
             srv = await loop.create_server(lambda: TcpProtocol(self.node), cfg.host, cfg.tcp_port,
-                                           backlog=4096, reuse_address=True)
+                                           backlog=4096, reuse_address=True, reuse_port=cfg.reuse_port)
             self.servers.append(srv)
             self.ports["tcp"] = srv.sockets[0].getsockname()[1]
         if cfg.api_port:
@@ -68,7 +68,8 @@ class App:
                 log.warning("demo mode is on: /demo issues guest tokens; never enable it in production")
             self._api_runner = web.AppRunner(api_app, access_log=None)
             await self._api_runner.setup()
-            site = web.TCPSite(self._api_runner, cfg.host, cfg.api_port, reuse_address=True)
+            site = web.TCPSite(self._api_runner, cfg.host, cfg.api_port, reuse_address=True,
+                               reuse_port=cfg.reuse_port)
             await site.start()
             self.ports["api"] = cfg.api_port
         self.ready = True

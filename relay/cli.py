@@ -17,11 +17,23 @@ def _load(args) -> "Config":  # noqa: F821
     from relay.config import load
 
     overrides = {}
-    for name in ("host", "ws_port", "tcp_port", "api_port", "log_level", "token_hmac_secret", "api_key"):
+    for name in ("host", "ws_port", "tcp_port", "api_port", "log_level", "token_hmac_secret", "api_key", "workers"):
         v = getattr(args, name, None)
         if v is not None:
             overrides[name] = v
     return load(args.config, overrides=overrides)
+
+
+def _workers(value: str) -> int:
+    if value == "auto":
+        return 0
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number of workers or 'auto'") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("at least 1 worker (or 'auto')")
+    return n
 
 
 def cmd_serve(args) -> int:
@@ -35,9 +47,10 @@ def cmd_serve(args) -> int:
     def started(app) -> None:
         if not args.print_token:
             return
+        workers_note = f" ({cfg.worker_count()} workers)" if cfg.worker_count() > 1 else ""
         token = make_connect_token(args.print_token, cfg.token_hmac_secret, ttl=24 * 3600)
         print(f"""
-relay {__version__} is running (core: {core.IMPLEMENTATION}, broker: {cfg.broker})
+relay {__version__}{workers_note} is running (core: {core.IMPLEMENTATION}, broker: {cfg.broker})
   WebSocket  ws://{cfg.host}:{cfg.ws_port}{cfg.ws_path}   (Centrifugo JSON protocol; any Centrifugo SDK)
   raw TCP    {cfg.host}:{cfg.tcp_port}                     (4-byte length + msgpack, see docs/protocol.md)
   HTTP API   http://{cfg.host}:{cfg.api_port}/api/<method>   (X-API-Key: {cfg.api_key or '<unset>'})
@@ -51,6 +64,11 @@ Publish: curl -s -H 'X-API-Key: {cfg.api_key}' -d '{{"channel":"chat:lobby","dat
            http://{cfg.host}:{cfg.api_port}/api/publish
 """, flush=True)
 
+    if cfg.worker_count() > 1:
+        from relay.supervisor import supervise
+
+        started(None)
+        return supervise(cfg)
     run(cfg, started)
     return 0
 
@@ -112,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tcp-port", type=int)
     s.add_argument("--api-port", type=int)
     s.add_argument("--log-level")
+    s.add_argument("--workers", type=_workers, help="worker processes sharing the ports, or 'auto' (one per core)")
     s.add_argument("--print-token", metavar="USER", help="print connection help and a test token for USER")
     s.set_defaults(func=cmd_serve)
 

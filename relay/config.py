@@ -65,6 +65,9 @@ class Config:
     node_name: str = _doc("name shown in info and logs (default: host name)", default="")
     log_level: str = _doc("DEBUG, INFO, WARNING or ERROR", default="INFO")
 
+    workers: int = _doc("worker processes sharing the ports (SO_REUSEPORT); 0 = one per CPU core (auto)",
+                        default=1)
+    reuse_port: bool = _doc("bind with SO_REUSEPORT (set for each worker when workers > 1)", default=False)
     broker: str = _doc("'memory' (one process, the default) or 'redis' (many workers and nodes)",
                        default="memory")
     redis_urls: list[str] = _doc("Redis instances; channels are spread over them by consistent hash",
@@ -108,6 +111,9 @@ class Config:
     channel: ChannelOptions = _doc("options for channels without a namespace", default_factory=ChannelOptions)
     namespaces: dict[str, ChannelOptions] = _doc("options per namespace ('ns:' prefix)", default_factory=dict)
 
+    def worker_count(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
+
     def channel_options(self, channel: str) -> ChannelOptions | None:
         """Options for ``channel``, or None when its namespace is not configured."""
         ns, sep, _ = channel.partition(":")
@@ -132,6 +138,12 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 errs.append(f"{name}: must be > 0")
+        if self.workers < 0:
+            errs.append("workers: must be >= 0 (0 = one per CPU core)")
+        if self.worker_count() > 1 and self.broker == "memory":
+            errs.append(f"workers: {self.worker_count()} workers need broker = 'redis' (the memory broker lives "
+                        "inside one process, so workers would not see each other's clients); set broker = 'redis' "
+                        "and redis_urls, or run workers = 1")
         if self.broker not in ("memory", "redis"):
             errs.append(f"broker: {self.broker!r} is not 'memory' or 'redis'")
         if self.broker == "redis" and not self.redis_urls:
