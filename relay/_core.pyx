@@ -401,6 +401,10 @@ cdef class Hub:
     def channels(self):
         return [name for shard in self._shards for name in shard]
 
+    def subscribers(self, str channel):
+        cdef _Channel ch = self._shard(channel).get(channel)
+        return [] if ch is None else list(ch.subs)
+
     cpdef Py_ssize_t broadcast(self, str channel, dict push):
         """Encode ``{"push": push}`` once per wire format and queue it for every subscriber."""
         cdef _Channel ch = self._shard(channel).get(channel)

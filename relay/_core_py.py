@@ -353,6 +353,10 @@ class Hub:
     def channels(self) -> list[str]:
         return [name for shard in self._shards for name in shard]
 
+    def subscribers(self, channel: str) -> list[Conn]:
+        ch = self._shards[fnv1a32(channel) % self.num_shards].get(channel)
+        return [] if ch is None else list(ch.subs)
+
     def broadcast(self, channel: str, push: dict) -> int:
         """Encode ``{"push": push}`` once per wire format and queue it for every subscriber."""
         ch = self._shards[fnv1a32(channel) % self.num_shards].get(channel)

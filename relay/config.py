@@ -76,6 +76,9 @@ class Config:
     redis_pubsub_connections: int = _doc("pub/sub connections per Redis instance", default=2)
     redis_unsubscribe_delay: float = _doc("seconds before a node leaves a Redis channel it no longer needs "
                                           "(a channel that flaps is not re-subscribed each time)", default=1.0)
+    position_check_interval: float = _doc("seconds between checks that this node has every publication of its "
+                                          "recoverable channels (Redis); a gap resyncs their subscribers",
+                                          default=2.0)
     presence_ttl: float = _doc("seconds a presence entry lives in Redis unless refreshed", default=60.0)
     idempotency_window: float = _doc("seconds a publish idempotency_key is remembered", default=300.0)
 
@@ -151,7 +154,7 @@ class Config:
         for u in self.redis_urls:
             if not u.startswith(("redis://", "rediss://", "unix://")):
                 errs.append(f"redis_urls: {u!r} is not a redis://, rediss:// or unix:// URL")
-        for name in ("redis_pubsub_connections", "presence_ttl", "idempotency_window"):
+        for name in ("redis_pubsub_connections", "presence_ttl", "idempotency_window", "position_check_interval"):
             if getattr(self, name) <= 0:
                 errs.append(f"{name}: must be > 0")
         if self.redis_unsubscribe_delay < 0:

@@ -37,6 +37,7 @@ class Stats:
         self.disconnects: Counter[int] = Counter()
         self.auth_failures: Counter[str] = Counter()
         self.connections_total = 0
+        self.resyncs = 0
 
     def command(self, method: str, result: str) -> None:
         self.commands[(method, result)] += 1
@@ -67,6 +68,10 @@ class Node:
         self._interest: dict[str, int] = {}
         # publications received while a subscribe is between its broker subscription and the hub
         self._collectors: dict[str, list[list[dict]]] = {}
+        # the stream position this node has delivered, per recoverable channel with local subscribers
+        self._positions: dict[str, StreamPosition] = {}
+        self._behind: dict[str, int] = {}  # channel -> stream top seen ahead of us at the last check
+        self._position_task: asyncio.Task | None = None
         self.core = IMPLEMENTATION
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -80,11 +85,13 @@ class Node:
         self.hub = Hub(schedule, self._on_slow, self.cfg.hub_shards)
         await self.broker.start(self)
         self._ping_task = loop.create_task(self._ping_loop())
+        if self.broker.lossy_delivery:
+            self._position_task = loop.create_task(self._position_loop(self.cfg.position_check_interval))
         if self.presence.refresh_interval:
             self._presence_task = loop.create_task(self._presence_loop(self.presence.refresh_interval))
 
     async def stop(self) -> None:
-        for task in (self._ping_task, self._presence_task):
+        for task in (self._ping_task, self._presence_task, self._position_task):
             if task is not None:
                 task.cancel()
         for s in list(self.open_sessions):
@@ -191,6 +198,8 @@ class Node:
             self._interest[channel] = n
             return
         self._interest.pop(channel, None)
+        self._positions.pop(channel, None)
+        self._behind.pop(channel, None)
         self.spawn(self._broker_unsubscribe(channel))
 
     async def _broker_unsubscribe(self, channel: str) -> None:
@@ -246,12 +255,69 @@ class Node:
 
     # --- broker events (BrokerEventHandler) ------------------------------------------------------
 
-    def handle_publication(self, channel: str, pub: dict) -> None:
+    def handle_publication(self, channel: str, pub: dict, epoch: str = "") -> None:
         boxes = self._collectors.get(channel)
         if boxes is not None:
             for box in boxes:
                 box.append(pub)
+        offset = pub.get("offset")
+        if offset and epoch:
+            known = self._positions.get(channel)
+            if known is not None:
+                if offset <= known.offset and epoch == known.epoch:
+                    return  # delivered already
+                if epoch != known.epoch or offset > known.offset + 1:
+                    # a gap (or a lost stream): subscribers recover from history instead
+                    self._positions[channel] = StreamPosition(offset, epoch)
+                    self.resync(channel)
+                    return
+                self._positions[channel] = StreamPosition(offset, epoch)
         self.hub.broadcast(channel, {"channel": channel, "pub": pub})
+
+    def track_position(self, channel: str, pos: StreamPosition) -> None:
+        """Start checking ``channel``'s stream against what this node delivers."""
+        if pos.epoch and channel not in self._positions:
+            self._positions[channel] = pos
+
+    def resync(self, channel: str) -> None:
+        """Publications of ``channel`` may have been missed here: every local subscriber gets Centrifugo's
+        'insufficient state' unsubscribe (2500) and its SDK resubscribes, recovering from history."""
+        self.stats.resyncs += 1
+        log.warning("gap detected in %s: resyncing %d subscribers", channel, self.hub.num_subscribers(channel))
+        for conn in self.hub.subscribers(channel):
+            if conn.session is not None:
+                conn.session.resync(channel)
+
+    async def _position_loop(self, interval: float) -> None:
+        """Find publications this node never received (a dropped pub/sub link, a paused or restarted
+        Redis) by comparing each tracked channel with its stream, twice before acting."""
+        while True:
+            await asyncio.sleep(interval)
+            for channel, _known in list(self._positions.items()):
+                try:
+                    hr = await asyncio.wait_for(
+                        self.broker.history(channel, since=None, limit=0, reverse=False,
+                                            meta_ttl=self.cfg.history_meta_ttl), interval)
+                except (TimeoutError, BrokerUnavailable):
+                    continue
+                mine = self._positions.get(channel)
+                if mine is None:
+                    continue
+                top = hr.position
+                if top.epoch != mine.epoch:
+                    self._positions[channel] = top
+                    self.resync(channel)
+                elif top.offset > mine.offset:
+                    seen_before = self._behind.get(channel)
+                    if seen_before is not None and mine.offset < seen_before:
+                        # what was published by the previous check never reached this node
+                        self._positions[channel] = top
+                        self._behind.pop(channel, None)
+                        self.resync(channel)
+                    else:
+                        self._behind[channel] = top.offset
+                else:
+                    self._behind.pop(channel, None)
 
     def handle_join(self, channel: str, info: dict) -> None:
         self.hub.broadcast(join_leave_channel(channel), {"channel": channel, "join": {"info": info}})

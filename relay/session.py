@@ -38,6 +38,8 @@ METHODS = ("connect", "subscribe", "unsubscribe", "publish", "presence", "presen
            "refresh", "rpc", "sub_refresh", "send")
 
 FLAG_REJECT_UNRECOVERED = 2  # subscribe "flag" bit: error 112 instead of recovered=false
+# unsubscribe push codes >= 2500 make the SDKs resubscribe (and recover when positioned)
+INSUFFICIENT_STATE = {"code": 2500, "reason": "insufficient state"}
 
 
 def join_leave_channel(channel: str) -> str:
@@ -307,7 +309,16 @@ class ClientSession:
         for pub in extra:
             self.send({"push": {"channel": channel, "pub": pub}})
         self.subs[channel] = join_leave
+        if "epoch" in result:
+            node.track_position(channel, StreamPosition(result["offset"], result["epoch"]))
         await node.add_subscription(self, channel, join_leave, opts)
+
+    def resync(self, channel: str) -> None:
+        """Drop ``channel`` with Centrifugo's 'insufficient state' (2500): the SDK resubscribes and recovers."""
+        if channel in self.subs:
+            jl = self.subs.pop(channel)
+            self.node.drop_subscription(self, channel, jl)
+            self.send({"push": {"channel": channel, "unsubscribe": INSUFFICIENT_STATE}})
 
     async def _position(self, channel: str, p: dict, opts, box: list[dict]) -> tuple[dict, list[dict]]:
         """The subscribe reply (stream position, recovered publications) and the publications

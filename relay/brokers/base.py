@@ -50,7 +50,8 @@ class UnrecoverablePosition(Exception):
 class BrokerEventHandler(Protocol):
     """What a broker calls back into (the node)."""
 
-    def handle_publication(self, channel: str, pub: dict) -> None: ...
+    def handle_publication(self, channel: str, pub: dict, epoch: str = "") -> None:
+        """A publication for ``channel``; ``epoch`` is its stream's epoch when it has an offset."""
 
     def handle_join(self, channel: str, info: dict) -> None: ...
 
@@ -91,6 +92,9 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def remove_history(self, channel: str) -> None: ...
+
+    #: publications can be lost between the broker and this node (the node checks stream positions)
+    lossy_delivery = False
 
     async def ping(self) -> bool:
         """The broker is reachable (readiness)."""

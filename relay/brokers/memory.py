@@ -86,6 +86,7 @@ class MemoryBroker(Broker):
         if opts.tags:
             pub["tags"] = opts.tags
         pos = StreamPosition()
+        epoch = ""
         if opts.history_size > 0:
             s = self._stream(channel, now, True)
             s.top += 1
@@ -95,10 +96,11 @@ class MemoryBroker(Broker):
                 s.items.popleft()
             s.meta_expires = max(s.meta_expires, now + max(opts.history_meta_ttl, opts.history_ttl))
             pos = StreamPosition(s.top, s.epoch)
+            epoch = s.epoch
         if opts.idempotency_key:
             self._idempotent[(channel, opts.idempotency_key)] = (now + opts.idempotency_window, pos)
         if self._handler is not None:
-            self._handler.handle_publication(channel, pub)
+            self._handler.handle_publication(channel, pub, epoch)
         return pos
 
     async def publish_join(self, channel: str, info: dict) -> None:

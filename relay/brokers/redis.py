@@ -10,7 +10,7 @@ pub/sub all live on one Redis Cluster slot):
   first, capped at ``history_size``; expired entries are skipped on read and the
   key expires with the newest one.
 * ``<prefix>:idem:{ch}:<key>`` the stream position of an idempotent publish.
-* pub/sub channel ``<prefix>:ps:{ch}``; messages are ``p<offset>:<msgpack pub>``,
+* pub/sub channel ``<prefix>:ps:{ch}``; messages are ``p<offset>:<epoch>:<msgpack pub>``,
   ``j<msgpack info>`` (join) or ``l<msgpack info>`` (leave).
 * ``<prefix>:pres:{ch}`` hash client -> msgpack info, and ``<prefix>:pres-exp:{ch}``
   zset client -> expiry; entries not refreshed within ``presence_ttl`` disappear.
@@ -83,7 +83,7 @@ if size > 0 then
   redis.call("ltrim", hist, -size, -1)
   redis.call("pexpire", hist, ttl_ms)
 end
-redis.call("publish", channel, "p" .. offset .. ":" .. body)
+redis.call("publish", channel, "p" .. offset .. ":" .. epoch .. ":" .. body)
 local result = offset .. ":" .. epoch
 if idem ~= "" then redis.call("set", idem, result, "px", idem_ms) end
 return {result, 0}
@@ -225,6 +225,8 @@ class RedisShards:
 
 
 class RedisBroker(Broker):
+    lossy_delivery = True  # pub/sub is at-most-once: a dropped link or a restart loses messages
+
     def __init__(self, urls: list[str], *, prefix: str = "relay", pubsub_per_instance: int = 2,
                  unsubscribe_delay: float = 1.0, node_name: str = "", timeout: float = 5.0) -> None:
         self.prefix = prefix
@@ -321,12 +323,12 @@ class RedisBroker(Broker):
         channel = ps_channel[self._ps_prefix_len:-1].decode()
         kind = data[:1]
         if kind == b"p":
-            off, _, body = data[1:].partition(b":")
+            off, epoch, body = data[1:].split(b":", 2)
             pub = msgpack.unpackb(body, raw=False)
             offset = int(off)
             if offset:
                 pub["offset"] = offset
-            handler.handle_publication(channel, pub)
+            handler.handle_publication(channel, pub, epoch.decode())
         elif kind == b"j":
             handler.handle_join(channel, msgpack.unpackb(data[1:], raw=False))
         elif kind == b"l":

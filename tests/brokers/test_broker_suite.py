@@ -16,7 +16,7 @@ class Handler:
         self.events = []
         self.changed = asyncio.Event()
 
-    def handle_publication(self, channel, pub):
+    def handle_publication(self, channel, pub, epoch=""):
         self.events.append(("pub", channel, pub))
         self.changed.set()
 

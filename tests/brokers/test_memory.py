@@ -18,7 +18,7 @@ class Handler:
     def __init__(self):
         self.pubs = []
 
-    def handle_publication(self, channel, pub):
+    def handle_publication(self, channel, pub, epoch=""):
         self.pubs.append((channel, pub))
 
     def handle_join(self, channel, info):
