@@ -27,7 +27,8 @@ def build_broker(cfg: Config) -> tuple[Broker, PresenceManager]:
         from relay.brokers.redis import RedisBroker, RedisPresenceManager
 
         broker = RedisBroker(cfg.redis_urls, prefix=cfg.redis_prefix, pubsub_per_instance=cfg.redis_pubsub_connections,
-                             unsubscribe_delay=cfg.redis_unsubscribe_delay, node_name=cfg.node_name)
+                             unsubscribe_delay=cfg.redis_unsubscribe_delay, node_name=cfg.node_name,
+                             cluster=cfg.redis_cluster)
         return broker, RedisPresenceManager(broker, ttl=cfg.presence_ttl)
     return MemoryBroker(), MemoryPresenceManager()
 

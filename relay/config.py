@@ -72,6 +72,8 @@ class Config:
                        default="memory")
     redis_urls: list[str] = _doc("Redis instances; channels are spread over them by consistent hash",
                                  default_factory=lambda: ["redis://127.0.0.1:6379/0"])
+    redis_cluster: bool = _doc("redis_urls are seed nodes of one Redis Cluster (sharded pub/sub, Redis 7+)",
+                               default=False)
     redis_prefix: str = _doc("prefix of every Redis key and pub/sub channel", default="relay")
     redis_pubsub_connections: int = _doc("pub/sub connections per Redis instance", default=2)
     redis_unsubscribe_delay: float = _doc("seconds before a node leaves a Redis channel it no longer needs "

@@ -19,7 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ROOT", "free_port", "to_toml", "merge", "ServerProcess", "RelayProcess", "RedisProcess"]
+__all__ = ["ROOT", "free_port", "to_toml", "merge", "ServerProcess", "RelayProcess", "RedisProcess",
+           "RedisClusterProcess"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -224,3 +225,61 @@ class RedisProcess(ServerProcess):
                 return s.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster-bus port (port + 10000) is free too."""
+    for _ in range(200):
+        p = free_port()
+        if p + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p + 10000))
+            except OSError:
+                continue
+        return p
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+class RedisClusterProcess:
+    """A throw-away Redis Cluster of ``masters`` redis-servers, built with ``redis-cli --cluster create``."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.nodes = [RedisProcess(port=free_cluster_port(),
+                                   extra=["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                      for _ in range(masters)]
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    def start(self, timeout: float = 30.0) -> "RedisClusterProcess":
+        for n in self.nodes:
+            n.extra += ["--cluster-config-file", f"{n.tmp.name}/nodes.conf"]
+            n.start()
+        addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        r = subprocess.run(["redis-cli", "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
+                           capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0:
+            self.cleanup()
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{r.stdout}\n{r.stderr}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = [subprocess.run(["redis-cli", "-p", str(n.port), "cluster", "info"], capture_output=True,
+                                     text=True).stdout for n in self.nodes]
+            if all("cluster_state:ok" in s for s in states):
+                return self
+            time.sleep(0.1)
+        self.cleanup()
+        raise RuntimeError("Redis Cluster did not reach cluster_state:ok")
+
+    def cleanup(self) -> None:
+        for n in self.nodes:
+            n.cleanup()
+
+    def __enter__(self) -> "RedisClusterProcess":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cleanup()

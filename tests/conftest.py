@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from relay.testing import RedisProcess
+from relay.testing import RedisClusterProcess, RedisProcess
 from tests.relayproc import RelayProcess
 
 
@@ -59,3 +59,11 @@ def redis_factory():
     yield make
     for r in started:
         r.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A real three-master Redis Cluster (redis-server --cluster-enabled + redis-cli --cluster create)."""
+    need_redis_server()
+    with RedisClusterProcess(3) as c:
+        yield c

@@ -57,6 +57,13 @@ def jump_hash(key: int, buckets: int) -> int:
     return b
 
 
+def _host_port(url: str) -> tuple[str, int]:
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    return u.hostname or "127.0.0.1", u.port or 6379
+
+
 def _key_hash(channel: str) -> int:
     data = channel.encode()
     return (zlib.crc32(data) << 32) | zlib.adler32(data)
@@ -66,6 +73,8 @@ PUBLISH_LUA = """
 local meta, hist, idem = KEYS[1], KEYS[2], KEYS[3]
 local body, size, ttl_ms, meta_ttl_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local expire_ms, new_epoch, channel, idem_ms = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
+local publish_cmd = ARGV[9]  -- "publish", or "spublish" (sharded pub/sub) on a Redis Cluster
+if ARGV[10] ~= "1" then idem = "" end  -- KEYS[3] is always given: one slot for all keys on a cluster
 if idem ~= "" then
   local seen = redis.call("get", idem)
   if seen then return {seen, 1} end
@@ -83,7 +92,7 @@ if size > 0 then
   redis.call("ltrim", hist, -size, -1)
   redis.call("pexpire", hist, ttl_ms)
 end
-redis.call("publish", channel, "p" .. offset .. ":" .. epoch .. ":" .. body)
+redis.call(publish_cmd, channel, "p" .. offset .. ":" .. epoch .. ":" .. body)
 local result = offset .. ":" .. epoch
 if idem ~= "" then redis.call("set", idem, result, "px", idem_ms) end
 return {result, 0}
@@ -112,6 +121,12 @@ redis.call("pexpire", KEYS[2], ARGV[4])
 return 1
 """
 
+PRESENCE_REMOVE_LUA = """
+redis.call("hdel", KEYS[1], ARGV[1])
+redis.call("zrem", KEYS[2], ARGV[1])
+return 1
+"""
+
 PRESENCE_GET_LUA = """
 local expired = redis.call("zrangebyscore", KEYS[2], "-inf", ARGV[1])
 for _, c in ipairs(expired) do redis.call("hdel", KEYS[1], c) end
@@ -123,9 +138,10 @@ return redis.call("hgetall", KEYS[1])
 class _PubSubConn:
     """One pub/sub connection and its reader task; subscribe/unsubscribe batched per iteration."""
 
-    def __init__(self, broker: "RedisBroker", client: aioredis.Redis, name: str) -> None:
+    def __init__(self, broker: "RedisBroker", client, name: str, cluster: bool) -> None:
         self.broker = broker
         self.client = client
+        self.cluster = cluster  # sharded pub/sub (SSUBSCRIBE) on the node owning each channel's slot
         self.pubsub = client.pubsub()
         self.control = f"{broker.prefix}:ctl:{name}"
         self.task: asyncio.Task | None = None
@@ -133,12 +149,16 @@ class _PubSubConn:
         self._to_unsub: set[str] = set()
         self._waiting: dict[bytes, list[asyncio.Future]] = {}
         self._flush_scheduled = False
+        self._node_readers: dict[str, asyncio.Task] = {}
 
     async def start(self) -> None:
-        await self.pubsub.subscribe(self.control)
+        if not self.cluster:
+            await self.pubsub.subscribe(self.control)  # the connection exists before any channel
         self.task = asyncio.get_running_loop().create_task(self._read())
 
     async def close(self) -> None:
+        for t in self._node_readers.values():
+            t.cancel()
         if self.task:
             self.task.cancel()
             try:
@@ -172,9 +192,16 @@ class _PubSubConn:
             if subs:
                 for name, futs in subs.items():
                     self._waiting.setdefault(name.encode(), []).extend(futs)
-                await self.pubsub.subscribe(*subs)  # one SUBSCRIBE for the whole batch
+                if self.cluster:
+                    await self.pubsub.ssubscribe(*subs)  # sent to the node owning each channel's slot
+                    self._ensure_node_readers()
+                else:
+                    await self.pubsub.subscribe(*subs)  # one SUBSCRIBE for the whole batch
             if unsubs:
-                await self.pubsub.unsubscribe(*unsubs)
+                if self.cluster:
+                    await self.pubsub.sunsubscribe(*unsubs)
+                else:
+                    await self.pubsub.unsubscribe(*unsubs)
         except Exception as e:  # connection down: the waiters learn it now, not at a timeout
             for name in subs:
                 for fut in self._waiting.pop(name.encode(), []):
@@ -182,7 +209,10 @@ class _PubSubConn:
                         fut.set_exception(BrokerUnavailable(str(e)))
 
     async def _read(self) -> None:
-        handler = self.broker._on_message
+        if self.cluster:
+            while True:  # one reader per cluster node; new nodes appear on subscribes and topology changes
+                self._ensure_node_readers()
+                await asyncio.sleep(0.5)
         while True:
             try:
                 msg = await self.pubsub.get_message(timeout=1.0)
@@ -193,23 +223,64 @@ class _PubSubConn:
                 self.broker.errors += 1
                 await asyncio.sleep(0.2)
                 continue
-            if msg is None:
+            if msg is not None:
+                self._handle(msg)
+
+    def _ensure_node_readers(self) -> None:
+        for name in list(self.pubsub.node_pubsub_mapping):
+            task = self._node_readers.get(name)
+            if task is None or task.done():
+                self._node_readers[name] = asyncio.get_running_loop().create_task(self._read_node(name))
+
+    async def _read_node(self, name: str) -> None:
+        """Read one cluster node's sharded pub/sub connection (a blocking read per node, so a quiet
+        node never delays the messages of another)."""
+        while name in self.pubsub.node_pubsub_mapping:
+            try:
+                node = self.client.get_node(node_name=name)
+                if node is None:
+                    return
+                msg = await self.pubsub.get_sharded_message(timeout=1.0, target_node=node)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("redis sharded pub/sub read from %s failed (%s); retrying", name, e)
+                self.broker.errors += 1
+                await asyncio.sleep(0.2)
                 continue
-            kind = msg["type"]
-            if kind == "message":
-                handler(msg["channel"], msg["data"])
-            elif kind == "subscribe":
-                for fut in self._waiting.pop(msg["channel"], []):
-                    if not fut.done():
-                        fut.set_result(None)
+            if msg is not None:
+                self._handle(msg)
+
+    def _handle(self, msg: dict) -> None:
+        kind = msg["type"]
+        if isinstance(kind, bytes):
+            kind = kind.decode()
+        if kind in ("message", "smessage"):
+            self.broker._on_message(msg["channel"], msg["data"])
+        elif kind in ("subscribe", "ssubscribe"):
+            for fut in self._waiting.pop(msg["channel"], []):
+                if not fut.done():
+                    fut.set_result(None)
 
 
 class RedisShards:
-    """The Redis instances and their pub/sub connections; picks both by channel hash."""
+    """The Redis instances and their pub/sub connections; picks both by channel hash.
 
-    def __init__(self, urls: list[str], pubsub_per_instance: int) -> None:
-        self.clients = [aioredis.Redis.from_url(u, decode_responses=False, health_check_interval=10)
-                        for u in urls]
+    With ``cluster`` the URLs are seed nodes of one Redis Cluster: it is a single
+    "shard" here, and the cluster itself spreads channels over its masters by slot
+    (redis-py follows MOVED/ASK and topology changes)."""
+
+    def __init__(self, urls: list[str], pubsub_per_instance: int, cluster: bool = False) -> None:
+        self.cluster = cluster
+        if cluster:
+            from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+            seeds = [ClusterNode(*_host_port(u)) for u in urls]
+            self.clients = [RedisCluster(startup_nodes=seeds, decode_responses=False)]
+            pubsub_per_instance = 1  # ClusterPubSub keeps one connection per node by itself
+        else:
+            self.clients = [aioredis.Redis.from_url(u, decode_responses=False, health_check_interval=10)
+                            for u in urls]
         self.pubsub_per_instance = pubsub_per_instance
         self.pubsubs: list[list[_PubSubConn]] = []
 
@@ -228,10 +299,13 @@ class RedisBroker(Broker):
     lossy_delivery = True  # pub/sub is at-most-once: a dropped link or a restart loses messages
 
     def __init__(self, urls: list[str], *, prefix: str = "relay", pubsub_per_instance: int = 2,
-                 unsubscribe_delay: float = 1.0, node_name: str = "", timeout: float = 5.0) -> None:
+                 unsubscribe_delay: float = 1.0, node_name: str = "", timeout: float = 5.0,
+                 cluster: bool = False) -> None:
         self.prefix = prefix
         self.timeout = timeout
-        self.shards = RedisShards(urls, pubsub_per_instance)
+        self.cluster = cluster
+        self._publish_cmd = "spublish" if cluster else "publish"
+        self.shards = RedisShards(urls, pubsub_per_instance, cluster)
         self.unsubscribe_delay = unsubscribe_delay
         self.node_name = node_name or secrets.token_hex(4)
         self._handler: BrokerEventHandler | None = None
@@ -269,7 +343,7 @@ class RedisBroker(Broker):
                 "publish": client.register_script(PUBLISH_LUA),
                 "history": client.register_script(HISTORY_LUA),
             })
-            conns = [_PubSubConn(self, client, f"{self.node_name}:{i}:{j}")
+            conns = [_PubSubConn(self, client, f"{self.node_name}:{i}:{j}", self.cluster)
                      for j in range(self.shards.pubsub_per_instance)]
             for c in conns:
                 await c.start()
@@ -342,14 +416,15 @@ class RedisBroker(Broker):
         if opts.tags:
             pub["tags"] = opts.tags
         idx = self.shards.index(channel)
-        idem = f"{self.prefix}:idem:{{{channel}}}:{opts.idempotency_key}" if opts.idempotency_key else ""
+        idem = f"{self.prefix}:idem:{{{channel}}}:{opts.idempotency_key or ''}"
         try:
             result, _ = await self._scripts[idx]["publish"](
                 keys=[self._meta(channel), self._hist(channel), idem],
                 args=[_packb(pub), opts.history_size, max(1, int(opts.history_ttl * 1000)),
                       max(1, int(max(opts.history_meta_ttl, opts.history_ttl) * 1000)),
                       str(int((time.time() + opts.history_ttl) * 1000)), secrets.token_hex(4), self._ps(channel),
-                      max(1, int(opts.idempotency_window * 1000))])
+                      max(1, int(opts.idempotency_window * 1000)), self._publish_cmd,
+                      "1" if opts.idempotency_key else "0"])
         except Exception as e:
             self.errors += 1
             raise BrokerUnavailable(str(e)) from None
@@ -358,7 +433,7 @@ class RedisBroker(Broker):
 
     async def _redis_publish(self, channel: str, message: bytes) -> None:
         try:
-            await self.shards.client(channel).publish(self._ps(channel), message)
+            await self.shards.client(channel).execute_command(self._publish_cmd.upper(), self._ps(channel), message)
         except Exception as e:
             self.errors += 1
             raise BrokerUnavailable(str(e)) from None
@@ -418,6 +493,7 @@ class RedisPresenceManager(PresenceManager):
         self.refresh_interval = ttl / 3
         self._add: dict[int, Any] = {}
         self._get: dict[int, Any] = {}
+        self._remove: dict[int, Any] = {}
 
     def _keys(self, channel: str) -> list[str]:
         p = self.broker.prefix
@@ -439,10 +515,8 @@ class RedisPresenceManager(PresenceManager):
             raise BrokerUnavailable(str(e)) from None
 
     async def remove_presence(self, channel: str, client_id: str) -> None:
-        h, z = self._keys(channel)
         try:
-            async with self.broker.shards.client(channel).pipeline(transaction=True) as p:
-                await p.hdel(h, client_id).zrem(z, client_id).execute()
+            await self._script(self._remove, channel, PRESENCE_REMOVE_LUA)(keys=self._keys(channel), args=[client_id])
         except Exception as e:
             raise BrokerUnavailable(str(e)) from None
 

@@ -39,17 +39,18 @@ class Handler:
         await asyncio.wait_for(wait(), timeout)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def broker(request):
     h = Handler()
     if request.param == "memory":
         b, pm = MemoryBroker(), MemoryPresenceManager()
     else:
-        server = request.getfixturevalue("redis_server")
-        b = RedisBroker([server.url], prefix=f"t{uuid.uuid4().hex[:8]}", unsubscribe_delay=0.2)
+        cluster = request.param == "redis-cluster"
+        urls = request.getfixturevalue("redis_cluster").urls if cluster else [request.getfixturevalue("redis_server").url]
+        b = RedisBroker(urls, prefix=f"t{uuid.uuid4().hex[:8]}", unsubscribe_delay=0.2, cluster=cluster)
         pm = RedisPresenceManager(b, ttl=60)
     await b.start(h)
-    b.h, b.pm, b.kind = h, pm, request.param
+    b.h, b.pm, b.kind = h, pm, request.param.split("-")[0]
     yield b
     await b.close()
 
