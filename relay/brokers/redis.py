@@ -276,10 +276,13 @@ class RedisShards:
             from redis.asyncio.cluster import ClusterNode, RedisCluster
 
             seeds = [ClusterNode(*_host_port(u)) for u in urls]
-            self.clients = [RedisCluster(startup_nodes=seeds, decode_responses=False)]
+            self.clients = [RedisCluster(startup_nodes=seeds, decode_responses=False, socket_timeout=5.0,
+                                         socket_connect_timeout=2.0)]
             pubsub_per_instance = 1  # ClusterPubSub keeps one connection per node by itself
         else:
-            self.clients = [aioredis.Redis.from_url(u, decode_responses=False, health_check_interval=10)
+            # a command gets an error after socket_timeout instead of hanging on a paused Redis
+            self.clients = [aioredis.Redis.from_url(u, decode_responses=False, health_check_interval=10,
+                                                    socket_timeout=5.0, socket_connect_timeout=2.0)
                             for u in urls]
         self.pubsub_per_instance = pubsub_per_instance
         self.pubsubs: list[list[_PubSubConn]] = []

@@ -169,3 +169,26 @@ async def test_sdk_resyncs_after_pubsub_link_is_killed(redis_factory, relay_fact
     assert got == acked, (len(got), len(acked))  # every acknowledged publication exactly once, in order
     assert "gap detected" in node.log()
     await client.disconnect()
+
+
+async def test_redis_paused_loses_nothing(redis_factory, relay_factory):
+    import os
+    import signal
+
+    redis = redis_factory()
+    node = relay_factory({"broker": "redis", "redis_urls": [redis.url], "position_check_interval": 0.5,
+                          "namespaces": {"news": {"history_size": 1000}}})
+    ch = f"news:{uuid.uuid4().hex[:8]}"
+    client = RecoveringClient(await ws_connected(node.ws_port, node.token("carol")), ch)
+    await client.subscribe()
+    acked: list[tuple[int, int]] = []
+
+    loop = asyncio.get_running_loop()
+    resume = loop.call_later(1.8, lambda: os.kill(redis.pid, signal.SIGCONT))
+    await publish_stream(node, ch, 3.0, acked, fault_at=0.5, fault=lambda: os.kill(redis.pid, signal.SIGSTOP))
+    resume.cancel()
+    os.kill(redis.pid, signal.SIGCONT)
+    offsets = [o for o, _ in acked]
+    assert offsets == list(range(1, len(acked) + 1))
+    await client.run_until(set(offsets))
+    assert client.got == acked  # nothing lost or duplicated across the pause
