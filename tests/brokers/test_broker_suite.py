@@ -46,7 +46,8 @@ async def broker(request):
         b, pm = MemoryBroker(), MemoryPresenceManager()
     else:
         cluster = request.param == "redis-cluster"
-        urls = request.getfixturevalue("redis_cluster").urls if cluster else [request.getfixturevalue("redis_server").url]
+        urls = (request.getfixturevalue("redis_cluster").urls if cluster
+                else [request.getfixturevalue("redis_server").url])
         b = RedisBroker(urls, prefix=f"t{uuid.uuid4().hex[:8]}", unsubscribe_delay=0.2, cluster=cluster)
         pm = RedisPresenceManager(b, ttl=60)
     await b.start(h)
