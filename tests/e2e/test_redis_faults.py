@@ -45,6 +45,7 @@ class RecoveringClient:
     def __init__(self, ws, channel):
         self.ws, self.channel = ws, channel
         self.got: list[tuple[int, object]] = []
+        self.received_at: dict[int, float] = {}
         self.epoch = ""
         self.resyncs = 0
 
@@ -55,14 +56,20 @@ class RecoveringClient:
         r = (await self.ws.call("subscribe", params))["subscribe"]
         self.epoch = r["epoch"]
         assert not self.got or r["recovered"], r
-        self.got += [(p["offset"], p["data"]) for p in r.get("publications", [])]
+        self._add([(p["offset"], p["data"]) for p in r.get("publications", [])])
+
+    def _add(self, items: list[tuple[int, object]]) -> None:
+        now = asyncio.get_running_loop().time()
+        for offset, _ in items:
+            self.received_at.setdefault(offset, now)
+        self.got += items
 
     async def run_until(self, offsets: set[int], timeout=15.0):
         async def loop():
             while not offsets <= {o for o, _ in self.got}:
                 push = await self.ws.push(timeout=timeout)
                 if "pub" in push:
-                    self.got.append((push["pub"]["offset"], push["pub"]["data"]))
+                    self._add([(push["pub"]["offset"], push["pub"]["data"])])
                 elif push.get("unsubscribe", {}).get("code") == 2500:
                     self.resyncs += 1
                     await self.subscribe()
@@ -97,18 +104,24 @@ async def test_redis_killed_while_publishing_loses_nothing_acknowledged(redis_fa
             time.sleep(0.02)
         return i
 
+    reader = asyncio.create_task(client.run_until({10**9}, timeout=60))  # reads live while we publish
     nxt = await asyncio.to_thread(publish_for, 1.0, 0)
     redis.proc.kill()  # SIGKILL, mid-traffic
     redis.proc.wait()
+    before_kill = len(acked)
     nxt = await asyncio.to_thread(publish_for, 1.5, nxt)
-    outage_errors = errors
+    outage_errors, outage_acked = errors, len(acked) - before_kill
     redis.start()
+    back_at = asyncio.get_running_loop().time()
     await asyncio.to_thread(publish_for, 3.0, nxt)
-    assert outage_errors > 10  # every publish during the outage failed: no false OK
+    reader.cancel()
+    assert outage_errors > 10 and outage_acked == 0  # every publish during the outage failed: no false OK
     offsets = [o for o, _ in acked]
     assert offsets == list(range(1, len(acked) + 1))  # acknowledged = stored, in order, no holes
     await client.run_until(set(offsets))
     assert client.got == acked  # every acknowledged message exactly once, in order
+    resumed = min(t for o, t in client.received_at.items() if o > before_kill)
+    assert resumed - back_at < 2.0  # delivery resumed by itself within 2 s of Redis returning
 
 
 async def publish_stream(node, ch, seconds, acked, fault_at=None, fault=None):
