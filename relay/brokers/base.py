@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = ["StreamPosition", "HistoryResult", "PublishOptions", "BrokerEventHandler", "Broker",
-           "PresenceManager", "UnrecoverablePosition", "BrokerUnavailable"]
+           "PresenceManager", "UnrecoverablePosition", "BrokerUnavailable", "history_page"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,13 @@ class PublishOptions:
     idempotency_key: str | None = None
     idempotency_window: float = 300.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def history_page(pubs: list[dict], limit: int, reverse: bool) -> list[dict]:
+    """Publications (oldest first) as a history answer: newest first if ``reverse``, at most ``limit`` (> 0)."""
+    if reverse:
+        pubs.reverse()
+    return pubs[:limit] if limit > 0 else pubs
 
 
 class BrokerUnavailable(Exception):

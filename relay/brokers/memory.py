@@ -14,7 +14,7 @@ from collections import deque
 from typing import Any
 
 from relay.brokers.base import (Broker, BrokerEventHandler, HistoryResult, PresenceManager, PublishOptions,
-                                StreamPosition, UnrecoverablePosition)
+                                StreamPosition, UnrecoverablePosition, history_page)
 
 __all__ = ["MemoryBroker", "MemoryPresenceManager"]
 
@@ -128,11 +128,7 @@ class MemoryBroker(Broker):
             pubs = [p for off, _, p in items if off > since.offset]
         else:
             pubs = [p for _, _, p in items]
-        if reverse:
-            pubs.reverse()
-        if limit > 0:
-            pubs = pubs[:limit]
-        return HistoryResult(pubs, pos)
+        return HistoryResult(history_page(pubs, limit, reverse), pos)
 
     async def remove_history(self, channel: str) -> None:
         s = self._streams.get(channel)

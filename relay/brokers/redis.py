@@ -38,7 +38,7 @@ import msgpack
 import redis.asyncio as aioredis
 
 from relay.brokers.base import (Broker, BrokerEventHandler, BrokerUnavailable, HistoryResult, PresenceManager,
-                                PublishOptions, StreamPosition, UnrecoverablePosition)
+                                PublishOptions, StreamPosition, UnrecoverablePosition, history_page)
 
 __all__ = ["RedisBroker", "RedisPresenceManager", "RedisShards", "jump_hash", "BrokerUnavailable"]
 
@@ -473,11 +473,7 @@ class RedisBroker(Broker):
             pub = msgpack.unpackb(body, raw=False)
             pub["offset"] = offset
             pubs.append(pub)
-        if reverse:
-            pubs.reverse()
-        if limit > 0:
-            pubs = pubs[:limit]
-        return HistoryResult(pubs, pos)
+        return HistoryResult(history_page(pubs, limit, reverse), pos)
 
     async def remove_history(self, channel: str) -> None:
         try:
