@@ -1,14 +1,26 @@
-"""Connect tokens: HS256 JWTs signed with the configured secret (PyJWT does the work)."""
+"""Connect tokens: JWTs verified by PyJWT with algorithms pinned by config.
+
+The token's ``alg`` must be one of ``token_algorithms``; its key is chosen by that
+algorithm's family (HS: the HMAC secret, RS: the RSA public key, ES: the EC public
+key) or by ``kid`` from a JWKS file, so ``alg: none`` and algorithm confusion (an
+HS256 token "signed" with the RSA public key) are refused. ``exp``, ``nbf``,
+``iat``, and when configured ``aud`` and ``iss``, are checked.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jwt
 
-__all__ = ["Credentials", "TokenExpired", "TokenInvalid", "verify_connect_token", "make_connect_token"]
+__all__ = ["Credentials", "TokenExpired", "TokenInvalid", "TokenVerifier", "make_connect_token",
+           "SUPPORTED_ALGORITHMS"]
+
+SUPPORTED_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +28,7 @@ class Credentials:
     user: str
     expire_at: float | None  # unix time; None: never
     info: Any = None
+    channels: tuple[str, ...] = ()  # server-side subscriptions carried by the token
 
 
 class TokenInvalid(Exception):
@@ -26,26 +39,90 @@ class TokenExpired(Exception):
     pass
 
 
-def verify_connect_token(token: str, secret: str) -> Credentials:
-    if not secret:
-        raise TokenInvalid("no token secret configured")
-    try:
-        claims = jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["sub"]})
-    except jwt.ExpiredSignatureError:
-        raise TokenExpired() from None
-    except jwt.PyJWTError as e:
-        raise TokenInvalid(str(e)) from None
-    sub = claims.get("sub")
-    if not isinstance(sub, str):
-        raise TokenInvalid("sub must be a string")
-    exp = claims.get("exp")
-    return Credentials(user=sub, expire_at=float(exp) if exp is not None else None, info=claims.get("info"))
+def _pem(value: str) -> str:
+    """A PEM given inline, or the path of a file holding it."""
+    if not value or value.lstrip().startswith("-----BEGIN"):
+        return value
+    return Path(value).read_text()
 
 
-def make_connect_token(user: str, secret: str, ttl: float | None = 3600, info: Any = None) -> str:
-    claims: dict[str, Any] = {"sub": user, "iat": int(time.time())}
+class TokenVerifier:
+    def __init__(self, *, algorithms: list[str] | tuple[str, ...] = ("HS256",), hmac_secret: str = "",
+                 rsa_public_key: str = "", ecdsa_public_key: str = "", jwks_file: str = "",
+                 audience: str = "", issuer: str = "", max_size: int = 8192, leeway: float = 0.0) -> None:
+        self.algorithms = tuple(algorithms)
+        self.audience = audience or None
+        self.issuer = issuer or None
+        self.max_size = max_size
+        self.leeway = leeway
+        self._keys: dict[str, Any] = {}
+        if hmac_secret:
+            self._keys["HS"] = hmac_secret
+        if rsa_public_key:
+            self._keys["RS"] = jwt.algorithms.RSAAlgorithm.from_jwk(rsa_public_key) \
+                if rsa_public_key.lstrip().startswith("{") else _pem(rsa_public_key)
+        if ecdsa_public_key:
+            self._keys["ES"] = _pem(ecdsa_public_key)
+        self._jwks: dict[str, jwt.PyJWK] = {}
+        if jwks_file:
+            for k in jwt.PyJWKSet.from_dict(json.loads(Path(jwks_file).read_text())).keys:
+                if k.key_id:
+                    self._jwks[k.key_id] = k
+
+    @classmethod
+    def from_config(cls, cfg) -> "TokenVerifier":
+        return cls(algorithms=cfg.token_algorithms, hmac_secret=cfg.token_hmac_secret,
+                   rsa_public_key=cfg.token_rsa_public_key, ecdsa_public_key=cfg.token_ecdsa_public_key,
+                   jwks_file=cfg.token_jwks_file, audience=cfg.token_audience, issuer=cfg.token_issuer,
+                   max_size=cfg.max_token_size)
+
+    def _key(self, header: dict) -> Any:
+        alg = header.get("alg")
+        if alg not in self.algorithms:
+            raise TokenInvalid(f"algorithm {alg!r} is not allowed")
+        kid = header.get("kid")
+        if kid and self._jwks:
+            jwk = self._jwks.get(kid)
+            if jwk is None:
+                raise TokenInvalid("unknown key id")
+            if jwk.algorithm_name and jwk.algorithm_name != alg:
+                raise TokenInvalid("key and token algorithms differ")
+            return jwk.key
+        key = self._keys.get(alg[:2])
+        if key is None:
+            raise TokenInvalid(f"no key configured for {alg}")
+        return key
+
+    def verify(self, token: str) -> Credentials:
+        if len(token) > self.max_size:
+            raise TokenInvalid("token too large")
+        try:
+            header = jwt.get_unverified_header(token)
+            claims = jwt.decode(token, self._key(header), algorithms=[header["alg"]], audience=self.audience,
+                                issuer=self.issuer, leeway=self.leeway,
+                                options={"require": ["sub"], "verify_aud": self.audience is not None})
+        except jwt.ExpiredSignatureError:
+            raise TokenExpired() from None
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError) as e:
+            raise TokenInvalid(str(e)) from None
+        sub = claims.get("sub")
+        if not isinstance(sub, str):
+            raise TokenInvalid("sub must be a string")
+        exp = claims.get("exp")
+        channels = claims.get("channels") or ()
+        if not isinstance(channels, (list, tuple)) or not all(isinstance(c, str) for c in channels):
+            raise TokenInvalid("channels must be a list of strings")
+        return Credentials(user=sub, expire_at=float(exp) if exp is not None else None, info=claims.get("info"),
+                           channels=tuple(channels))
+
+
+def make_connect_token(user: str, secret: str, ttl: float | None = 3600, info: Any = None,
+                       **claims: Any) -> str:
+    """An HS256 connect token (``relay token``, tests and the demo)."""
+    body: dict[str, Any] = {"sub": user, "iat": int(time.time())}
     if ttl:
-        claims["exp"] = int(time.time() + ttl)
+        body["exp"] = int(time.time() + ttl)
     if info is not None:
-        claims["info"] = info
-    return jwt.encode(claims, secret, algorithm="HS256")
+        body["info"] = info
+    body.update(claims)
+    return jwt.encode(body, secret, algorithm="HS256")

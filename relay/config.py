@@ -84,7 +84,15 @@ class Config:
     presence_ttl: float = _doc("seconds a presence entry lives in Redis unless refreshed", default=60.0)
     idempotency_window: float = _doc("seconds a publish idempotency_key is remembered", default=300.0)
 
-    token_hmac_secret: str = _doc("HS256 secret for connect tokens", default="")
+    token_hmac_secret: str = _doc("HMAC secret for HS256/384/512 connect tokens", default="")
+    token_algorithms: list[str] = _doc("JWT algorithms accepted for connect tokens (alg is pinned to these)",
+                                       default_factory=lambda: ["HS256"])
+    token_rsa_public_key: str = _doc("RSA public key (PEM, or a path to it) for RS256 tokens", default="")
+    token_ecdsa_public_key: str = _doc("EC public key (PEM, or a path to it) for ES256 tokens", default="")
+    token_jwks_file: str = _doc("JWKS file: keys chosen by the token's kid", default="")
+    token_audience: str = _doc("required aud claim (empty: aud not checked)", default="")
+    token_issuer: str = _doc("required iss claim (empty: iss not checked)", default="")
+    max_token_size: int = _doc("longest connect token in bytes (3500 invalid token)", default=8192)
     allow_anonymous_connect: bool = _doc("clients may connect without a token (user '')", default=False)
     api_key: str = _doc("key for the HTTP server API (X-API-Key); empty: API refuses every call",
                         default="")
@@ -165,8 +173,20 @@ class Config:
             errs.append("client_write_delay: must be between 0 and 1 second")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             errs.append(f"log_level: {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
-        if not self.token_hmac_secret and not self.allow_anonymous_connect:
+        from relay.auth import SUPPORTED_ALGORITHMS
+
+        for alg in self.token_algorithms:
+            if alg not in SUPPORTED_ALGORITHMS:
+                errs.append(f"token_algorithms: {alg!r} is not one of {', '.join(SUPPORTED_ALGORITHMS)}")
+        families = {a[:2] for a in self.token_algorithms}
+        if "HS" in families and not self.token_hmac_secret and not self.allow_anonymous_connect \
+                and families == {"HS"}:
             errs.append("token_hmac_secret: required unless allow_anonymous_connect = true")
+        for family, option in (("RS", "token_rsa_public_key"), ("ES", "token_ecdsa_public_key")):
+            if family in families and not getattr(self, option) and not self.token_jwks_file:
+                errs.append(f"token_algorithms: {family}* tokens need {option} or token_jwks_file")
+        if self.max_token_size <= 0:
+            errs.append("max_token_size: must be > 0")
         for ns, opts in [("channel", self.channel)] + [(f"namespaces.{k}", v) for k, v in self.namespaces.items()]:
             if ns.startswith("namespaces.") and not NAMESPACE_RE.match(ns[11:]):
                 errs.append(f"{ns}: namespace names are 1-64 of A-Z a-z 0-9 _ - .")

@@ -17,6 +17,7 @@ from collections import Counter
 from typing import Any
 
 from relay import __version__
+from relay.auth import TokenVerifier
 from relay.brokers.base import (Broker, BrokerUnavailable, PresenceManager, PublishOptions, StreamPosition,
                                 UnrecoverablePosition)
 from relay.codes import DISCONNECTS, ERRORS, Disconnect
@@ -57,6 +58,7 @@ class Node:
         self.name = cfg.node_name or socket.gethostname()
         self.started_at = time.time()
         self.stats = Stats()
+        self.tokens = TokenVerifier.from_config(cfg)
         self.hub: Hub = None  # type: ignore[assignment]  # created in start(), needs the loop
         self.sessions: dict[str, ClientSession] = {}
         self.users: dict[str, set[ClientSession]] = {}

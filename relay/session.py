@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from relay import __version__
-from relay.auth import TokenExpired, TokenInvalid, verify_connect_token
+from relay.auth import TokenExpired, TokenInvalid
 from relay.brokers.base import BrokerUnavailable, StreamPosition, UnrecoverablePosition
 from relay.codes import DISCONNECTS, ERRORS, ClientError, Disconnect
 from relay.core import WIRE_TCP
@@ -224,7 +224,7 @@ class ClientSession:
             if not isinstance(token, str):
                 raise Disconnect(DISCONNECTS.BAD_REQUEST.code, "bad request: token must be a string")
             try:
-                creds = verify_connect_token(token, cfg.token_hmac_secret)
+                creds = node.tokens.verify(token)
             except TokenExpired:
                 node.stats.auth_failure("token_expired")
                 raise ERRORS.TOKEN_EXPIRED from None
@@ -257,7 +257,7 @@ class ClientSession:
         if not isinstance(token, str) or not token:
             raise ERRORS.BAD_REQUEST
         try:
-            creds = verify_connect_token(token, self.node.cfg.token_hmac_secret)
+            creds = self.node.tokens.verify(token)
         except TokenExpired:
             raise ERRORS.TOKEN_EXPIRED from None
         except TokenInvalid:

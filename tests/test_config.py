@@ -68,3 +68,11 @@ def test_bad_env_and_unreadable_file(tmp_path):
 def test_build_switches_are_not_config_keys():
     cfg = load(environ={"RELAY_TOKEN_HMAC_SECRET": "s", "RELAY_PUREPYTHON": "1", "RELAY_EXPECT_COMPILED": "1"})
     assert cfg.token_hmac_secret == "s"
+
+
+def test_token_algorithm_config_is_checked():
+    with pytest.raises(ConfigError) as e:
+        load(environ={"RELAY_TOKEN_ALGORITHMS": "RS256,none", "RELAY_TOKEN_HMAC_SECRET": "s"})
+    assert "token_algorithms: 'none' is not one of HS256, HS384, HS512, RS256, RS384, RS512, ES256, ES384, ES512" \
+        in e.value.errors
+    assert "token_algorithms: RS* tokens need token_rsa_public_key or token_jwks_file" in e.value.errors
