@@ -92,6 +92,9 @@ class Config:
     token_jwks_file: str = _doc("JWKS file: keys chosen by the token's kid", default="")
     token_audience: str = _doc("required aud claim (empty: aud not checked)", default="")
     token_issuer: str = _doc("required iss claim (empty: iss not checked)", default="")
+    allowed_origins: list[str] = _doc("browser origins allowed to open a WebSocket ('https://shop.example.com', "
+                                      "'https://*.example.com', '*'); empty: the page's host must be relay's "
+                                      "(403 before the upgrade)", default_factory=list)
     max_token_size: int = _doc("longest connect token in bytes (3500 invalid token)", default=8192)
     allow_anonymous_connect: bool = _doc("clients may connect without a token (user '')", default=False)
     api_key: str = _doc("key for the HTTP server API (X-API-Key); empty: API refuses every call",

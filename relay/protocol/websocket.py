@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 __all__ = ["Handshake", "HandshakeError", "parse_handshake", "accept_response", "close_frame_payload",
-           "parse_close_payload", "GUID"]
+           "parse_close_payload", "GUID", "origin_allowed"]
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3
 
@@ -124,3 +125,46 @@ def parse_close_payload(payload: bytes) -> tuple[int, str] | None:
     if code < 1000 or code in (1004, 1005, 1006, 1015) or 1016 <= code < 3000 or code >= 5000:
         raise ValueError("invalid close code")
     return code, payload[2:].decode("utf-8")
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _split_origin(origin: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of a serialized origin (RFC 6454 6.2), lower-cased; None if malformed."""
+    try:
+        u = urlsplit(origin.strip().lower())
+        port = u.port
+    except ValueError:
+        return None
+    if u.scheme not in _DEFAULT_PORTS or not u.hostname or u.username or u.password or u.path or u.query \
+            or u.fragment:
+        return None
+    return u.scheme, u.hostname, port or _DEFAULT_PORTS[u.scheme]
+
+
+def origin_allowed(origin: str | None, host_header: str, allowed: list[str] | tuple[str, ...]) -> bool:
+    """RFC 6455 10.2 origin check for a browser handshake.
+
+    No Origin header (not a browser): allowed. ``allowed`` empty: the origin's host and
+    port must be the Host the client connected to (same host). Otherwise an entry must
+    match exactly in scheme, host and port; ``*.example.com`` matches subdomains only;
+    ``*`` allows every origin. The opaque origin ``null`` is always refused.
+    """
+    if origin is None or "*" in allowed:
+        return True
+    got = _split_origin(origin)
+    if got is None:
+        return False
+    scheme, host, port = got
+    if not allowed:
+        same = _split_origin(f"{scheme}://{host_header.strip()}")
+        return same is not None and same[1:] == (host, port)
+    for pattern in allowed:
+        wildcard = "://*." in pattern
+        want = _split_origin(pattern.replace("://*.", "://", 1))
+        if want is None or want[0] != scheme or want[2] != port:
+            continue
+        if host == want[1] if not wildcard else host.endswith("." + want[1]):
+            return True
+    return False

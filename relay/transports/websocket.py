@@ -8,7 +8,7 @@ import logging
 from relay.codes import WS_CLOSE
 from relay.core import WIRE_WS, FrameReader, ws_frame
 from relay.protocol.errors import ProtocolError
-from relay.protocol.websocket import (HandshakeError, accept_response, close_frame_payload,
+from relay.protocol.websocket import (HandshakeError, accept_response, close_frame_payload, origin_allowed,
                                       parse_close_payload, parse_handshake)
 
 __all__ = ["WebSocketProtocol"]
@@ -66,6 +66,12 @@ class WebSocketProtocol(asyncio.Protocol):
             self.transport.close()
             return
         if hs is None:
+            return
+        if not origin_allowed(hs.origin, hs.headers.get("host", ""), cfg.allowed_origins):
+            self.node.stats.auth_failure("origin")
+            self.state = _CLOSED
+            self.transport.write(HandshakeError(403, "origin not allowed").response())
+            self.transport.close()
             return
         self._timer.cancel()
         rest = bytes(self.buf[hs.consumed:])

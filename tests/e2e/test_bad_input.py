@@ -162,3 +162,23 @@ async def test_tcp_invalid_msgpack(relay, bystander):
     push = await c.push()
     assert push["disconnect"]["code"] == 3501
     assert await c.reader.read() == b""
+
+
+@pytest.mark.parametrize("origin,status", [
+    ("https://shop.example.com", 101),
+    ("https://shop.example.com.evil.com", 403),
+    ("null", 403),
+    ("http://shop.example.com", 403),
+    ("https://shop.example.com:8443", 403),
+    (None, 101),  # not a browser: SDKs in apps and backends send no Origin
+])
+async def test_origin_allow_list(relay_factory, origin, status):
+    r = relay_factory({"allowed_origins": ["https://shop.example.com"]})
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.ws_port)
+    extra = f"Origin: {origin}\r\n" if origin else ""
+    writer.write((f"GET /connection/websocket HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  f"Sec-WebSocket-Version: 13\r\n{extra}\r\n").encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(f"HTTP/1.1 {status} ".encode())
+    writer.close()
