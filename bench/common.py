@@ -137,6 +137,9 @@ class RelayServer(testing.RelayProcess, ServerProcess):
         cfg: dict[str, Any] = {
             "host": "127.0.0.1", "token_hmac_secret": RELAY_SECRET, "api_key": "bench",
             "client_queue_max_size": 4194304, "ping_interval": 25.0,
+            # the benchmark publisher is one connection sending thousands of publishes per second
+            "client_command_rate": 1e9, "client_command_burst": 1000000,
+            "client_publish_rate": 1e9, "client_publish_burst": 1000000,
             "namespaces": {"bench": {"allow_publish": True}},
         }
         super().__init__(testing.merge(cfg, extra_config or {}), cpu=SERVER_CPU,

@@ -114,6 +114,12 @@ class Config:
     max_tcp_frame_size: int = _doc("largest raw TCP frame a client may send (3501)", default=65536)
     max_handshake_size: int = _doc("largest WebSocket handshake request in bytes (431)", default=8192)
     max_handshake_headers: int = _doc("most headers in a WebSocket handshake (431)", default=64)
+    client_command_rate: float = _doc("commands per second a connection may send (111 too many requests)",
+                                      default=100.0)
+    client_command_burst: int = _doc("commands a connection may send at once above its rate; refusing as "
+                                     "many again in a row disconnects it (3013)", default=200)
+    client_publish_rate: float = _doc("publications per second a connection may make (111)", default=20.0)
+    client_publish_burst: int = _doc("publications a connection may make at once above its rate", default=40)
     max_channels_per_connection: int = _doc("subscriptions per connection (106 limit exceeded)", default=128)
     max_channel_length: int = _doc("longest channel name in bytes (107 bad request)", default=255)
     max_commands_per_message: int = _doc("commands in one WebSocket message (3501)", default=100)
@@ -150,7 +156,8 @@ class Config:
                     "max_channels_per_connection", "max_channel_length", "max_commands_per_message",
                     "api_max_body_size",
                     "hub_shards", "ping_interval", "pong_timeout", "client_stale_timeout",
-                    "handshake_timeout", "history_meta_ttl", "shutdown_timeout")
+                    "handshake_timeout", "history_meta_ttl", "shutdown_timeout", "client_command_rate",
+                    "client_command_burst", "client_publish_rate", "client_publish_burst")
         for name in positive:
             if getattr(self, name) <= 0:
                 errs.append(f"{name}: must be > 0")

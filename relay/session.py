@@ -26,6 +26,7 @@ from relay.codes import DISCONNECTS, ERRORS, ClientError, Disconnect
 from relay.core import WIRE_TCP
 from relay.protocol.codec import codec_for
 from relay.protocol.errors import ProtocolError
+from relay.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
     from relay.node import Node
@@ -50,7 +51,7 @@ def join_leave_channel(channel: str) -> str:
 class ClientSession:
     __slots__ = ("node", "transport", "conn", "codec", "client_id", "user", "conn_info", "expire_at",
                  "connected", "closed", "subs", "_queue", "_task", "_pong_deadline", "_stale_timer",
-                 "_info_cache", "remote")
+                 "_info_cache", "remote", "_commands", "_publishes", "_refused")
 
     def __init__(self, node: "Node", transport: Any, raw_transport: asyncio.Transport, wire: int,
                  remote: str = "") -> None:
@@ -70,6 +71,10 @@ class ClientSession:
         self._pong_deadline = 0.0
         self._info_cache: dict | None = None
         self.remote = remote
+        cfg = node.cfg
+        self._commands = TokenBucket(cfg.client_command_rate, cfg.client_command_burst)
+        self._publishes: TokenBucket | None = None  # made on the first publish
+        self._refused = 0  # commands refused in a row for the rate
         loop = asyncio.get_running_loop()
         self._stale_timer = loop.call_later(node.cfg.client_stale_timeout, self._stale)
 
@@ -87,10 +92,22 @@ class ClientSession:
         if len(commands) > self.node.cfg.max_commands_per_message:
             self.disconnect(Disconnect(DISCONNECTS.BAD_REQUEST.code, "bad request: too many commands"))
             return
+        now = time.monotonic()
         for cmd in commands:
             if not cmd:
                 self._pong_deadline = 0.0  # pong: an empty command
                 continue
+            if not self._commands.take(now):
+                self._refused += 1
+                if self._refused >= self.node.cfg.client_command_burst:
+                    self.disconnect(DISCONNECTS.TOO_MANY_REQUESTS)
+                    return
+                cmd_id = cmd.get("id")
+                self.node.stats.command("rate_limited", "error")
+                if type(cmd_id) is int and cmd_id > 0:
+                    self._reply_error(cmd_id, ERRORS.TOO_MANY_REQUESTS)
+                continue
+            self._refused = 0
             self._queue.append(cmd)
         if self._queue and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._drain())
@@ -387,6 +404,11 @@ class ClientSession:
             raise ERRORS.PERMISSION_DENIED
         if "data" not in p:
             raise ERRORS.BAD_REQUEST
+        if self._publishes is None:
+            cfg = self.node.cfg
+            self._publishes = TokenBucket(cfg.client_publish_rate, cfg.client_publish_burst)
+        if not self._publishes.take(time.monotonic()):
+            raise ERRORS.TOO_MANY_REQUESTS
         data = p["data"]
         if self.conn.wire == WIRE_TCP:
             try:

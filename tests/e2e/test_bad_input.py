@@ -182,3 +182,40 @@ async def test_origin_allow_list(relay_factory, origin, status):
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert head.startswith(f"HTTP/1.1 {status} ".encode())
     writer.close()
+
+
+async def test_publish_flood_is_limited_and_others_unaffected(relay_factory):
+    r = relay_factory({"client_publish_rate": 10.0, "client_publish_burst": 10, "client_command_rate": 2000.0,
+                       "client_command_burst": 2000})
+    ch = "pub:flood"
+    flooder = await ws_connected(r.ws_port, r.token("flooder"))
+    reader = await ws_connected(r.ws_port, r.token("reader"))
+    await flooder.call("subscribe", {"channel": ch})
+    await reader.call("subscribe", {"channel": ch})
+    # 1,000 publishes in about a second against a limit of 10/s (burst 10)
+    for start in range(0, 1000, 50):
+        await flooder.send_cmds(*[{"id": 100 + i, "publish": {"channel": ch, "data": i}}
+                                  for i in range(start, start + 50)])
+        await asyncio.sleep(0.05)
+    replies = {}
+    while len(replies) < 1000:
+        m = await flooder.message()
+        if "id" in m:
+            replies[m["id"]] = m
+    ok = [i for i, m in replies.items() if "publish" in m]
+    limited = [i for i, m in replies.items() if m.get("error", {}).get("code") == 111]
+    assert len(ok) + len(limited) == 1000 and 10 <= len(ok) <= 35
+    got = []
+    while len(got) < len(ok):
+        got.append((await reader.pub())["pub"]["data"])
+    assert got == sorted(i - 100 for i in ok)  # the reader sees exactly the accepted ones, in order
+    with pytest.raises(asyncio.TimeoutError):
+        await reader.pub(timeout=0.3)
+
+
+async def test_command_flood_disconnects_with_3013(relay_factory):
+    r = relay_factory({"client_command_rate": 5.0, "client_command_burst": 20})
+    ws = await ws_connected(r.ws_port, r.token("spammer"))
+    await ws.send_cmds(*[{"id": 10 + i, "presence_stats": {"channel": "x"}} for i in range(60)])
+    code, reason = await ws.expect_close()
+    assert (code, reason) == (3013, "too many requests")

@@ -16,7 +16,8 @@ def api(relay, method, body):
 async def test_slow_consumer_disconnected_others_unaffected(relay_factory):
     # shutdown_timeout: how long a closed slow client may take to read its buffer before abort
     r = relay_factory({"client_queue_max_size": 262144, "client_write_high_water": 16384,
-                       "shutdown_timeout": 60.0})
+                       "shutdown_timeout": 60.0, "client_publish_rate": 1e6, "client_publish_burst": 100000,
+                       "client_command_rate": 1e6, "client_command_burst": 100000})
     fast = await ws_connected(r.ws_port, r.token("fast"))
     await fast.call("subscribe", {"channel": "pub:flood"})
     slow = await ws_connected(r.ws_port, r.token("slow"))
