@@ -140,6 +140,8 @@ class RelayServer(testing.RelayProcess, ServerProcess):
             # the benchmark publisher is one connection sending thousands of publishes per second
             "client_command_rate": 1e9, "client_command_burst": 1000000,
             "client_publish_rate": 1e9, "client_publish_burst": 1000000,
+            # every benchmark client comes from 127.0.0.1 and most share one user
+            "max_connections_per_ip": 0, "max_connections_per_user": 0,
             "namespaces": {"bench": {"allow_publish": True}},
         }
         super().__init__(testing.merge(cfg, extra_config or {}), cpu=SERVER_CPU,

@@ -66,6 +66,7 @@ class DISCONNECTS:
     WRITE_ERROR = Disconnect(3009, "write error")
     INSUFFICIENT_STATE = Disconnect(3010, "insufficient state")
     FORCE_RECONNECT = Disconnect(3011, "force reconnect")
+    SERVER_FULL = Disconnect(3011, "server full")  # max_connections reached: reconnect (maybe elsewhere)
     NO_PONG = Disconnect(3012, "no pong")
     TOO_MANY_REQUESTS = Disconnect(3013, "too many requests")
     INVALID_TOKEN = Disconnect(3500, "invalid token")

@@ -120,6 +120,12 @@ class Config:
                                      "many again in a row disconnects it (3013)", default=200)
     client_publish_rate: float = _doc("publications per second a connection may make (111)", default=20.0)
     client_publish_burst: int = _doc("publications a connection may make at once above its rate", default=40)
+    max_connections: int = _doc("connections this process accepts (0: 90 % of the open-file limit); over it a "
+                                "WebSocket handshake gets 503 and a TCP client 3011 'server full'", default=0)
+    max_connections_per_ip: int = _doc("connections from one IP address (0: unlimited); over it 429 / 3504",
+                                       default=1000)
+    max_connections_per_user: int = _doc("connections of one user (0: unlimited); over it 3504 connection limit",
+                                         default=100)
     max_channels_per_connection: int = _doc("subscriptions per connection (106 limit exceeded)", default=128)
     max_channel_length: int = _doc("longest channel name in bytes (107 bad request)", default=255)
     max_commands_per_message: int = _doc("commands in one WebSocket message (3501)", default=100)
@@ -195,6 +201,9 @@ class Config:
         for family, option in (("RS", "token_rsa_public_key"), ("ES", "token_ecdsa_public_key")):
             if family in families and not getattr(self, option) and not self.token_jwks_file:
                 errs.append(f"token_algorithms: {family}* tokens need {option} or token_jwks_file")
+        for name in ("max_connections", "max_connections_per_ip", "max_connections_per_user"):
+            if getattr(self, name) < 0:
+                errs.append(f"{name}: must be >= 0 (0: {'automatic' if name == 'max_connections' else 'no limit'})")
         if self.max_token_size <= 0:
             errs.append("max_token_size: must be > 0")
         for ns, opts in [("channel", self.channel)] + [(f"namespaces.{k}", v) for k, v in self.namespaces.items()]:

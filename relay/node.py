@@ -30,6 +30,21 @@ __all__ = ["Node", "Stats"]
 log = logging.getLogger("relay.node")
 
 
+def connection_cap() -> int:
+    """90 % of the open-file limit (after raising the soft limit to the hard one), so sockets never
+    exhaust the descriptors relay needs for Redis, logs and its listeners."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return max(1, int(soft * 0.9) - 64)
+
+
 class Stats:
     """Counters kept up to date as things happen (exported as metrics by the API)."""
 
@@ -63,6 +78,10 @@ class Node:
         self.sessions: dict[str, ClientSession] = {}
         self.users: dict[str, set[ClientSession]] = {}
         self.open_sessions: set[ClientSession] = set()
+        # sockets accepted and not yet closed (handshaking ones included), in all and per IP
+        self.num_connections = 0
+        self.per_ip: Counter[str] = Counter()
+        self.max_connections = cfg.max_connections or connection_cap()
         self._ping_task: asyncio.Task | None = None
         self._presence_task: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
@@ -106,6 +125,29 @@ class Node:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    # --- admission ---
+
+    def admit(self, ip: str) -> str | None:
+        """Count a new socket; the reason it must be refused ("full" or "ip"), or None."""
+        if self.num_connections >= self.max_connections:
+            self.stats.auth_failure("server_full")
+            return "full"
+        limit = self.cfg.max_connections_per_ip
+        if limit and self.per_ip[ip] >= limit:
+            self.stats.auth_failure("ip_limit")
+            return "ip"
+        self.num_connections += 1
+        self.per_ip[ip] += 1
+        return None
+
+    def release_connection(self, ip: str) -> None:
+        self.num_connections -= 1
+        n = self.per_ip[ip] - 1
+        if n > 0:
+            self.per_ip[ip] = n
+        else:
+            del self.per_ip[ip]
 
     # --- sessions --------------------------------------------------------------------------------
 
@@ -328,6 +370,19 @@ class Node:
         self.hub.broadcast(join_leave_channel(channel), {"channel": channel, "leave": {"info": info}})
 
     # --- operations (client commands and the server API) -----------------------------------------
+
+    async def publish_many(self, items: list[tuple[str, Any]], *, info: dict | None = None) -> list:
+        """Publish several (channel, data) in order with one broker round trip; per item the
+        StreamPosition or the ClientError to answer."""
+        batch = []
+        for channel, data in items:
+            opts = self.cfg.channel_options(channel)
+            batch.append((channel, data, PublishOptions(
+                history_size=opts.history_size, history_ttl=opts.history_ttl,
+                history_meta_ttl=self.cfg.history_meta_ttl, info=info,
+                idempotency_window=self.cfg.idempotency_window)))
+        results = await self.broker.publish_many(batch)
+        return [ERRORS.INTERNAL if isinstance(r, Exception) else r for r in results]
 
     async def publish(self, channel: str, data: Any, *, info: dict | None = None,
                       tags: dict[str, str] | None = None, skip_history: bool = False,

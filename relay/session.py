@@ -113,11 +113,53 @@ class ClientSession:
             self._task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
+        queue = self._queue
         try:
-            while self._queue and not self.closed:
-                await self._dispatch(self._queue.popleft())
+            while queue and not self.closed:
+                cmd = queue.popleft()
+                if self.connected and "publish" in cmd and queue and "publish" in queue[0]:
+                    # consecutive publishes go to the broker together: one round trip, order kept,
+                    # and their fan-out shares frames as it would with the memory broker
+                    batch = [cmd]
+                    while queue and "publish" in queue[0] and len(batch) < self.node.cfg.max_commands_per_message:
+                        batch.append(queue.popleft())
+                    await self._publish_batch(batch)
+                else:
+                    await self._dispatch(cmd)
         finally:
             self._task = None
+
+    async def _publish_batch(self, cmds: list[dict]) -> None:
+        stats = self.node.stats
+        replies: list[dict | None] = []
+        items: list[tuple[int, str, Any]] = []  # (reply index, channel, data)
+        for cmd in cmds:
+            cmd_id, p = cmd.get("id"), cmd.get("publish")
+            if type(cmd_id) is not int or cmd_id <= 0 or not isinstance(p, dict):
+                replies.append(None)
+                await self._dispatch(cmd)  # the usual path gives the usual error or disconnect
+                if self.closed:
+                    return
+                continue
+            try:
+                channel, data = self._check_publish(p)
+            except ClientError as e:
+                stats.command("publish", "error")
+                replies.append({"id": cmd_id, "error": e.to_dict()})
+                continue
+            items.append((len(replies), channel, data))
+            replies.append({"id": cmd_id, "publish": {}})
+        if items:
+            results = await self.node.publish_many([(ch, data) for _, ch, data in items], info=self.client_info())
+            for (i, _, _), res in zip(items, results, strict=True):
+                if isinstance(res, ClientError):
+                    stats.command("publish", "error")
+                    replies[i] = {"id": replies[i]["id"], "error": res.to_dict()}
+                else:
+                    stats.command("publish", "ok")
+        for reply in replies:
+            if reply is not None:
+                self.send(reply)
 
     async def _dispatch(self, cmd: dict) -> None:
         method = None
@@ -256,6 +298,10 @@ class ClientSession:
         else:
             node.stats.auth_failure("no_credentials")
             raise Disconnect(DISCONNECTS.BAD_REQUEST.code, "bad request: credentials not found")
+        limit = cfg.max_connections_per_user
+        if limit and self.user and len(node.users.get(self.user, ())) >= limit:
+            node.stats.auth_failure("user_limit")
+            raise DISCONNECTS.CONNECTION_LIMIT
         self.client_id = secrets.token_hex(16)
         self.connected = True
         self._stale_timer.cancel()
@@ -396,6 +442,12 @@ class ClientSession:
         return {}
 
     async def _cmd_publish(self, p: dict, cmd_id: int) -> dict:
+        channel, data = self._check_publish(p)
+        await self.node.publish(channel, data, info=self.client_info())
+        return {}
+
+    def _check_publish(self, p: dict) -> tuple[str, Any]:
+        """The channel and data of a publish command the client may make, or the ClientError to answer."""
         channel = self._channel(p)
         opts = self.node.cfg.channel_options(channel)
         if opts is None:
@@ -415,8 +467,7 @@ class ClientSession:
                 orjson.dumps(data)  # must reach JSON subscribers too
             except TypeError:
                 raise ERRORS.BAD_REQUEST from None
-        await self.node.publish(channel, data, info=self.client_info())
-        return {}
+        return channel, data
 
     def _subscribed_opts(self, p: dict):
         channel = self._channel(p)

@@ -84,6 +84,17 @@ class Broker(abc.ABC):
     async def publish(self, channel: str, data: Any, opts: PublishOptions) -> StreamPosition:
         """Store (when history is on) and deliver a publication to every node with subscribers."""
 
+    async def publish_many(self, items: list[tuple[str, Any, PublishOptions]]) -> list:
+        """Publish in order; per item its StreamPosition or the BrokerUnavailable it met.
+        Brokers with a round trip per call override this to make one for the batch."""
+        out: list = []
+        for channel, data, opts in items:
+            try:
+                out.append(await self.publish(channel, data, opts))
+            except BrokerUnavailable as e:
+                out.append(e)
+        return out
+
     @abc.abstractmethod
     async def publish_join(self, channel: str, info: dict) -> None: ...
 

@@ -412,27 +412,63 @@ class RedisBroker(Broker):
             handler.handle_leave(channel, msgpack.unpackb(data[1:], raw=False))
 
     # publish and history ---------------------------------------------------------------------------
-    async def publish(self, channel: str, data: Any, opts: PublishOptions) -> StreamPosition:
+    def _publish_call(self, channel: str, data: Any, opts: PublishOptions) -> tuple[list[str], list]:
+        """KEYS and ARGV of the publish script for one publication."""
         pub: dict = {"data": data}
         if opts.info is not None:
             pub["info"] = opts.info
         if opts.tags:
             pub["tags"] = opts.tags
-        idx = self.shards.index(channel)
         idem = f"{self.prefix}:idem:{{{channel}}}:{opts.idempotency_key or ''}"
+        keys = [self._meta(channel), self._hist(channel), idem]
+        args = [_packb(pub), opts.history_size, max(1, int(opts.history_ttl * 1000)),
+                max(1, int(max(opts.history_meta_ttl, opts.history_ttl) * 1000)),
+                str(int((time.time() + opts.history_ttl) * 1000)), secrets.token_hex(4), self._ps(channel),
+                max(1, int(opts.idempotency_window * 1000)), self._publish_cmd,
+                "1" if opts.idempotency_key else "0"]
+        return keys, args
+
+    @staticmethod
+    def _position(result: list) -> StreamPosition:
+        off, _, epoch = result[0].partition(b":")
+        return StreamPosition(int(off), epoch.decode()) if epoch else StreamPosition()
+
+    async def publish(self, channel: str, data: Any, opts: PublishOptions) -> StreamPosition:
+        keys, args = self._publish_call(channel, data, opts)
         try:
-            result, _ = await self._scripts[idx]["publish"](
-                keys=[self._meta(channel), self._hist(channel), idem],
-                args=[_packb(pub), opts.history_size, max(1, int(opts.history_ttl * 1000)),
-                      max(1, int(max(opts.history_meta_ttl, opts.history_ttl) * 1000)),
-                      str(int((time.time() + opts.history_ttl) * 1000)), secrets.token_hex(4), self._ps(channel),
-                      max(1, int(opts.idempotency_window * 1000)), self._publish_cmd,
-                      "1" if opts.idempotency_key else "0"])
+            result = await self._scripts[self.shards.index(channel)]["publish"](keys=keys, args=args)
         except Exception as e:
             self.errors += 1
             raise BrokerUnavailable(str(e)) from None
-        off, _, epoch = result.partition(b":")
-        return StreamPosition(int(off), epoch.decode()) if epoch else StreamPosition()
+        return self._position(result)
+
+    async def publish_many(self, items: list[tuple[str, Any, PublishOptions]]) -> list:
+        """One pipeline per shard: one round trip, publications applied in order."""
+        if self.cluster or len(items) < 2:
+            return await super().publish_many(items)
+        by_shard: dict[int, list[int]] = {}
+        for i, (channel, _, _) in enumerate(items):
+            by_shard.setdefault(self.shards.index(channel), []).append(i)
+        out: list = [None] * len(items)
+
+        async def run(idx: int, positions: list[int]) -> None:
+            script = self._scripts[idx]["publish"]
+            try:
+                async with self.shards.clients[idx].pipeline(transaction=False) as pipe:
+                    for i in positions:
+                        keys, args = self._publish_call(*items[i])
+                        await script(keys=keys, args=args, client=pipe)  # queued, not sent yet
+                    results = await pipe.execute(raise_on_error=False)
+            except Exception as e:
+                self.errors += 1
+                for i in positions:
+                    out[i] = BrokerUnavailable(str(e))
+                return
+            for i, r in zip(positions, results, strict=True):
+                out[i] = BrokerUnavailable(str(r)) if isinstance(r, Exception) else self._position(r)
+
+        await asyncio.gather(*(run(idx, positions) for idx, positions in by_shard.items()))
+        return out
 
     async def _redis_publish(self, channel: str, message: bytes) -> None:
         try:

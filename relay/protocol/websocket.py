@@ -40,7 +40,7 @@ class HandshakeError(Exception):
     def response(self) -> bytes:
         body = self.reason.encode() + b"\n"
         phrase = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-                  426: "Upgrade Required", 431: "Request Header Fields Too Large",
+                  426: "Upgrade Required", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
                   503: "Service Unavailable"}.get(self.status, "Error")
         head = (f"HTTP/1.1 {self.status} {phrase}\r\nContent-Type: text/plain\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from relay.codes import Disconnect
+from relay.codes import DISCONNECTS, Disconnect
 from relay.core import WIRE_TCP
 from relay.protocol.codec import MsgpackCodec
 from relay.protocol.errors import ProtocolError
@@ -14,7 +14,7 @@ __all__ = ["TcpProtocol"]
 
 
 class TcpProtocol(asyncio.Protocol):
-    __slots__ = ("node", "transport", "reader", "session", "open")
+    __slots__ = ("node", "transport", "reader", "session", "open", "remote")
 
     def __init__(self, node) -> None:
         self.node = node
@@ -22,13 +22,22 @@ class TcpProtocol(asyncio.Protocol):
         self.reader = TcpFrameReader(node.cfg.max_tcp_frame_size)
         self.session = None
         self.open = False
+        self.remote = ""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if peer else ""
+        refused = self.node.admit(self.remote)
+        if refused is not None:
+            d = DISCONNECTS.SERVER_FULL if refused == "full" else DISCONNECTS.CONNECTION_LIMIT
+            transport.write(self._disconnect_push(d.code, d.reason))
+            transport.close()
+            self.transport = None
+            return
         self.open = True
         transport.set_write_buffer_limits(high=self.node.cfg.client_write_high_water)
-        peer = transport.get_extra_info("peername")
-        self.session = self.node.new_session(self, transport, WIRE_TCP, peer[0] if peer else "")
+        self.session = self.node.new_session(self, transport, WIRE_TCP, self.remote)
 
     def data_received(self, data: bytes) -> None:
         if not self.open:
@@ -47,16 +56,18 @@ class TcpProtocol(asyncio.Protocol):
         if not self.open:
             return
         self.open = False
-        d = Disconnect(code, reason)
-        push = MsgpackCodec.encode({"push": {"disconnect": {"code": code, "reason": reason,
-                                                            "reconnect": d.reconnect}}})
-        self.session.conn.close(push, flush)
+        self.session.conn.close(self._disconnect_push(code, reason), flush)
         # half-close so unread input cannot turn our close into a RST that loses the push
         if self.transport.can_write_eof():
             self.transport.write_eof()
         else:
             self.transport.close()
         asyncio.get_running_loop().call_later(self.node.cfg.shutdown_timeout, self._abort)
+
+    @staticmethod
+    def _disconnect_push(code: int, reason: str) -> bytes:
+        d = Disconnect(code, reason)
+        return MsgpackCodec.encode({"push": {"disconnect": {"code": code, "reason": reason, "reconnect": d.reconnect}}})
 
     def _abort(self) -> None:
         if self.transport is not None:  # connection_lost not seen yet: the peer is not reading
@@ -75,5 +86,6 @@ class TcpProtocol(asyncio.Protocol):
         self.open = False
         self.transport = None
         if self.session is not None:
+            self.node.release_connection(self.remote)
             self.session.conn.close(b"", False)
             self.session.on_closed()

@@ -20,7 +20,7 @@ _HANDSHAKE, _OPEN, _CLOSING, _CLOSED = range(4)
 
 
 class WebSocketProtocol(asyncio.Protocol):
-    __slots__ = ("node", "transport", "state", "buf", "reader", "session", "_timer", "remote")
+    __slots__ = ("node", "transport", "state", "buf", "reader", "session", "_timer", "remote", "_admitted")
 
     def __init__(self, node) -> None:
         self.node = node
@@ -31,6 +31,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.session = None
         self._timer: asyncio.TimerHandle | None = None
         self.remote = ""
+        self._admitted = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
@@ -38,6 +39,15 @@ class WebSocketProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=cfg.client_write_high_water)
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if peer else ""
+        refused = self.node.admit(self.remote)
+        if refused is not None:
+            self.state = _CLOSED
+            err = HandshakeError(503, "server full") if refused == "full" else \
+                HandshakeError(429, "too many connections from this address")
+            transport.write(err.response())
+            transport.close()
+            return
+        self._admitted = True
         self._timer = asyncio.get_running_loop().call_later(cfg.handshake_timeout, self._handshake_timeout)
 
     def _handshake_timeout(self) -> None:
@@ -156,6 +166,9 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = _CLOSED
+        if self._admitted:
+            self._admitted = False
+            self.node.release_connection(self.remote)
         if self._timer is not None:
             self._timer.cancel()
         if self.session is not None:

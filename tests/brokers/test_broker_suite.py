@@ -191,3 +191,16 @@ async def test_redis_unsubscribe_stops_delivery_and_flapping_is_absorbed(broker)
     await broker.publish(c, "dropped", opts())
     await asyncio.sleep(0.3)
     assert [p["data"] for p in broker.h.pubs(c)] == ["kept"]
+
+
+async def test_publish_many_keeps_order_and_offsets(broker):
+    chans = [ch() for _ in range(3)]
+    for c in chans:
+        await broker.subscribe(c)
+    items = [(chans[i % 3], i, opts(history_size=100)) for i in range(30)]
+    positions = await broker.publish_many(items)
+    assert all(isinstance(p, StreamPosition) for p in positions)
+    for k, c in enumerate(chans):
+        assert [p.offset for p in positions[k::3]] == list(range(1, 11))
+        await broker.h.until(lambda c=c: len(broker.h.pubs(c)) == 10)
+        assert [p["data"] for p in broker.h.pubs(c)] == list(range(k, 30, 3))

@@ -219,3 +219,44 @@ async def test_command_flood_disconnects_with_3013(relay_factory):
     await ws.send_cmds(*[{"id": 10 + i, "presence_stats": {"channel": "x"}} for i in range(60)])
     code, reason = await ws.expect_close()
     assert (code, reason) == (3013, "too many requests")
+
+
+async def _handshake_status(port: int) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /connection/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.close()
+    return int(head.split()[1])
+
+
+async def test_connection_limits(relay_factory):
+    r = relay_factory({"max_connections_per_ip": 3, "max_connections_per_user": 2})
+    held = [await RawWS.open(r.ws_port) for _ in range(3)]
+    assert await _handshake_status(r.ws_port) == 429  # a fourth from the same address
+    t = await RawTCP.open(r.tcp_port)
+    assert (await t.push())["disconnect"]["code"] == 3504
+    held.pop().close()
+    await asyncio.sleep(0.2)
+    ws = await RawWS.open(r.ws_port)  # room again
+    held.append(ws)
+    # per user: the third connection of the same user is refused with 3504
+    for h in held[:2]:
+        assert "connect" in await h.call("connect", {"token": r.token("sam")})
+    await held[2].send_cmds({"id": 1, "connect": {"token": r.token("sam")}})
+    assert await held[2].expect_close() == (3504, "connection limit")
+    for h in held:
+        h.close()
+
+
+async def test_global_connection_cap(relay_factory):
+    r = relay_factory({"max_connections": 2})
+    a, b = await RawWS.open(r.ws_port), await RawWS.open(r.ws_port)
+    assert await _handshake_status(r.ws_port) == 503
+    t = await RawTCP.open(r.tcp_port)
+    push = await t.push()
+    assert push["disconnect"] == {"code": 3011, "reason": "server full", "reconnect": True}
+    a.close()
+    await asyncio.sleep(0.2)
+    assert await _handshake_status(r.ws_port) == 101
+    b.close()

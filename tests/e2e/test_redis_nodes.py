@@ -77,3 +77,22 @@ async def test_readyz_reflects_redis(redis_factory, relay_factory):
     with pytest.raises(urllib.error.HTTPError) as e:
         await asyncio.to_thread(urllib.request.urlopen, url)
     assert e.value.code == 503
+
+
+async def test_batched_publishes_keep_sharing_frames_on_redis(two_nodes):
+    a_node, _ = two_nodes
+    ch = f"pub:{uuid.uuid4().hex[:8]}"
+    sub = await ws_connected(a_node.ws_port, a_node.token("reader"))
+    await sub.call("subscribe", {"channel": ch})
+    pubr = await ws_connected(a_node.ws_port, a_node.token("writer"))
+    await pubr.call("subscribe", {"channel": ch})
+    await pubr.send_cmds(*[{"id": 10 + i, "publish": {"channel": ch, "data": i}} for i in range(20)])
+    frames, got = 0, []
+    while len(got) < 20:
+        op, payload = await sub.frame()
+        frames += 1
+        got += [line for line in payload.split(b"\n") if b'"pub"' in line]
+    assert frames <= 3  # one pipeline to Redis: the 20 publications come back together
+    import orjson
+
+    assert [orjson.loads(x)["push"]["pub"]["data"] for x in got] == list(range(20))
