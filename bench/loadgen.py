@@ -79,7 +79,8 @@ class Target:
     url: str                  #: subscriber WebSocket URL
     pub_url: str              #: publisher WebSocket URL
     token: str = ""           #: relay connect token (JWT)
-    channel: str = FANOUT_CHANNEL  #: may hold "{n}": each connection then gets its own channel
+    channel: str = FANOUT_CHANNEL  #: may hold "{n}" (each connection its own channel) or "{pair}" (n // 2:
+    #: connections 2k and 2k+1 share a channel, like the two members of a 1:1 chat)
 
 
 def make_payload(stamp_ns: int, size: int = PAYLOAD_SIZE) -> bytes:
@@ -329,7 +330,7 @@ async def _open_all(target: Target, n: int, st: _WorkerState, first: int = 0,
     errors: list[str] = []
 
     async def one(k: int) -> None:
-        channel = target.channel.replace("{n}", str(first + k))
+        channel = target.channel.replace("{n}", str(first + k)).replace("{pair}", str((first + k) // 2))
         async with sem:
             ready = loop.create_future()
             try:

@@ -36,3 +36,12 @@ def test_idle_quick():
     data, out = run("idle.py", "--quick")
     relay = next(r for r in data["results"] if r["server"] == "relay")
     assert relay["lost_connections"] == 0 and relay["rss_per_connection_bytes"] > 0, out
+
+
+def test_redis_scaling_quick():
+    from tests.conftest import need_redis_server
+
+    need_redis_server()
+    data, out = run("redis_scaling.py", "--quick", "--cases", "ingest", "--servers", "redis-w1")
+    rows = [r for r in data["results"] if r.get("deliveries_per_s")]
+    assert rows and all(r["loss"] == 0 for r in rows), out
