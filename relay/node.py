@@ -371,32 +371,28 @@ class Node:
 
     # --- operations (client commands and the server API) -----------------------------------------
 
-    async def publish_many(self, items: list[tuple[str, Any]], *, info: dict | None = None) -> list:
-        """Publish several (channel, data) in order with one broker round trip; per item the
-        StreamPosition or the ClientError to answer."""
-        batch = []
-        for channel, data in items:
-            opts = self.cfg.channel_options(channel)
-            batch.append((channel, data, PublishOptions(
-                history_size=opts.history_size, history_ttl=opts.history_ttl,
-                history_meta_ttl=self.cfg.history_meta_ttl, info=info,
-                idempotency_window=self.cfg.idempotency_window)))
-        results = await self.broker.publish_many(batch)
-        return [ERRORS.INTERNAL if isinstance(r, Exception) else r for r in results]
-
-    async def publish(self, channel: str, data: Any, *, info: dict | None = None,
-                      tags: dict[str, str] | None = None, skip_history: bool = False,
-                      idempotency_key: str | None = None) -> StreamPosition:
+    def _publish_options(self, channel: str, *, info: dict | None = None, tags: dict[str, str] | None = None,
+                         skip_history: bool = False, idempotency_key: str | None = None) -> PublishOptions:
         opts = self.cfg.channel_options(channel)
         if opts is None:
             raise ERRORS.UNKNOWN_CHANNEL
-        popts = PublishOptions(
+        return PublishOptions(
             history_size=0 if skip_history else opts.history_size,
             history_ttl=opts.history_ttl,
             history_meta_ttl=self.cfg.history_meta_ttl,
             info=info, tags=tags or None, idempotency_key=idempotency_key or None,
             idempotency_window=self.cfg.idempotency_window,
         )
+
+    async def publish_many(self, items: list[tuple[str, Any]], **kw: Any) -> list:
+        """Publish several (channel, data) in order with one broker round trip per shard; per item
+        the StreamPosition or the ClientError to answer. ``kw`` as for ``publish``."""
+        results = await self.broker.publish_many([(ch, data, self._publish_options(ch, **kw)) for ch, data in items])
+        return [ERRORS.INTERNAL if isinstance(r, Exception) else r for r in results]
+
+    async def publish(self, channel: str, data: Any, **kw: Any) -> StreamPosition:
+        """Publish through the broker (kw: info, tags, skip_history, idempotency_key)."""
+        popts = self._publish_options(channel, **kw)
         try:
             return await self.broker.publish(channel, data, popts)
         except BrokerUnavailable:

@@ -71,15 +71,23 @@ async def api_broadcast(node, p: dict) -> dict:
     if not isinstance(channels, list) or not channels:
         raise ERRORS.BAD_REQUEST
     args = _publish_args(p)
-    responses = []
+    responses: list[dict | None] = []
+    valid: list[tuple[int, str]] = []
     for ch in channels:
         try:
             if not isinstance(ch, str):
                 raise ERRORS.BAD_REQUEST
-            pos = await node.publish(_channel(node, {"channel": ch}), p["data"], **args)
-            responses.append({"result": {"offset": pos.offset, "epoch": pos.epoch} if pos.epoch else {}})
+            valid.append((len(responses), _channel(node, {"channel": ch})))
+            responses.append(None)
         except ClientError as e:
             responses.append({"error": e.to_dict()})
+    # one broker round trip per shard for the whole broadcast
+    results = await node.publish_many([(ch, p["data"]) for _, ch in valid], **args)
+    for (i, _), res in zip(valid, results, strict=True):
+        if isinstance(res, ClientError):
+            responses[i] = {"error": res.to_dict()}
+        else:
+            responses[i] = {"result": {"offset": res.offset, "epoch": res.epoch} if res.epoch else {}}
     return {"responses": responses}
 
 

@@ -51,6 +51,12 @@ async def test_three_shards_and_one_down(redis_factory, relay_factory):
             assert api(node, "publish", {"channel": ch, "data": ch})["result"]["offset"] == 1
     got = {(await ws.pub())["channel"] for _ in range(6)}
     assert got == {c for chans in by_shard for c in chans}
+    # one broadcast over channels of all three shards: one pipeline per shard, every channel answered
+    every = [c for chans in by_shard for c in chans]
+    res = api(node, "broadcast", {"channels": every + ["nope:x"], "data": "sale"})["result"]["responses"]
+    assert [r.get("result", {}).get("offset") for r in res[:-1]] == [2] * 6 and res[-1]["error"]["code"] == 102
+    got = {(await ws.pub())["channel"] for _ in range(6)}
+    assert got == set(every)
     # each shard really holds its own channels' history
     for r, chans in zip(redises, by_shard, strict=True):
         import redis as redis_sync
@@ -65,7 +71,7 @@ async def test_three_shards_and_one_down(redis_factory, relay_factory):
             if i == 1:
                 assert res["error"]["code"] == 100  # never a false OK
             else:
-                assert res["result"]["offset"] == 2
+                assert res["result"]["offset"] == 3
     received = {(await ws.pub())["channel"] for _ in range(4)}
     assert received == set(by_shard[0] + by_shard[2])
     ws.close()
