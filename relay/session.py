@@ -275,10 +275,11 @@ class ClientSession:
 
     # --- commands --------------------------------------------------------------------------------
 
-    async def _cmd_connect(self, p: dict, cmd_id: int) -> dict:
+    async def _cmd_connect(self, p: dict, cmd_id: int) -> None:
         node = self.node
         cfg = node.cfg
         token = p.get("token")
+        server_channels: tuple[str, ...] = ()
         if token:
             if not isinstance(token, str):
                 raise Disconnect(DISCONNECTS.BAD_REQUEST.code, "bad request: token must be a string")
@@ -293,6 +294,7 @@ class ClientSession:
             self.user = creds.user
             self.expire_at = creds.expire_at
             self.conn_info = creds.info
+            server_channels = creds.channels
         elif cfg.allow_anonymous_connect:
             self.user = ""
         else:
@@ -313,7 +315,29 @@ class ClientSession:
             result["ttl"] = max(1, int(self.expire_at - time.time()))
         if node.name:
             result["node"] = node.name
-        return result
+        # Server-side subscriptions named by the token (e.g. the user's personal channel): the token is
+        # the permission; the SDK asks to recover them on reconnect through connect.subs.
+        recover = p.get("subs") if isinstance(p.get("subs"), dict) else {}
+        joins: list = []
+        try:
+            for channel in server_channels[:cfg.max_channels_per_connection]:
+                opts = cfg.channel_options(channel)
+                if opts is None or not node.valid_channel(channel) or any(j[0] == channel for j in joins):
+                    log.warning("token of %r names unusable channel %r: skipped", self.user, channel)
+                    continue
+                req = recover.get(channel) if isinstance(recover.get(channel), dict) else {}
+                prepared = await self._prepare(channel, {**req, "recoverable": True}, opts)
+                if prepared is None:
+                    raise asyncio.CancelledError  # the client went away
+                result.setdefault("subs", {})[channel] = prepared[0]
+                joins.append((channel, prepared, opts))
+        except BaseException:
+            for channel, _, _ in joins:
+                node.release(channel)
+            raise
+        self.send({"id": cmd_id, "connect": result})
+        for channel, (res, extra), opts in joins:
+            await self._join(channel, res, extra, opts.join_leave and opts.force_push_join_leave, opts)
 
     async def _cmd_refresh(self, p: dict, cmd_id: int) -> dict:
         token = p.get("token")
@@ -352,8 +376,19 @@ class ClientSession:
             raise ERRORS.UNKNOWN_CHANNEL
         node.check_subscribe(self, channel, opts)
         join_leave = opts.join_leave and (bool(p.get("join_leave")) or opts.force_push_join_leave)
-        # Receive the channel on this node first, then read its position: a publication
-        # can then be missed by neither (it is in the history, or it is collected here).
+        prepared = await self._prepare(channel, p, opts)
+        if prepared is None:
+            return
+        # Queue the reply, then join the hub in the same step: the reply precedes every
+        # publication, and nothing published since the history read is lost.
+        self.send({"id": cmd_id, "subscribe": prepared[0]})
+        await self._join(channel, *prepared, join_leave, opts)
+
+    async def _prepare(self, channel: str, p: dict, opts) -> tuple[dict, list[dict]] | None:
+        """Receive the channel on this node first, then read its position: a publication can then be
+        missed by neither (it is in the history, or it is collected here). The subscribe result and the
+        publications still to push, or None if the client went away meanwhile."""
+        node = self.node
         await node.acquire(channel)
         box = node.collect(channel)
         try:
@@ -365,16 +400,17 @@ class ClientSession:
         node.stop_collecting(channel, box)
         if self.closed or channel in self.subs:
             node.release(channel)
-            return
-        # Queue the reply, then join the hub in the same step: the reply precedes every
-        # publication, and nothing published since the history read is lost.
-        self.send({"id": cmd_id, "subscribe": result})
+            return None
+        return result, extra
+
+    async def _join(self, channel: str, result: dict, extra: list[dict], join_leave: bool, opts) -> None:
+        """After the reply is queued: the publications collected meanwhile, then the hub and presence."""
         for pub in extra:
             self.send({"push": {"channel": channel, "pub": pub}})
         self.subs[channel] = join_leave
         if "epoch" in result:
-            node.track_position(channel, StreamPosition(result["offset"], result["epoch"]))
-        await node.add_subscription(self, channel, join_leave, opts)
+            self.node.track_position(channel, StreamPosition(result["offset"], result["epoch"]))
+        await self.node.add_subscription(self, channel, join_leave, opts)
 
     def resync(self, channel: str) -> None:
         """Drop ``channel`` with Centrifugo's 'insufficient state' (2500): the SDK resubscribes and recovers."""

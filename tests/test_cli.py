@@ -67,3 +67,19 @@ def test_broken_compiled_core_is_reported_loudly():
     assert info["core"] == "python" and "relay._core" in info["core_import_error"]
     assert "compiled core relay._core failed to import" in r.stderr  # the ERROR log line
     assert "WARNING: compiled core not loaded" in r.stderr
+
+
+def test_workers_flag_parses_auto_and_counts():
+    import os
+
+    from relay.cli import build_parser
+    from relay.config import load
+
+    args = build_parser().parse_args(["serve", "--workers", "auto"])
+    assert args.workers == 0
+    cfg = load(environ={"RELAY_TOKEN_HMAC_SECRET": "s", "RELAY_BROKER": "redis"}, overrides={"workers": 0})
+    assert cfg.worker_count() == (os.cpu_count() or 1)
+    import pytest
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--workers", "0"])  # say 'auto', not 0
