@@ -95,6 +95,8 @@ class Config:
     allowed_origins: list[str] = _doc("browser origins allowed to open a WebSocket ('https://shop.example.com', "
                                       "'https://*.example.com', '*'); empty: the page's host must be relay's "
                                       "(403 before the upgrade)", default_factory=list)
+    token_expire_grace: float = _doc("seconds a client whose token expired has to refresh before 3005",
+                                     default=25.0)
     max_token_size: int = _doc("longest connect token in bytes (3500 invalid token)", default=8192)
     allow_anonymous_connect: bool = _doc("clients may connect without a token (user '')", default=False)
     api_key: str = _doc("key for the HTTP server API (X-API-Key); empty: API refuses every call",
@@ -163,7 +165,7 @@ class Config:
                     "api_max_body_size",
                     "hub_shards", "ping_interval", "pong_timeout", "client_stale_timeout",
                     "handshake_timeout", "history_meta_ttl", "shutdown_timeout", "client_command_rate",
-                    "client_command_burst", "client_publish_rate", "client_publish_burst")
+                    "client_command_burst", "client_publish_rate", "client_publish_burst", "token_expire_grace")
         for name in positive:
             if getattr(self, name) <= 0:
                 errs.append(f"{name}: must be > 0")

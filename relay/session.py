@@ -51,7 +51,7 @@ def join_leave_channel(channel: str) -> str:
 class ClientSession:
     __slots__ = ("node", "transport", "conn", "codec", "client_id", "user", "conn_info", "expire_at",
                  "connected", "closed", "subs", "_queue", "_task", "_pong_deadline", "_stale_timer",
-                 "_info_cache", "remote", "_commands", "_publishes", "_refused")
+                 "_info_cache", "remote", "_commands", "_publishes", "_refused", "_expiry_timer")
 
     def __init__(self, node: "Node", transport: Any, raw_transport: asyncio.Transport, wire: int,
                  remote: str = "") -> None:
@@ -75,6 +75,7 @@ class ClientSession:
         self._commands = TokenBucket(cfg.client_command_rate, cfg.client_command_burst)
         self._publishes: TokenBucket | None = None  # made on the first publish
         self._refused = 0  # commands refused in a row for the rate
+        self._expiry_timer: asyncio.TimerHandle | None = None
         loop = asyncio.get_running_loop()
         self._stale_timer = loop.call_later(node.cfg.client_stale_timeout, self._stale)
 
@@ -227,9 +228,6 @@ class ClientSession:
         if self._pong_deadline and now > self._pong_deadline:
             self.disconnect(DISCONNECTS.NO_PONG)
             return
-        if self.expire_at is not None and time.time() > self.expire_at:
-            self.disconnect(DISCONNECTS.EXPIRED)
-            return
         if not self.conn.send(self.codec.PING):
             self.disconnect(DISCONNECTS.SLOW)
             return
@@ -246,6 +244,25 @@ class ClientSession:
         return info
 
     # --- lifecycle -------------------------------------------------------------------------------
+
+    def _schedule_expiry(self) -> None:
+        """At the token's exp: tell the client to refresh; after token_expire_grace without a
+        refresh: disconnect 3005 (connection expired)."""
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        if self.expire_at is None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self.expire_at - time.time())
+        self._expiry_timer = loop.call_later(delay, self._expired)
+
+    def _expired(self) -> None:
+        if self.closed:
+            return
+        self.send({"push": {"refresh": {"expires": True, "ttl": 0}}})
+        self._expiry_timer = asyncio.get_running_loop().call_later(
+            self.node.cfg.token_expire_grace, self.disconnect, DISCONNECTS.EXPIRED)
 
     def _stale(self) -> None:
         if not self.connected and not self.closed:
@@ -265,6 +282,8 @@ class ClientSession:
             return
         self.closed = True
         self._stale_timer.cancel()
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
         if self._task is not None:
             self._task.cancel()
         self._queue.clear()
@@ -308,6 +327,7 @@ class ClientSession:
         self.connected = True
         self._stale_timer.cancel()
         node.register(self)
+        self._schedule_expiry()
         result: dict = {"client": self.client_id, "version": __version__, "ping": int(cfg.ping_interval),
                         "pong": True}
         if self.expire_at is not None:
@@ -352,6 +372,7 @@ class ClientSession:
         if creds.user != self.user:
             raise DISCONNECTS.INVALID_TOKEN
         self.expire_at = creds.expire_at
+        self._schedule_expiry()
         result: dict = {"client": self.client_id, "version": __version__}
         if self.expire_at is not None:
             result["expires"] = True

@@ -41,11 +41,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self.remote = peer[0] if peer else ""
         refused = self.node.admit(self.remote)
         if refused is not None:
-            self.state = _CLOSED
-            err = HandshakeError(503, "server full") if refused == "full" else \
-                HandshakeError(429, "too many connections from this address")
-            transport.write(err.response())
-            transport.close()
+            self._refuse(HandshakeError(503, "server full") if refused == "full" else
+                         HandshakeError(429, "too many connections from this address"))
             return
         self._admitted = True
         self._timer = asyncio.get_running_loop().call_later(cfg.handshake_timeout, self._handshake_timeout)
@@ -71,17 +68,13 @@ class WebSocketProtocol(asyncio.Protocol):
             hs = parse_handshake(self.buf, cfg.ws_path, cfg.max_handshake_size, cfg.max_handshake_headers)
         except HandshakeError as e:
             self.node.stats.auth_failure(f"handshake_{e.status}")
-            self.state = _CLOSED
-            self.transport.write(e.response())
-            self.transport.close()
+            self._refuse(e)
             return
         if hs is None:
             return
         if not origin_allowed(hs.origin, hs.headers.get("host", ""), cfg.allowed_origins):
             self.node.stats.auth_failure("origin")
-            self.state = _CLOSED
-            self.transport.write(HandshakeError(403, "origin not allowed").response())
-            self.transport.close()
+            self._refuse(HandshakeError(403, "origin not allowed"))
             return
         self._timer.cancel()
         rest = bytes(self.buf[hs.consumed:])
@@ -92,6 +85,20 @@ class WebSocketProtocol(asyncio.Protocol):
         self.session = self.node.new_session(self, self.transport, WIRE_WS, self.remote)
         if rest:
             self._frames(rest)
+
+    def _refuse(self, err: HandshakeError) -> None:
+        """Answer the handshake with an HTTP error, then half-close and discard the rest of the request,
+        so a client still sending (2,000 headers, a huge header) reads the answer instead of a RST."""
+        self.state = _CLOSING
+        self.buf = None
+        if self._timer is not None:
+            self._timer.cancel()
+        self.transport.write(err.response())
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            self.transport.close()
+        asyncio.get_running_loop().call_later(self.node.cfg.shutdown_timeout, self._abort_if_open)
 
     def _frames(self, data: bytes) -> None:
         try:

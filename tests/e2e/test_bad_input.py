@@ -260,3 +260,54 @@ async def test_global_connection_cap(relay_factory):
     await asyncio.sleep(0.2)
     assert await _handshake_status(r.ws_port) == 101
     b.close()
+
+
+async def test_slowloris_does_not_stop_real_clients(relay_factory):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    r = relay_factory({"handshake_timeout": 2.0, "max_connections_per_ip": 0})
+    lingering = []
+    for _ in range(1000):  # 1,000 sockets that start a handshake and never finish it
+        reader, writer = await asyncio.open_connection("127.0.0.1", r.ws_port)
+        writer.write(b"GET /connection/websocket HTTP/1.1\r\nHost: x\r\n")
+        lingering.append((reader, writer))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    ws = await ws_connected(r.ws_port, r.token("shopper"))
+    assert loop.time() - t0 < 1.0  # a real client still connects at once
+    ws.close()
+    # the server drops the stalled handshakes after handshake_timeout
+    closed = await asyncio.gather(*(asyncio.wait_for(rd.read(), 6) for rd, _ in lingering[:50]))
+    assert all(c == b"" for c in closed)
+    for _, w in lingering:
+        w.close()
+
+
+@pytest.mark.parametrize("headers,status", [
+    ([f"X-H{i}: v" for i in range(2000)], 431),                  # 2,000 handshake headers
+    (["Sec-WebSocket-Protocol: " + "a" * 32768], 431),          # a 32 KiB header
+])
+async def test_hostile_handshakes(relay, headers, status):
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.ws_port)
+    writer.write(("GET /connection/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                  + "".join(h + "\r\n" for h in headers) + "\r\n").encode())
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    except ConnectionResetError:
+        pytest.fail("connection reset before the 431 answer")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode())
+    writer.close()
+
+
+@pytest.mark.parametrize("frame,code", [
+    (client_frame(b"", length_override=2**63)[:10], 1002),   # a length with the top bit set is invalid
+    (client_frame(b"", length_override=2**63 - 1)[:10], 1009),  # 2^63-1 bytes: refused from the header
+    (client_frame(b"x" * 126, opcode=9), 1002),               # control frame over 125 bytes
+])
+async def test_absurd_frame_headers(relay, bystander, frame, code):
+    ws = await ws_connected(relay.ws_port, relay.token("alice"))
+    await ws.send_raw(frame)
+    assert (await closed_with(ws))[0] == code

@@ -195,18 +195,19 @@ async def test_stale_connection_closed(relay_factory):
     assert await ws.expect_close(timeout=5) == (3502, "stale")
 
 
-async def test_expired_connection_closed(relay_factory):
-    r = relay_factory({"ping_interval": 1.0})
+async def test_expired_token_refresh_push_then_3005(relay_factory):
+    r = relay_factory({"token_expire_grace": 1.0})
     ws = await ws_connected(r.ws_port, r.token("alice", ttl=1))
-    code = None
-    while code is None:
-        try:
-            msg = await ws.message(timeout=6)
-            if msg == {}:
-                await ws.send_text("{}")
-        except ConnectionError as e:
-            code = str(e)
-    assert "3005" in code
+    push = await ws.push(timeout=5)  # at exp: told to refresh
+    assert push == {"refresh": {"expires": True, "ttl": 0}}
+    assert await ws.expect_close(timeout=5) == (3005, "connection expired")  # no refresh within the grace
+    # refreshing in time keeps the connection
+    ws2 = await ws_connected(r.ws_port, r.token("bob", ttl=1))
+    assert await ws2.push(timeout=5) == {"refresh": {"expires": True, "ttl": 0}}
+    assert (await ws2.call("refresh", {"token": r.token("bob", ttl=60)}))["refresh"]["ttl"] > 50
+    await asyncio.sleep(1.5)
+    assert (await ws2.call("presence_stats", {"channel": "lobby"}))["id"]  # still connected: it answers
+    ws2.close()
 
 
 async def test_client_close_handshake(relay):
