@@ -43,20 +43,32 @@ class App:
         self.ports: dict[str, int] = {}
         self._demo_task: asyncio.Task | None = None
 
+    def ssl_context(self):
+        """The server TLS context when tls_cert_file is set (TLS 1.2+), else None."""
+        if not self.cfg.tls_cert_file:
+            return None
+        import ssl
+
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.cfg.tls_cert_file, self.cfg.tls_key_file)
+        return ctx
+
     async def start(self) -> None:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
+        tls = self.ssl_context()
         if core.IMPORT_ERROR:
             log.error("compiled core not loaded (%s): running the pure-Python core", core.IMPORT_ERROR)
         await self.node.start()
         if cfg.ws_port:
             srv = await loop.create_server(lambda: WebSocketProtocol(self.node), cfg.host, cfg.ws_port,
-                                           backlog=4096, reuse_address=True, reuse_port=cfg.reuse_port)
+                                           backlog=4096, reuse_address=True, reuse_port=cfg.reuse_port, ssl=tls)
             self.servers.append(srv)
             self.ports["ws"] = srv.sockets[0].getsockname()[1]
         if cfg.tcp_port:
             srv = await loop.create_server(lambda: TcpProtocol(self.node), cfg.host, cfg.tcp_port,
-                                           backlog=4096, reuse_address=True, reuse_port=cfg.reuse_port)
+                                           backlog=4096, reuse_address=True, reuse_port=cfg.reuse_port, ssl=tls)
             self.servers.append(srv)
             self.ports["tcp"] = srv.sockets[0].getsockname()[1]
         if cfg.api_port:
@@ -70,14 +82,15 @@ class App:
             self._api_runner = web.AppRunner(api_app, access_log=None)
             await self._api_runner.setup()
             site = web.TCPSite(self._api_runner, cfg.host, cfg.api_port, reuse_address=True,
-                               reuse_port=cfg.reuse_port)
+                               reuse_port=cfg.reuse_port, ssl_context=tls)
             await site.start()
             self.ports["api"] = cfg.api_port
         self.ready = True
+        s = "s" if tls else ""
         log.info("relay started: core=%s broker=%s ws=%s tcp=%s api=%s", core.IMPLEMENTATION, cfg.broker,
-                 f"ws://{cfg.host}:{cfg.ws_port}{cfg.ws_path}" if cfg.ws_port else "off",
-                 f"{cfg.host}:{cfg.tcp_port}" if cfg.tcp_port else "off",
-                 f"http://{cfg.host}:{cfg.api_port}" if cfg.api_port else "off")
+                 f"ws{s}://{cfg.host}:{cfg.ws_port}{cfg.ws_path}" if cfg.ws_port else "off",
+                 f"{cfg.host}:{cfg.tcp_port}{' (TLS)' if tls else ''}" if cfg.tcp_port else "off",
+                 f"http{s}://{cfg.host}:{cfg.api_port}" if cfg.api_port else "off")
 
     async def is_ready(self) -> bool:
         """Accepting connections and the broker answers."""

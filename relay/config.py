@@ -62,6 +62,9 @@ class Config:
     ws_path: str = _doc("WebSocket endpoint path", default="/connection/websocket")
     tcp_port: int = _doc("raw TCP (msgpack) port (0: disabled)", default=8001)
     api_port: int = _doc("HTTP server API, /healthz, /readyz port (0: disabled)", default=8002)
+    tls_cert_file: str = _doc("PEM certificate (chain): all listeners serve TLS (wss://, TLS TCP, https://)",
+                              default="")
+    tls_key_file: str = _doc("PEM private key of tls_cert_file", default="")
     node_name: str = _doc("name shown in info and logs (default: host name)", default="")
     log_level: str = _doc("DEBUG, INFO, WARNING or ERROR", default="INFO")
 
@@ -169,6 +172,12 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 errs.append(f"{name}: must be > 0")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            errs.append("tls_cert_file, tls_key_file: give both or neither")
+        for name in ("tls_cert_file", "tls_key_file"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                errs.append(f"{name}: {path!r} is not a readable file")
         if self.workers < 0:
             errs.append("workers: must be >= 0 (0 = one per CPU core)")
         if self.worker_count() > 1 and self.broker == "memory":

@@ -143,8 +143,11 @@ class ServerProcess:
 
 
 def http_ok(url: str) -> bool:
+    import ssl
+
+    ctx = ssl._create_unverified_context() if url.startswith("https:") else None  # test certs are self-signed
     try:
-        with urllib.request.urlopen(url, timeout=1) as r:
+        with urllib.request.urlopen(url, timeout=1, context=ctx) as r:
             return r.status == 200
     except OSError:
         return False
@@ -169,12 +172,17 @@ class RelayProcess(ServerProcess):
     api_key = property(lambda self: self.config.get("api_key", ""))
 
     @property
+    def tls(self) -> bool:
+        return bool(self.config.get("tls_cert_file"))
+
+    @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.ws_port}{self.config.get('ws_path', '/connection/websocket')}"
+        scheme = "wss" if self.tls else "ws"
+        return f"{scheme}://127.0.0.1:{self.ws_port}{self.config.get('ws_path', '/connection/websocket')}"
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}/api"
+        return f"http{'s' if self.tls else ''}://127.0.0.1:{self.api_port}/api"
 
     def token(self, user: str, ttl: float | None = 3600, **kw: Any) -> str:
         from relay.auth import make_connect_token
@@ -187,7 +195,7 @@ class RelayProcess(ServerProcess):
         return [sys.executable, "-m", "relay", "serve", "-c", str(path)]
 
     def ready(self) -> bool:
-        return http_ok(f"http://127.0.0.1:{self.api_port}/readyz")
+        return http_ok(f"http{'s' if self.tls else ''}://127.0.0.1:{self.api_port}/readyz")
 
     def core(self) -> str:
         """The fan-out core the server reported in its start line (``core=cython``)."""
