@@ -93,18 +93,31 @@ class TokenVerifier:
             raise TokenInvalid(f"no key configured for {alg}")
         return key
 
-    def verify(self, token: str) -> Credentials:
+    def verify_subscription(self, token: str, user: str, channel: str) -> float | None:
+        """Check a subscription token for ``user`` and ``channel``; its expiry (unix time) or None."""
+        claims = self._claims(token)
+        if claims.get("sub", "") != user or claims.get("channel") != channel:
+            raise TokenInvalid("subscription token is for another user or channel")
+        exp = claims.get("exp")
+        return float(exp) if exp is not None else None
+
+    def _claims(self, token: str) -> dict:
         if len(token) > self.max_size:
             raise TokenInvalid("token too large")
         try:
             header = jwt.get_unverified_header(token)
-            claims = jwt.decode(token, self._key(header), algorithms=[header["alg"]], audience=self.audience,
-                                issuer=self.issuer, leeway=self.leeway,
-                                options={"require": ["sub"], "verify_aud": self.audience is not None})
+            return jwt.decode(token, self._key(header), algorithms=[header["alg"]], audience=self.audience,
+                              issuer=self.issuer, leeway=self.leeway,
+                              options={"require": ["sub"], "verify_aud": self.audience is not None})
         except jwt.ExpiredSignatureError:
             raise TokenExpired() from None
         except (jwt.PyJWTError, ValueError, TypeError, KeyError) as e:
             raise TokenInvalid(str(e)) from None
+
+    def verify(self, token: str) -> Credentials:
+        claims = self._claims(token)
+        if "channel" in claims:
+            raise TokenInvalid("a subscription token cannot open a connection")
         sub = claims.get("sub")
         if not isinstance(sub, str):
             raise TokenInvalid("sub must be a string")

@@ -51,7 +51,7 @@ def join_leave_channel(channel: str) -> str:
 class ClientSession:
     __slots__ = ("node", "transport", "conn", "codec", "client_id", "user", "conn_info", "expire_at",
                  "connected", "closed", "subs", "_queue", "_task", "_pong_deadline", "_stale_timer",
-                 "_info_cache", "remote", "_commands", "_publishes", "_refused", "_expiry_timer")
+                 "_info_cache", "remote", "_commands", "_publishes", "_refused", "_expiry_timer", "_sub_timers")
 
     def __init__(self, node: "Node", transport: Any, raw_transport: asyncio.Transport, wire: int,
                  remote: str = "") -> None:
@@ -76,6 +76,7 @@ class ClientSession:
         self._publishes: TokenBucket | None = None  # made on the first publish
         self._refused = 0  # commands refused in a row for the rate
         self._expiry_timer: asyncio.TimerHandle | None = None
+        self._sub_timers: dict[str, asyncio.TimerHandle] | None = None  # subscription-token expiries
         loop = asyncio.get_running_loop()
         self._stale_timer = loop.call_later(node.cfg.client_stale_timeout, self._stale)
 
@@ -284,6 +285,8 @@ class ClientSession:
         self._stale_timer.cancel()
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
+        for timer in (self._sub_timers or {}).values():
+            timer.cancel()
         if self._task is not None:
             self._task.cancel()
         self._queue.clear()
@@ -395,11 +398,20 @@ class ClientSession:
         opts = node.cfg.channel_options(channel)
         if opts is None:
             raise ERRORS.UNKNOWN_CHANNEL
-        node.check_subscribe(self, channel, opts)
+        token = p.get("token")
+        sub_expires: float | None = None
+        if token:  # a subscription token is the permission (private channels, token-only namespaces)
+            sub_expires = self._verify_sub_token(token, channel)
+        else:
+            node.check_subscribe(self, channel, opts)
         join_leave = opts.join_leave and (bool(p.get("join_leave")) or opts.force_push_join_leave)
         prepared = await self._prepare(channel, p, opts)
         if prepared is None:
             return
+        if sub_expires is not None:
+            prepared[0]["expires"] = True
+            prepared[0]["ttl"] = max(1, int(sub_expires - time.time()))
+            self._expire_sub_at(channel, sub_expires)
         # Queue the reply, then join the hub in the same step: the reply precedes every
         # publication, and nothing published since the history read is lost.
         self.send({"id": cmd_id, "subscribe": prepared[0]})
@@ -496,6 +508,8 @@ class ClientSession:
         if channel in self.subs:
             jl = self.subs.pop(channel)
             self.node.drop_subscription(self, channel, jl)
+            if self._sub_timers:
+                self._expire_sub_at(channel, None)
         return {}
 
     async def _cmd_publish(self, p: dict, cmd_id: int) -> dict:
@@ -560,4 +574,40 @@ class ClientSession:
         raise ERRORS.NOT_AVAILABLE  # no RPC handler configured (the event proxy adds one)
 
     async def _cmd_sub_refresh(self, p: dict, cmd_id: int) -> dict:
-        raise ERRORS.NOT_AVAILABLE  # subscription tokens are not in use
+        channel = self._channel(p)
+        token = p.get("token")
+        if channel not in self.subs or not isinstance(token, str) or not token:
+            raise ERRORS.BAD_REQUEST
+        expires = self._verify_sub_token(token, channel)
+        self._expire_sub_at(channel, expires)
+        if expires is None:
+            return {}
+        return {"expires": True, "ttl": max(1, int(expires - time.time()))}
+
+    def _verify_sub_token(self, token: Any, channel: str) -> float | None:
+        if not isinstance(token, str):
+            raise ERRORS.BAD_REQUEST
+        try:
+            return self.node.tokens.verify_subscription(token, self.user, channel)
+        except TokenExpired:
+            raise ERRORS.TOKEN_EXPIRED from None
+        except TokenInvalid:
+            self.node.stats.auth_failure("invalid_sub_token")
+            raise ERRORS.PERMISSION_DENIED from None
+
+    def _expire_sub_at(self, channel: str, expires: float | None) -> None:
+        """A subscription whose token expired and was not refreshed (sub_refresh) within the grace ends
+        the connection with 3006 (subscription expired): the SDK reconnects with fresh tokens."""
+        timers = self._sub_timers
+        if timers is None:
+            timers = self._sub_timers = {}
+        old = timers.pop(channel, None)
+        if old is not None:
+            old.cancel()
+        if expires is not None:
+            delay = max(0.0, expires - time.time()) + self.node.cfg.token_expire_grace
+            timers[channel] = asyncio.get_running_loop().call_later(delay, self._sub_expired, channel)
+
+    def _sub_expired(self, channel: str) -> None:
+        if channel in self.subs:
+            self.disconnect(DISCONNECTS.SUB_EXPIRED)
