@@ -60,6 +60,8 @@ class Config:
     host: str = _doc("address the listeners bind to", default="127.0.0.1")
     ws_port: int = _doc("WebSocket port (0: disabled)", default=8000)
     ws_path: str = _doc("WebSocket endpoint path", default="/connection/websocket")
+    ws_echo_path: str = _doc("a WebSocket echo endpoint for protocol conformance runs (Autobahn); "
+                             "empty: none (never enable in production)", default="")
     tcp_port: int = _doc("raw TCP (msgpack) port (0: disabled)", default=8001)
     api_port: int = _doc("HTTP server API, /healthz, /readyz port (0: disabled)", default=8002)
     tls_cert_file: str = _doc("PEM certificate (chain): all listeners serve TLS (wss://, TLS TCP, https://)",

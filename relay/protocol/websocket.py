@@ -49,8 +49,9 @@ class HandshakeError(Exception):
         return head.encode() + b"\r\n" + body
 
 
-def parse_handshake(buf: bytes | bytearray, path: str, max_size: int, max_headers: int) -> Handshake | None:
-    """Parse an HTTP/1.1 upgrade request (RFC 6455 4.2.1) from the start of ``buf``."""
+def parse_handshake(buf: bytes | bytearray, path: str | tuple[str, ...], max_size: int,
+                    max_headers: int) -> Handshake | None:
+    """Parse an HTTP/1.1 upgrade request (RFC 6455 4.2.1) for ``path`` (or one of several)."""
     end = buf.find(b"\r\n\r\n")
     if end < 0:
         if len(buf) > max_size:
@@ -74,7 +75,7 @@ def parse_handshake(buf: bytes | bytearray, path: str, max_size: int, max_header
     if method != "GET":
         raise HandshakeError(405, "method not allowed")
     req_path = target.split("?", 1)[0]
-    if req_path != path:
+    if req_path != path and req_path not in path:
         raise HandshakeError(404, "not found")
     headers: dict[str, str] = {}
     for line in lines[1:]:

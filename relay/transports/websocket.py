@@ -20,7 +20,8 @@ _HANDSHAKE, _OPEN, _CLOSING, _CLOSED = range(4)
 
 
 class WebSocketProtocol(asyncio.Protocol):
-    __slots__ = ("node", "transport", "state", "buf", "reader", "session", "_timer", "remote", "_admitted")
+    __slots__ = ("node", "transport", "state", "buf", "reader", "session", "_timer", "remote", "_admitted",
+                 "echo")
 
     def __init__(self, node) -> None:
         self.node = node
@@ -32,6 +33,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self.remote = ""
         self._admitted = False
+        self.echo = False  # the conformance-test echo endpoint (ws_echo_path)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
@@ -65,7 +67,8 @@ class WebSocketProtocol(asyncio.Protocol):
         cfg = self.node.cfg
         self.buf += data
         try:
-            hs = parse_handshake(self.buf, cfg.ws_path, cfg.max_handshake_size, cfg.max_handshake_headers)
+            paths = (cfg.ws_path, cfg.ws_echo_path) if cfg.ws_echo_path else cfg.ws_path
+            hs = parse_handshake(self.buf, paths, cfg.max_handshake_size, cfg.max_handshake_headers)
         except HandshakeError as e:
             self.node.stats.auth_failure(f"handshake_{e.status}")
             self._refuse(e)
@@ -82,7 +85,10 @@ class WebSocketProtocol(asyncio.Protocol):
         self.transport.write(accept_response(hs.key))
         self.state = _OPEN
         self.reader = FrameReader(cfg.max_ws_message_size)
-        self.session = self.node.new_session(self, self.transport, WIRE_WS, self.remote)
+        if cfg.ws_echo_path and hs.path.split("?", 1)[0] == cfg.ws_echo_path:
+            self.echo = True
+        else:
+            self.session = self.node.new_session(self, self.transport, WIRE_WS, self.remote)
         if rest:
             self._frames(rest)
 
@@ -110,7 +116,9 @@ class WebSocketProtocol(asyncio.Protocol):
         for op, payload in messages:
             if self.state != _OPEN:
                 return
-            if op == OP_TEXT:
+            if self.echo and op in (OP_TEXT, OP_BINARY):
+                self.transport.write(ws_frame(payload, op))
+            elif op == OP_TEXT:
                 session.feed(payload)
             elif op == OP_PING:
                 self.transport.write(ws_frame(payload, OP_PONG))  # RFC 6455 5.5.2
@@ -129,8 +137,12 @@ class WebSocketProtocol(asyncio.Protocol):
             return
         code = parsed[0] if parsed else WS_CLOSE.NORMAL
         self.state = _CLOSING
-        self.session.conn.close(ws_frame(close_frame_payload(code, ""), OP_CLOSE))
-        self.session.on_closed()
+        frame = ws_frame(close_frame_payload(code, ""), OP_CLOSE)
+        if self.session is not None:
+            self.session.conn.close(frame)
+            self.session.on_closed()
+        else:
+            self.transport.write(frame)
         self.transport.close()
 
     def _fail(self, code: int, reason: str) -> None:
