@@ -55,3 +55,6 @@ cdef class FrameReader:
     cdef int _frag_op
     cdef list _frags
     cdef Py_ssize_t _frag_size
+    cdef public object error
+
+    cdef _parse(self, data, list out)

@@ -144,14 +144,27 @@ cdef class FrameReader:
         self._frag_op = -1
         self._frags = []
         self._frag_size = 0
+        self.error = None
 
     def buffered(self):
         return len(self._buf)
 
     def feed(self, data):
+        """Complete messages so far (see relay/_core_py.py: valid messages before a violation first)."""
+        if self.error is not None:
+            raise self.error
+        cdef list out = []
+        try:
+            self._parse(data, out)
+        except ProtocolError as e:
+            if not out:
+                raise
+            self.error = e
+        return out
+
+    cdef _parse(self, data, list out):
         cdef bytearray buf = self._buf
         buf += data
-        cdef list out = []
         cdef Py_ssize_t pos = 0, end = len(buf), hlen, total, i
         cdef uint64_t length
         cdef const uint8_t* p
@@ -251,7 +264,6 @@ cdef class FrameReader:
             out.append((op, payload))
         if pos:
             del buf[:pos]
-        return out
 
 
 cdef class Conn:

@@ -96,7 +96,7 @@ class FrameReader:
     is buffered.
     """
 
-    __slots__ = ("max_message", "_buf", "_frag_op", "_frags", "_frag_size")
+    __slots__ = ("max_message", "_buf", "_frag_op", "_frag_size", "_frags", "error")
 
     def __init__(self, max_message: int) -> None:
         self.max_message = max_message
@@ -104,14 +104,29 @@ class FrameReader:
         self._frag_op = -1
         self._frags: list[bytes] = []
         self._frag_size = 0
+        self.error: ProtocolError | None = None
 
     def buffered(self) -> int:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Complete messages so far. A violation raises ProtocolError; if valid messages came before
+        it in the same data, they are returned first and the error is kept in ``error`` (the caller
+        fails the connection after handling them) and raised by any later ``feed``."""
+        if self.error is not None:
+            raise self.error
+        out: list[tuple[int, bytes]] = []
+        try:
+            self._parse(data, out)
+        except ProtocolError as e:
+            if not out:
+                raise
+            self.error = e
+        return out
+
+    def _parse(self, data: bytes, out: list) -> None:
         buf = self._buf
         buf += data
-        out: list[tuple[int, bytes]] = []
         pos = 0
         end = len(buf)
         while end - pos >= 2:
@@ -184,7 +199,6 @@ class FrameReader:
             out.append((op, payload))
         if pos:
             del buf[:pos]
-        return out
 
 
 class Conn:

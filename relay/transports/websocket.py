@@ -127,6 +127,9 @@ class WebSocketProtocol(asyncio.Protocol):
             elif op == OP_BINARY:
                 self._fail(WS_CLOSE.UNSUPPORTED_DATA, "binary messages are not supported (JSON protocol)")
             # OP_PONG: unsolicited pongs are allowed and ignored (RFC 6455 5.5.3)
+        err = self.reader.error
+        if err is not None and self.state == _OPEN:  # a violation after the valid messages above
+            self._fail(err.code, err.reason)
 
     def _peer_closed(self, payload: bytes) -> None:
         """RFC 6455 5.5.1: answer a close frame with one, then close the TCP connection."""

@@ -87,3 +87,11 @@ def test_unmasking_never_mutates_shared_bytes(impl):
         assert r.feed(client_frame(payload, opcode=2)) == [(2, payload)]
     # every 1-byte singleton still holds its own value
     assert all(bytes([i])[0] == i for i in range(256))
+
+
+def test_valid_messages_before_a_violation_come_first(impl):
+    r = impl.FrameReader(100)
+    out = r.feed(client_frame(b"first") + client_frame(b"x", rsv=2) + client_frame(b"never"))
+    assert out == [(1, b"first")] and r.error.code == 1002
+    with pytest.raises(ProtocolError):
+        r.feed(client_frame(b"more"))

@@ -29,7 +29,7 @@ def feed_all(impl, data: bytes, cuts: list[int]):
         for c in sorted(set(cuts)) + [len(data)]:
             out += r.feed(data[pos:c])
             pos = max(pos, c)
-        return ("ok", out)
+        return ("ok", out, r.error.code if r.error is not None else None)
     except ProtocolError as e:
         return ("error", e.code)
 
