@@ -29,7 +29,8 @@ from relay.testing import free_port  # noqa: E402
 
 __all__ = [
     "ROOT", "PYTHON", "SERVER_CPU", "GENERATOR_CPU", "RELAY_SECRET", "FANOUT_CHANNEL",
-    "free_port", "raise_nofile", "pin_to", "proc_cpu_times", "proc_cpu_seconds", "cpu_stat", "proc_rss_bytes",
+    "free_port", "raise_nofile", "pin_to", "proc_cpu_times", "sum_cpu_times", "proc_cpu_seconds", "cpu_stat",
+    "proc_rss_bytes",
     "ServerProcess", "RelayServer", "PicowsPeer", "machine_description", "write_result",
     "fmt_rate",
 ]
@@ -69,6 +70,19 @@ def proc_cpu_times(pid: int) -> tuple[float, float]:
     # the command name (field 2) may contain spaces: split after its closing parenthesis
     fields = data[data.rindex(b")") + 2:].split()
     return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK  # fields 14 and 15 of stat(5)
+
+
+def sum_cpu_times(pids) -> tuple[float, float]:
+    """(user, system) CPU seconds summed over ``pids``; processes already gone count as 0."""
+    user = system = 0.0
+    for pid in pids:
+        try:
+            u, s = proc_cpu_times(pid)
+        except OSError:
+            continue
+        user += u
+        system += s
+    return user, system
 
 
 def proc_cpu_seconds(pid: int) -> float:

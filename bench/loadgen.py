@@ -55,7 +55,7 @@ from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (FANOUT_CHANNEL, GENERATOR_CPU, pin_to, proc_cpu_seconds, proc_cpu_times,  # noqa: E402
+from common import (FANOUT_CHANNEL, GENERATOR_CPU, pin_to, proc_cpu_seconds, sum_cpu_times,  # noqa: E402
                     raise_nofile)
 
 __all__ = ["Target", "Histogram", "LoadGenerator", "Publisher", "Window", "make_payload",
@@ -445,15 +445,7 @@ class LoadGenerator:
 
     def cpu_times(self) -> tuple[float, float]:
         """(user, system) CPU seconds summed over the worker processes."""
-        user = system = 0.0
-        for pid in self.pids:
-            try:
-                u, s = proc_cpu_times(pid)
-            except OSError:
-                continue
-            user += u
-            system += s
-        return user, system
+        return sum_cpu_times(self.pids)
 
     def connect(self, timeout: float = 300.0) -> int:
         """Start the workers and wait until every subscriber is subscribed; returns how many are."""

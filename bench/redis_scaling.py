@@ -53,7 +53,7 @@ import msgpack
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (GENERATOR_CPU, SERVER_CPU, RelayServer, cpu_stat, fmt_rate,  # noqa: E402
-                    machine_description, pin_to, proc_cpu_times, raise_nofile, write_result)
+                    machine_description, pin_to, raise_nofile, sum_cpu_times, write_result)
 from fanout import (GEN_LIMIT_PCT, NOISE_PCT, SATURATION_P50_MS, SATURATION_P99_MS, Step,  # noqa: E402
                     _core_use, _drain, _pct)
 from loadgen import LoadGenerator, Publisher, Target, make_payload, self_cpu_seconds  # noqa: E402
@@ -181,23 +181,10 @@ class RelayNode:
 
     def relay_cpu_times(self) -> tuple[float, float]:
         """(user, system) seconds summed over all relay processes."""
-        u = s = 0.0
-        for pid in self.relay_pids:
-            try:
-                a, b = proc_cpu_times(pid)
-            except OSError:
-                continue
-            u, s = u + a, s + b
-        return u, s
+        return sum_cpu_times(self.relay_pids)
 
     def redis_cpu_seconds(self) -> float:
-        total = 0.0
-        for r in self.redis:
-            try:
-                total += sum(proc_cpu_times(r.pid))
-            except OSError:
-                pass
-        return total
+        return sum(sum_cpu_times(r.pid for r in self.redis))
 
     def alive(self) -> bool:
         """The relay process and all redis-servers run (used by fanout's drain)."""
