@@ -43,6 +43,14 @@ FLAG_REJECT_UNRECOVERED = 2  # subscribe "flag" bit: error 112 instead of recove
 INSUFFICIENT_STATE = {"code": 2500, "reason": "insufficient state"}
 
 
+def _method(cmd: dict) -> str | None:
+    """The command's method: the first protocol method key it has."""
+    for m in METHODS:
+        if m in cmd:
+            return m
+    return None
+
+
 def join_leave_channel(channel: str) -> str:
     """The hub channel whose subscribers receive join/leave pushes for ``channel``."""
     return "\x00jl\x00" + channel
@@ -51,7 +59,8 @@ def join_leave_channel(channel: str) -> str:
 class ClientSession:
     __slots__ = ("node", "transport", "conn", "codec", "client_id", "user", "conn_info", "expire_at",
                  "connected", "closed", "subs", "_queue", "_task", "_pong_deadline", "_stale_timer",
-                 "_info_cache", "remote", "_commands", "_publishes", "_refused", "_expiry_timer", "_sub_timers")
+                 "_info_cache", "remote", "_commands", "_publishes", "_refused", "_expiry_timer", "_sub_timers",
+                 "_server_subs")
 
     def __init__(self, node: "Node", transport: Any, raw_transport: asyncio.Transport, wire: int,
                  remote: str = "") -> None:
@@ -77,6 +86,7 @@ class ClientSession:
         self._refused = 0  # commands refused in a row for the rate
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._sub_timers: dict[str, asyncio.TimerHandle] | None = None  # subscription-token expiries
+        self._server_subs: frozenset[str] = frozenset()  # subscribed by the server (token channels)
         loop = asyncio.get_running_loop()
         self._stale_timer = loop.call_later(node.cfg.client_stale_timeout, self._stale)
 
@@ -119,11 +129,12 @@ class ClientSession:
         try:
             while queue and not self.closed:
                 cmd = queue.popleft()
-                if self.connected and "publish" in cmd and queue and "publish" in queue[0]:
+                if self.connected and _method(cmd) == "publish" and queue and _method(queue[0]) == "publish":
                     # consecutive publishes go to the broker together: one round trip, order kept,
                     # and their fan-out shares frames as it would with the memory broker
                     batch = [cmd]
-                    while queue and "publish" in queue[0] and len(batch) < self.node.cfg.max_commands_per_message:
+                    limit = self.node.cfg.max_commands_per_message
+                    while queue and _method(queue[0]) == "publish" and len(batch) < limit:
                         batch.append(queue.popleft())
                     await self._publish_batch(batch)
                 else:
@@ -164,11 +175,7 @@ class ClientSession:
                 self.send(reply)
 
     async def _dispatch(self, cmd: dict) -> None:
-        method = None
-        for m in METHODS:
-            if m in cmd:
-                method = m
-                break
+        method = _method(cmd)
         cmd_id = cmd.get("id")
         stats = self.node.stats
         if method == "send":
@@ -358,6 +365,7 @@ class ClientSession:
             for channel, _, _ in joins:
                 node.release(channel)
             raise
+        self._server_subs = frozenset(j[0] for j in joins)
         self.send({"id": cmd_id, "connect": result})
         for channel, (res, extra), opts in joins:
             await self._join(channel, res, extra, opts.join_leave and opts.force_push_join_leave, opts)
@@ -446,8 +454,12 @@ class ClientSession:
         await self.node.add_subscription(self, channel, join_leave, opts)
 
     def resync(self, channel: str) -> None:
-        """Drop ``channel`` with Centrifugo's 'insufficient state' (2500): the SDK resubscribes and recovers."""
-        if channel in self.subs:
+        """Drop ``channel`` with Centrifugo's 'insufficient state' (2500): the SDK resubscribes and recovers.
+        A server-side subscription cannot be resubscribed by the client: it reconnects (3010) and recovers
+        it through connect.subs."""
+        if channel in self._server_subs:
+            self.disconnect(DISCONNECTS.INSUFFICIENT_STATE)
+        elif channel in self.subs:
             jl = self.subs.pop(channel)
             self.node.drop_subscription(self, channel, jl)
             self.send({"push": {"channel": channel, "unsubscribe": INSUFFICIENT_STATE}})

@@ -205,3 +205,20 @@ async def test_redis_paused_loses_nothing(redis_factory, relay_factory):
     assert offsets == list(range(1, len(acked) + 1))
     await client.run_until(set(offsets))
     assert client.got == acked  # nothing lost or duplicated across the pause
+
+
+async def test_gap_on_server_side_subscription_reconnects_with_3010(redis_factory, relay_factory):
+    import msgpack
+    import redis as redis_sync
+
+    redis = redis_factory()
+    node = relay_factory({"broker": "redis", "redis_urls": [redis.url]})
+    ch = f"news:{uuid.uuid4().hex[:8]}"
+    ws = await ws_connected(node.ws_port, node.token("erin", channels=[ch]))  # a server-side subscription
+    assert "result" in await asyncio.to_thread(api, node, "publish", {"channel": ch, "data": 1})
+    assert (await ws.pub())["pub"]["offset"] == 1
+    epoch = redis_sync.Redis(port=redis.port).hget(f"relay:meta:{{{ch}}}", "e").decode()
+    # a publication with offset 5 arrives: 2..4 never reached this node
+    redis_sync.Redis(port=redis.port).publish(f"relay:ps:{{{ch}}}", f"p5:{epoch}:".encode()
+                                              + msgpack.packb({"data": "x"}))
+    assert await ws.expect_close() == (3010, "insufficient state")  # reconnect and recover via connect.subs
