@@ -211,7 +211,15 @@ def build_api_app(node, is_ready: Callable[[], Awaitable[bool]]) -> web.Applicat
             return _json({"status": "ready"})
         return _json({"status": "not ready"}, status=503)
 
-    app = web.Application(client_max_size=cfg.api_max_body_size)
+    @web.middleware
+    async def header_limits(request: web.Request, handler):
+        # the same limits as the WebSocket handshake (aiohttp's own defaults are looser)
+        raw = request.raw_headers
+        if len(raw) > cfg.max_handshake_headers or sum(len(k) + len(v) + 4 for k, v in raw) > cfg.max_handshake_size:
+            return _json({"error": ClientError(107, "bad request: request headers too large").to_dict()}, status=431)
+        return await handler(request)
+
+    app = web.Application(client_max_size=cfg.api_max_body_size, middlewares=[header_limits])
     app.router.add_post("/api/{method}", api)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -1,5 +1,6 @@
 """The HTTP server API, driven by `cent` (Centrifugo's own API client) against a real relay."""
 
+import asyncio
 import uuid
 
 import aiohttp
@@ -117,3 +118,15 @@ async def test_api_refuses_everything_without_configured_key(relay_factory):
     async with aiohttp.ClientSession() as s:
         async with s.post(f"{r.api_url}/info", data=b"{}", headers={"X-API-Key": ""}) as resp:
             assert resp.status == 401
+
+
+async def test_api_header_limits(relay_factory):
+    # limits below aiohttp's own defaults (128 headers, 8190-byte fields), so relay's config is what refuses
+    relay = relay_factory({"max_handshake_headers": 64, "max_handshake_size": 4096})
+    for headers in ([f"X-H{i}: v" for i in range(100)], ["X-Big: " + "a" * 6000]):
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.api_port)
+        writer.write(("POST /api/info HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                      + "".join(h + "\r\n" for h in headers) + "\r\n{}").encode())
+        head = await asyncio.wait_for(reader.read(200), 5)
+        assert head.split(b" ", 2)[1] in (b"400", b"431"), head  # refused before the handler runs
+        writer.close()
