@@ -30,7 +30,7 @@ from relay.testing import free_port  # noqa: E402
 __all__ = [
     "ROOT", "PYTHON", "SERVER_CPU", "GENERATOR_CPU", "RELAY_SECRET", "FANOUT_CHANNEL",
     "free_port", "raise_nofile", "pin_to", "proc_cpu_times", "sum_cpu_times", "proc_cpu_seconds", "cpu_stat",
-    "proc_rss_bytes",
+    "proc_rss_bytes", "apply_run_defaults",
     "ServerProcess", "RelayServer", "PicowsPeer", "machine_description", "write_result",
     "fmt_rate",
 ]
@@ -83,6 +83,16 @@ def sum_cpu_times(pids) -> tuple[float, float]:
         user += u
         system += s
     return user, system
+
+
+def apply_run_defaults(args, duration: float) -> None:
+    """Fill ``--duration``, ``--warmup`` and ``--drain-timeout`` for a full or a ``--quick`` run."""
+    if args.duration is None:
+        args.duration = 2.0 if args.quick else duration
+    if args.warmup is None:
+        args.warmup = 0.5 if args.quick else 2.0
+    if args.quick:
+        args.drain_timeout = min(args.drain_timeout, 5.0)
 
 
 def proc_cpu_seconds(pid: int) -> float:

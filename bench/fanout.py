@@ -41,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (GENERATOR_CPU, SERVER_CPU, PicowsPeer, RelayServer, ServerProcess,  # noqa: E402
-                    cpu_stat, fmt_rate, machine_description, pin_to, raise_nofile, write_result)
+                    apply_run_defaults, cpu_stat, fmt_rate, machine_description, pin_to, raise_nofile, write_result)
 from loadgen import LoadGenerator, Publisher, Target, self_cpu_seconds  # noqa: E402
 
 __all__ = ["Step", "Case", "CASES", "run_step", "run_server", "format_line", "main"]
@@ -388,12 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.cases = [c for c in args.cases if c in CASES]
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    if args.duration is None:
-        args.duration = 2.0 if args.quick else 10.0
-    if args.warmup is None:
-        args.warmup = 0.5 if args.quick else 2.0
-    if args.quick:
-        args.drain_timeout = min(args.drain_timeout, 5.0)
+    apply_run_defaults(args, 10.0)
     import uvloop
 
     return uvloop.run(amain(args))

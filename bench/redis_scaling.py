@@ -52,7 +52,7 @@ from typing import Any
 import msgpack
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (GENERATOR_CPU, SERVER_CPU, RelayServer, cpu_stat, fmt_rate,  # noqa: E402
+from common import (GENERATOR_CPU, SERVER_CPU, RelayServer, apply_run_defaults, cpu_stat, fmt_rate,  # noqa: E402
                     machine_description, pin_to, raise_nofile, sum_cpu_times, write_result)
 from fanout import (GEN_LIMIT_PCT, NOISE_PCT, SATURATION_P50_MS, SATURATION_P99_MS, Step,  # noqa: E402
                     _core_use, _drain, _pct)
@@ -733,12 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip() in CASES]
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip() in SERVERS]
-    if args.duration is None:
-        args.duration = 2.0 if args.quick else 8.0
-    if args.warmup is None:
-        args.warmup = 0.5 if args.quick else 2.0
-    if args.quick:
-        args.drain_timeout = min(args.drain_timeout, 5.0)
+    apply_run_defaults(args, 8.0)
     import uvloop
 
     return uvloop.run(amain(args))
