@@ -209,6 +209,31 @@ def _sys_share(r: dict[str, Any]) -> str:
     return f"{100.0 * r['server_sys_s'] / total:.0f}% sys" if total > 0 else "-"
 
 
+def result_marks(r: dict[str, Any], extra: tuple[tuple[str, str], ...] = ()) -> list[str]:
+    """The marks that qualify a result line; ``extra`` adds (result key, mark) flags of other benchmarks."""
+    lat = r["latency_ms"]
+    marks = []
+    if r["generator_limited"]:
+        marks.append("GENERATOR-LIMITED")
+    if r["saturated"]:
+        marks.append("SATURATED")
+    elif lat["p99"] is not None and lat["p99"] > SATURATION_P99_MS:
+        marks.append(f"p99>{SATURATION_P99_MS:g}ms")
+    if r["drain"]["complete"] is False and not r["drain"]["timed_out"]:
+        marks.append("LOSS")
+    if r["lost_connections"]:
+        marks.append(f"DISCONNECTS={r['lost_connections']} codes={r['close_codes']}")
+    if r["publish_errors"]:
+        marks.append(f"PUBLISH-ERRORS={r['publish_errors']}")
+    marks += [mark for key, mark in extra if r.get(key)]
+    if not r["server_alive"]:
+        marks.append("SERVER-DIED")
+    if r["noisy"]:
+        marks.append("NOISY(" + ", ".join(f"cpu{c}: other {v['other_pct']:.0f}% steal {v['steal_pct']:.0f}%"
+                                          for c, v in r["cores"].items()) + ")")
+    return marks
+
+
 def format_line(r: dict[str, Any]) -> str:
     """One printed line per server and step."""
     lat = r["latency_ms"]
@@ -226,24 +251,7 @@ def format_line(r: dict[str, Any]) -> str:
         loss_s = "backlog"
     else:
         loss_s = "0" if loss <= 0 else f"{loss:.4%}"
-    marks = []
-    if r["generator_limited"]:
-        marks.append("GENERATOR-LIMITED")
-    if r["saturated"]:
-        marks.append("SATURATED")
-    elif lat["p99"] is not None and lat["p99"] > SATURATION_P99_MS:
-        marks.append(f"p99>{SATURATION_P99_MS:g}ms")
-    if r["drain"]["complete"] is False and not r["drain"]["timed_out"]:
-        marks.append("LOSS")
-    if r["lost_connections"]:
-        marks.append(f"DISCONNECTS={r['lost_connections']} codes={r['close_codes']}")
-    if r["publish_errors"]:
-        marks.append(f"PUBLISH-ERRORS={r['publish_errors']}")
-    if not r["server_alive"]:
-        marks.append("SERVER-DIED")
-    if r["noisy"]:
-        marks.append("NOISY(" + ", ".join(f"cpu{c}: other {v['other_pct']:.0f}% steal {v['steal_pct']:.0f}%"
-                                          for c, v in r["cores"].items()) + ")")
+    marks = result_marks(r)
     return (f"  {r['server']:<7} {fmt_rate(r['deliveries_per_s']):>7} deliv/s"
             f"  p50 {ms(lat['p50']):>6} p99 {ms(lat['p99']):>6} max {ms(lat['max']):>6} ms"
             f"  loss {loss_s:<8}"

@@ -54,7 +54,7 @@ import msgpack
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (GENERATOR_CPU, SERVER_CPU, RelayServer, apply_run_defaults, cpu_stat, fmt_rate,  # noqa: E402
                     machine_description, pin_to, raise_nofile, sum_cpu_times, write_result)
-from fanout import (GEN_LIMIT_PCT, NOISE_PCT, SATURATION_P50_MS, SATURATION_P99_MS, Step,  # noqa: E402
+from fanout import (GEN_LIMIT_PCT, NOISE_PCT, SATURATION_P50_MS, Step, result_marks,  # noqa: E402
                     _core_use, _drain, _pct)
 from loadgen import LoadGenerator, Publisher, Target, make_payload, self_cpu_seconds  # noqa: E402
 
@@ -527,28 +527,7 @@ def format_line(r: dict[str, Any]) -> str:
     loss = r["loss"]
     loss_s = ("-" if loss is None else "backlog" if r["drain"]["timed_out"]
               else "0" if loss <= 0 else f"{loss:.3%}")
-    marks = []
-    if r["generator_limited"]:
-        marks.append("GENERATOR-LIMITED")
-    if r["shared_core"]:
-        marks.append("SHARED-CORE")
-    if r["saturated"]:
-        marks.append("SATURATED")
-    elif lat["p99"] is not None and lat["p99"] > SATURATION_P99_MS:
-        marks.append(f"p99>{SATURATION_P99_MS:g}ms")
-    if r["drain"]["complete"] is False and not r["drain"]["timed_out"]:
-        marks.append("LOSS")
-    if r["lost_connections"]:
-        marks.append(f"DISCONNECTS={r['lost_connections']} codes={r['close_codes']}")
-    if r["publish_errors"]:
-        marks.append(f"PUBLISH-ERRORS={r['publish_errors']}")
-    if r["worker_restarted"]:
-        marks.append("WORKER-RESTARTED")
-    if not r["server_alive"]:
-        marks.append("SERVER-DIED")
-    if r["noisy"]:
-        marks.append("NOISY(" + ", ".join(f"cpu{c}: other {v['other_pct']:.0f}% steal {v['steal_pct']:.0f}%"
-                                          for c, v in r["cores"].items()) + ")")
+    marks = result_marks(r, (("shared_core", "SHARED-CORE"), ("worker_restarted", "WORKER-RESTARTED")))
     rcv = r["redis_receivers_per_publication"]
     return (f"  {r['server']:<10} {fmt_rate(r['publications_per_s']):>6} pub/s"
             f" {fmt_rate(r['deliveries_per_s']):>7} deliv/s"
