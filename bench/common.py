@@ -166,7 +166,7 @@ class RelayServer(testing.RelayProcess, ServerProcess):
             "client_publish_rate": 1e9, "client_publish_burst": 1000000,
             # every benchmark client comes from 127.0.0.1 and most share one user
             "max_connections_per_ip": 0, "max_connections_per_user": 0,
-            "namespaces": {"bench": {"allow_publish": True}},
+            "namespaces": {"bench": {"publish_access": "subscribers"}},
         }
         super().__init__(testing.merge(cfg, extra_config or {}), cpu=SERVER_CPU,
                          unset_env=("RELAY_PUREPYTHON",), name=name)

@@ -17,10 +17,22 @@ from dataclasses import dataclass, field
 from typing import Any, get_args, get_origin, get_type_hints
 from collections.abc import Mapping
 
-__all__ = ["Config", "ChannelOptions", "ConfigError", "load", "from_mapping", "NAMESPACE_RE"]
+__all__ = ["Config", "ChannelOptions", "ACCESS_MODES", "SUBSCRIBE_MODES", "ConfigError", "load", "from_mapping",
+           "NAMESPACE_RE"]
 
 # RELAY_* variables that are not config keys (build and test switches)
 NON_CONFIG_ENV = frozenset({"RELAY_PUREPYTHON", "RELAY_EXPECT_COMPILED", "RELAY_DEBUG_BUILD"})
+
+# who may do an operation in a namespace, from strictest to widest (docs/protocol.md, "Permissions")
+ACCESS_MODES = ("none", "token", "subscribers", "authenticated", "anonymous")
+SUBSCRIBE_MODES = ("token", "authenticated", "anonymous")
+# keys of earlier versions, named in the error so an old config file says what to write instead
+_RENAMED = {
+    "allow_subscribe": "subscribe_access = 'token' (was allow_subscribe = false)",
+    "allow_anonymous": "subscribe_access = 'anonymous' (was allow_anonymous = true)",
+    "allow_publish": "publish_access = 'subscribers' (was allow_publish = true)",
+    "allow_history": "history_access = 'none' (was allow_history = false)",
+}
 
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
 
@@ -41,18 +53,24 @@ def _doc(text: str, **kw: Any) -> Any:
 class ChannelOptions:
     """Options of a channel namespace (``[channel]`` applies to names without a namespace)."""
 
-    allow_subscribe: bool = _doc("clients may subscribe (user-limited '#' channels still check the user)",
-                                 default=True)
-    allow_anonymous: bool = _doc("anonymous connections may subscribe and read", default=False)
-    allow_publish: bool = _doc("subscribed clients may publish (otherwise only the server API)", default=False)
-    presence: bool = _doc("track who is subscribed; clients may call presence/presence_stats", default=False)
+    subscribe_access: str = _doc("who may subscribe: 'authenticated' (connections with a user), 'anonymous' "
+                                 "(any connection) or 'token' (only with a subscription token); user-limited "
+                                 "'#' channels still check the user; a subscription token always grants",
+                                 default="authenticated")
+    publish_access: str = _doc("who may publish from a client: 'none' (only the server API), 'token' "
+                               "(subscribers whose subscription came from a token), 'subscribers', "
+                               "'authenticated' (any connection with a user, subscribed or not) or 'anonymous'",
+                               default="none")
+    presence: bool = _doc("track who is subscribed (presence, presence_stats, join/leave)", default=False)
+    presence_access: str = _doc("who may call presence and presence_stats (same modes as publish_access)",
+                                default="subscribers")
     join_leave: bool = _doc("send join/leave pushes to subscribers who ask for them", default=False)
     force_push_join_leave: bool = _doc("send join/leave pushes to every subscriber", default=False)
     history_size: int = _doc("publications kept per channel (0: no history)", default=0)
     history_ttl: float = _doc("seconds a publication stays in history", default=300.0)
     force_recovery: bool = _doc("subscriptions are recoverable: clients get offsets and recover gaps",
                                 default=False)
-    allow_history: bool = _doc("subscribed clients may call history", default=True)
+    history_access: str = _doc("who may call history (same modes as publish_access)", default="subscribers")
 
 
 @dataclass
@@ -226,6 +244,12 @@ class Config:
                 errs.append(f"{ns}.history_size: must be >= 0")
             if opts.history_ttl <= 0:
                 errs.append(f"{ns}.history_ttl: must be > 0")
+            if opts.subscribe_access not in SUBSCRIBE_MODES:
+                errs.append(f"{ns}.subscribe_access: {opts.subscribe_access!r} is not one of "
+                            f"{', '.join(SUBSCRIBE_MODES)}")
+            for op in ("publish_access", "history_access", "presence_access"):
+                if getattr(opts, op) not in ACCESS_MODES:
+                    errs.append(f"{ns}.{op}: {getattr(opts, op)!r} is not one of {', '.join(ACCESS_MODES)}")
             if opts.force_recovery and opts.history_size == 0:
                 errs.append(f"{ns}.force_recovery: needs history_size > 0")
         return errs
@@ -294,7 +318,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, errs: list[str], fro
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else k
         if k not in names:
-            errs.append(f"{key}: unknown key")
+            hint = _RENAMED.get(k) if cls is ChannelOptions else None
+            errs.append(f"{key}: unknown key" + (f"; write {hint}" if hint else ""))
             continue
         kwargs[k] = _convert(v, hints[k], key, errs, from_text)
     if base is not None:

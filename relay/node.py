@@ -65,6 +65,12 @@ class Stats:
         self.auth_failures[reason] += 1
 
 
+
+def _user_listed(s: ClientSession, channel: str) -> bool:
+    """A user-limited channel (``ns:room#alice,bob``) is only for the users it names."""
+    _, sep, users = channel.rpartition("#")
+    return not sep or (bool(s.user) and s.user in users.split(","))
+
 class Node:
     def __init__(self, cfg: Config, broker: Broker, presence: PresenceManager) -> None:
         self.cfg = cfg
@@ -217,12 +223,26 @@ class Node:
         return all(c >= " " and c != "\x7f" for c in channel)
 
     def check_subscribe(self, s: ClientSession, channel: str, opts: ChannelOptions) -> None:
-        if not s.user and not opts.allow_anonymous:
+        """Refuse (103) a subscribe without a subscription token that ``opts`` does not allow."""
+        mode = opts.subscribe_access
+        if mode == "token" or (mode == "authenticated" and not s.user) or not _user_listed(s, channel):
             raise ERRORS.PERMISSION_DENIED
-        if not opts.allow_subscribe:
-            raise ERRORS.PERMISSION_DENIED
-        _, sep, users = channel.rpartition("#")
-        if sep and s.user not in users.split(","):
+
+    @staticmethod
+    def check_access(s: ClientSession, channel: str, mode: str) -> None:
+        """Refuse (103) a publish, history or presence call that ``mode`` (an ACCESS_MODES value) does not
+        allow this client on ``channel``."""
+        if mode == "subscribers":
+            ok = channel in s.subs
+        elif mode == "token":
+            ok = channel in s.subs and s.token_granted(channel)
+        elif mode == "authenticated":
+            ok = bool(s.user) and _user_listed(s, channel)
+        elif mode == "anonymous":
+            ok = _user_listed(s, channel)
+        else:  # "none"
+            ok = False
+        if not ok:
             raise ERRORS.PERMISSION_DENIED
 
     async def acquire(self, channel: str) -> None:

@@ -60,7 +60,7 @@ class ClientSession:
     __slots__ = ("node", "transport", "conn", "codec", "client_id", "user", "conn_info", "expire_at",
                  "connected", "closed", "subs", "_queue", "_task", "_pong_deadline", "_stale_timer",
                  "_info_cache", "remote", "_commands", "_publishes", "_refused", "_expiry_timer", "_sub_timers",
-                 "_server_subs")
+                 "_server_subs", "_token_subs")
 
     def __init__(self, node: "Node", transport: Any, raw_transport: asyncio.Transport, wire: int,
                  remote: str = "") -> None:
@@ -87,6 +87,7 @@ class ClientSession:
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._sub_timers: dict[str, asyncio.TimerHandle] | None = None  # subscription-token expiries
         self._server_subs: frozenset[str] = frozenset()  # subscribed by the server (token channels)
+        self._token_subs: set[str] | None = None  # subscribed with a subscription token
         loop = asyncio.get_running_loop()
         self._stale_timer = loop.call_later(node.cfg.client_stale_timeout, self._stale)
 
@@ -412,6 +413,13 @@ class ClientSession:
             sub_expires = self._verify_sub_token(token, channel)
         else:
             node.check_subscribe(self, channel, opts)
+        granted = self._token_subs
+        if token:
+            if granted is None:
+                granted = self._token_subs = set()
+            granted.add(channel)
+        elif granted is not None:
+            granted.discard(channel)
         join_leave = opts.join_leave and (bool(p.get("join_leave")) or opts.force_push_join_leave)
         prepared = await self._prepare(channel, p, opts)
         if prepared is None:
@@ -535,8 +543,7 @@ class ClientSession:
         opts = self.node.cfg.channel_options(channel)
         if opts is None:
             raise ERRORS.UNKNOWN_CHANNEL
-        if not opts.allow_publish or channel not in self.subs:
-            raise ERRORS.PERMISSION_DENIED
+        self.node.check_access(self, channel, opts.publish_access)
         if "data" not in p:
             raise ERRORS.BAD_REQUEST
         if self._publishes is None:
@@ -552,34 +559,35 @@ class ClientSession:
                 raise ERRORS.BAD_REQUEST from None
         return channel, data
 
-    def _subscribed_opts(self, p: dict):
+    def token_granted(self, channel: str) -> bool:
+        """Whether the subscription to ``channel`` came from a signed token (connect or subscription)."""
+        return channel in self._server_subs or (self._token_subs is not None and channel in self._token_subs)
+
+    def _allowed_opts(self, p: dict, op: str):
         channel = self._channel(p)
         opts = self.node.cfg.channel_options(channel)
         if opts is None:
             raise ERRORS.UNKNOWN_CHANNEL
-        if channel not in self.subs:
-            raise ERRORS.PERMISSION_DENIED
+        self.node.check_access(self, channel, getattr(opts, op))
         return channel, opts
 
     async def _cmd_presence(self, p: dict, cmd_id: int) -> dict:
-        channel, opts = self._subscribed_opts(p)
+        channel, opts = self._allowed_opts(p, "presence_access")
         if not opts.presence:
             raise ERRORS.NOT_AVAILABLE
         return {"presence": await self.node.presence.presence(channel)}
 
     async def _cmd_presence_stats(self, p: dict, cmd_id: int) -> dict:
-        channel, opts = self._subscribed_opts(p)
+        channel, opts = self._allowed_opts(p, "presence_access")
         if not opts.presence:
             raise ERRORS.NOT_AVAILABLE
         clients, users = await self.node.presence.presence_stats(channel)
         return {"num_clients": clients, "num_users": users}
 
     async def _cmd_history(self, p: dict, cmd_id: int) -> dict:
-        channel, opts = self._subscribed_opts(p)
+        channel, opts = self._allowed_opts(p, "history_access")
         if opts.history_size <= 0:
             raise ERRORS.NOT_AVAILABLE
-        if not opts.allow_history:
-            raise ERRORS.PERMISSION_DENIED
         return await self.node.history(channel, p)
 
     async def _cmd_rpc(self, p: dict, cmd_id: int) -> dict:

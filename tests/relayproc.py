@@ -23,11 +23,11 @@ DEFAULTS: dict[str, Any] = {
     "ping_interval": 25.0,
     "channel": {"presence": True},
     "namespaces": {
-        "chat": {"allow_publish": True, "presence": True, "join_leave": True, "force_push_join_leave": True,
+        "chat": {"publish_access": "subscribers", "presence": True, "join_leave": True, "force_push_join_leave": True,
                  "history_size": 100, "history_ttl": 300.0, "force_recovery": True},
-        "news": {"history_size": 10, "history_ttl": 300.0, "force_recovery": True, "allow_anonymous": True},
-        "pub": {"allow_publish": True},
-        "closed": {"allow_subscribe": False},
+        "news": {"history_size": 10, "history_ttl": 300.0, "force_recovery": True, "subscribe_access": "anonymous"},
+        "pub": {"publish_access": "subscribers"},
+        "closed": {"subscribe_access": "token"},
     },
 }
 

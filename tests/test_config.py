@@ -2,7 +2,7 @@
 
 import pytest
 
-from relay.config import Config, ConfigError, load
+from relay.config import Config, ConfigError, from_mapping, load
 
 
 def write(tmp_path, text):
@@ -76,3 +76,13 @@ def test_token_algorithm_config_is_checked():
     assert "token_algorithms: 'none' is not one of HS256, HS384, HS512, RS256, RS384, RS512, ES256, ES384, ES512" \
         in e.value.errors
     assert "token_algorithms: RS* tokens need token_rsa_public_key or token_jwks_file" in e.value.errors
+
+
+def test_access_modes_are_checked_and_old_keys_named():
+    with pytest.raises(ConfigError) as e:
+        from_mapping({"namespaces": {"chat": {"allow_publish": True}}})
+    assert "namespaces.chat.allow_publish: unknown key; write publish_access = 'subscribers'" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        from_mapping({"channel": {"publish_access": "everyone", "subscribe_access": "none"}})
+    assert "channel.publish_access: 'everyone' is not one of none, token, subscribers" in str(e.value)
+    assert "channel.subscribe_access: 'none' is not one of token, authenticated, anonymous" in str(e.value)

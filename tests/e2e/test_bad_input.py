@@ -102,7 +102,7 @@ async def test_anonymous_is_refused_unless_allowed(relay_factory):
     ws = await RawWS.open(r.ws_port)
     assert (await ws.call("connect", {}))["connect"]["client"]
     assert (await ws.call("subscribe", {"channel": "chat:a"}))["error"]["code"] == 103
-    assert "subscribe" in await ws.call("subscribe", {"channel": "news:a"})  # allow_anonymous
+    assert "subscribe" in await ws.call("subscribe", {"channel": "news:a"})  # subscribe_access = "anonymous"
     ws.close()
 
 
