@@ -160,7 +160,7 @@ class RelayServer(testing.RelayProcess, ServerProcess):
     def __init__(self, name: str = "relay", extra_config: dict[str, Any] | None = None) -> None:
         cfg: dict[str, Any] = {
             "host": "127.0.0.1", "token_hmac_secret": RELAY_SECRET, "api_key": "bench",
-            "client_queue_max_size": 4194304, "ping_interval": 25.0,
+            "client_queue_max_size": 4194304, "ping_interval": 25.0, "drain_window": 0.5,
             # the benchmark publisher is one connection sending thousands of publishes per second
             "client_command_rate": 1e9, "client_command_burst": 1000000,
             "client_publish_rate": 1e9, "client_publish_burst": 1000000,

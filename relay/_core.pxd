@@ -37,6 +37,7 @@ cdef class Hub:
     cdef readonly Py_ssize_t num_channels
     cdef readonly Py_ssize_t num_subscriptions
     cdef readonly unsigned long long deliveries
+    cdef readonly unsigned long long deliveries_tcp
     cdef readonly unsigned long long publications
     cdef readonly unsigned long long writes
 

@@ -362,6 +362,7 @@ cdef class Hub:
         self.num_channels = 0
         self.num_subscriptions = 0
         self.deliveries = 0
+        self.deliveries_tcp = 0
         self.publications = 0
         self.writes = 0
 
@@ -436,7 +437,7 @@ cdef class Hub:
 
     cdef Py_ssize_t _fanout(self, _Channel ch, object ws_item, object tcp_item):
         cdef list slow = None
-        cdef Py_ssize_t n = 0, pos = 0
+        cdef Py_ssize_t n = 0, n_tcp = 0, pos = 0
         cdef PyObject* key
         cdef PyObject* value
         cdef Conn conn
@@ -444,12 +445,15 @@ cdef class Hub:
             conn = <Conn>key
             if conn._enqueue(<bytes>(ws_item if conn.wire == _WIRE_WS else tcp_item)):
                 n += 1
+                if conn.wire != _WIRE_WS:
+                    n_tcp += 1
             else:
                 if slow is None:
                     slow = []
                 slow.append(conn)
         self.publications += 1
         self.deliveries += n
+        self.deliveries_tcp += n_tcp
         if slow is not None:
             for conn in slow:
                 self._on_slow(conn)

@@ -320,6 +320,7 @@ class Hub:
         self.num_channels = 0
         self.num_subscriptions = 0
         self.deliveries = 0
+        self.deliveries_tcp = 0  # of deliveries, those to raw TCP clients
         self.publications = 0
         self.writes = 0
 
@@ -390,17 +391,20 @@ class Hub:
 
     def _fanout(self, ch: _Channel, ws_item, tcp_item) -> int:
         slow = None
-        n = 0
+        n = n_tcp = 0
         for conn in ch.subs:
             item = ws_item if conn.wire == WIRE_WS else tcp_item
             if conn.send(item):
                 n += 1
+                if conn.wire != WIRE_WS:
+                    n_tcp += 1
             else:
                 if slow is None:
                     slow = []
                 slow.append(conn)
         self.publications += 1
         self.deliveries += n
+        self.deliveries_tcp += n_tcp
         if slow:
             for conn in slow:
                 self._on_slow(conn)

@@ -40,8 +40,10 @@ class App:
         self.servers: list[asyncio.AbstractServer] = []
         self._api_runner: web.AppRunner | None = None
         self.ready = False
+        self.draining = False
         self.ports: dict[str, int] = {}
         self._demo_task: asyncio.Task | None = None
+        self._metrics_task: asyncio.Task | None = None
 
     def ssl_context(self):
         """The server TLS context when tls_cert_file is set (TLS 1.2+), else None."""
@@ -61,6 +63,11 @@ class App:
         if core.IMPORT_ERROR:
             log.error("compiled core not loaded (%s): running the pure-Python core", core.IMPORT_ERROR)
         await self.node.start()
+        if cfg.metrics:
+            from relay.metrics import Exporter
+
+            self.node.metrics = Exporter(self.node)
+            self._metrics_task = loop.create_task(self._metrics_loop())
         if cfg.ws_port:
             srv = await loop.create_server(lambda: WebSocketProtocol(self.node), cfg.host, cfg.ws_port,
                                            backlog=4096, reuse_address=True, reuse_port=cfg.reuse_port, ssl=tls)
@@ -72,7 +79,7 @@ class App:
             self.servers.append(srv)
             self.ports["tcp"] = srv.sockets[0].getsockname()[1]
         if cfg.api_port:
-            api_app = build_api_app(self.node, self.is_ready)
+            api_app = build_api_app(self.node, self.readiness)
             if cfg.demo:
                 from relay.demo import add_demo_routes, demo_publisher
 
@@ -90,21 +97,52 @@ class App:
         log.info("relay started: core=%s broker=%s ws=%s tcp=%s api=%s", core.IMPLEMENTATION, cfg.broker,
                  f"ws{s}://{cfg.host}:{cfg.ws_port}{cfg.ws_path}" if cfg.ws_port else "off",
                  f"{cfg.host}:{cfg.tcp_port}{' (TLS)' if tls else ''}" if cfg.tcp_port else "off",
-                 f"http{s}://{cfg.host}:{cfg.api_port}" if cfg.api_port else "off")
+                 f"http{s}://{cfg.host}:{cfg.api_port}" if cfg.api_port else "off",
+                 extra={"event": "started", "core": core.IMPLEMENTATION, "broker": cfg.broker})
+
+    async def readiness(self) -> str:
+        """'ready' (accepting connections, the broker answers), or why not: 'starting', 'draining',
+        'broker unreachable'."""
+        if self.draining:
+            return "draining"
+        if not self.ready:
+            return "starting"
+        if not await self.node.broker.ping():
+            return "broker unreachable"
+        return "ready"
 
     async def is_ready(self) -> bool:
-        """Accepting connections and the broker answers."""
-        return self.ready and await self.node.broker.ping()
+        return await self.readiness() == "ready"
 
-    async def stop(self) -> None:
+    async def _metrics_loop(self) -> None:
+        exporter = self.node.metrics
+        interval = self.cfg.metrics_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                state = await asyncio.wait_for(self.readiness(), interval)
+            except TimeoutError:
+                state = "broker unreachable"
+            exporter.sync(broker_up=state != "broker unreachable", ready=state == "ready")
+
+    async def stop(self, drain: bool = True, hurry: asyncio.Event | None = None) -> None:
+        """Shut down. With ``drain``: readiness turns false, the listeners stop accepting, and the
+        connected clients are disconnected with 3001 over ``drain_window`` (each after its queued
+        messages); ``hurry`` set meanwhile disconnects the rest at once."""
         self.ready = False
+        self.draining = True
         if self._demo_task is not None:
             self._demo_task.cancel()
         for srv in self.servers:
-            srv.close()
+            srv.close()  # the listening sockets only: open connections stay
+        if drain:
+            await self.node.drain(self.cfg.drain_window, hurry)
         await self.node.stop()
         for srv in self.servers:
             await srv.wait_closed()
+        if self._metrics_task is not None:
+            self._metrics_task.cancel()
+            self.node.metrics.sync(ready=False)
         if self._api_runner is not None:
             await self._api_runner.cleanup()
 
@@ -115,12 +153,21 @@ async def _serve(cfg: Config, on_started=None) -> None:
     if on_started is not None:
         on_started(app)
     stop = asyncio.Event()
+    hurry = asyncio.Event()  # a second signal: disconnect everyone now
+
+    def on_signal() -> None:
+        if stop.is_set():
+            hurry.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await stop.wait()
-    log.info("stopping")
-    await app.stop()
+    log.info("draining: %d connections over %.1fs", app.node.num_connections, cfg.drain_window,
+             extra={"event": "draining", "connections": app.node.num_connections, "window": cfg.drain_window})
+    await app.stop(hurry=hurry)
+    log.info("stopped", extra={"event": "stopped"})
 
 
 def run(cfg: Config, on_started=None) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import platform
 import sys
 
@@ -42,7 +41,9 @@ def cmd_serve(args) -> int:
     from relay import core
 
     cfg = _load(args)
-    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from relay import logs
+
+    logs.setup(cfg)
 
     def started(app) -> None:
         if not args.print_token:

@@ -87,6 +87,15 @@ class Config:
     tls_key_file: str = _doc("PEM private key of tls_cert_file", default="")
     node_name: str = _doc("name shown in info and logs (default: host name)", default="")
     log_level: str = _doc("DEBUG, INFO, WARNING or ERROR", default="INFO")
+    log_format: str = _doc("'json' (one object per line), 'text', or 'auto' (text on a terminal, else JSON)",
+                           default="auto")
+    log_rate: float = _doc("log lines per second of one event kind; beyond it (and log_burst) lines are "
+                           "dropped and a later line says how many, so a flood of bad clients cannot fill "
+                           "the disk", default=10.0)
+    log_burst: int = _doc("log lines of one event kind allowed at once above log_rate", default=50)
+    metrics: bool = _doc("serve Prometheus metrics at /metrics on the API port", default=True)
+    metrics_interval: float = _doc("seconds between updates of the exported metrics (with several workers, "
+                                   "how old a worker's figures in a scrape may be)", default=1.0)
 
     workers: int = _doc("worker processes sharing the ports (SO_REUSEPORT); 0 = one per CPU core (auto)",
                         default=1)
@@ -158,7 +167,11 @@ class Config:
     hub_shards: int = _doc("channel shards in the hub", default=64)
     history_meta_ttl: float = _doc("seconds a channel's stream position (epoch) outlives its last publish",
                                    default=86400.0)
-    shutdown_timeout: float = _doc("seconds to close connections on shutdown", default=5.0)
+    shutdown_timeout: float = _doc("seconds a closing connection has to finish the close handshake before it "
+                                   "is cut", default=5.0)
+    drain_window: float = _doc("on SIGTERM: seconds over which connected clients are disconnected with 3001 "
+                               "'shutdown' (reconnect), each at a random moment so they do not all reconnect "
+                               "elsewhere at once; the process exits within drain_window + 5 s", default=10.0)
     demo: bool = _doc("serve the demo page on the API port", default=False)
 
     channel: ChannelOptions = _doc("options for channels without a namespace", default_factory=ChannelOptions)
@@ -218,6 +231,13 @@ class Config:
             errs.append("redis_unsubscribe_delay: must be >= 0")
         if not 0 <= self.client_write_delay <= 1:
             errs.append("client_write_delay: must be between 0 and 1 second")
+        if self.log_format not in ("auto", "json", "text"):
+            errs.append(f"log_format: {self.log_format!r} is not 'auto', 'json' or 'text'")
+        for name in ("log_rate", "log_burst", "metrics_interval"):
+            if getattr(self, name) <= 0:
+                errs.append(f"{name}: must be > 0")
+        if self.drain_window < 0:
+            errs.append("drain_window: must be >= 0 (0: disconnect everyone at once)")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             errs.append(f"log_level: {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
         from relay.auth import SUPPORTED_ALGORITHMS

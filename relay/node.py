@@ -11,6 +11,7 @@ import asyncio
 import fnmatch
 import functools
 import logging
+import random
 import socket
 import time
 from collections import Counter
@@ -46,14 +47,22 @@ def connection_cap() -> int:
 
 
 class Stats:
-    """Counters kept up to date as things happen (exported as metrics by the API)."""
+    """Counters kept up to date as things happen, in plain ints (relay.metrics exports them)."""
 
     def __init__(self) -> None:
+        from relay.metrics import LocalHistogram
+
         self.commands: Counter[tuple[str, str]] = Counter()
         self.disconnects: Counter[int] = Counter()
         self.auth_failures: Counter[str] = Counter()
+        self.handshake_failures: Counter[str] = Counter()
+        self.accepted: Counter[int] = Counter()  # sessions by wire
+        self.publications: Counter[str] = Counter()  # by source: client, api
+        self.api_requests: Counter[tuple[str, str]] = Counter()
         self.connections_total = 0
         self.resyncs = 0
+        self.fanout = LocalHistogram()
+        self.broker_publish = LocalHistogram()
 
     def command(self, method: str, result: str) -> None:
         self.commands[(method, result)] += 1
@@ -61,9 +70,13 @@ class Stats:
     def disconnect(self, code: int) -> None:
         self.disconnects[code] += 1
 
-    def auth_failure(self, reason: str) -> None:
+    def auth_failure(self, reason: str, **ids: Any) -> None:
         self.auth_failures[reason] += 1
+        log.info("authentication failed: %s", reason, extra={"event": "auth_failed", "reason": reason, **ids})
 
+    def handshake_failure(self, reason: str, **ids: Any) -> None:
+        self.handshake_failures[reason] += 1
+        log.info("connection refused: %s", reason, extra={"event": "refused", "reason": reason, **ids})
 
 
 def _user_listed(s: ClientSession, channel: str) -> bool:
@@ -100,6 +113,13 @@ class Node:
         self._behind: dict[str, int] = {}  # channel -> stream top seen ahead of us at the last check
         self._position_task: asyncio.Task | None = None
         self.core = IMPLEMENTATION
+        self.draining = False
+        self.join_leave_subs = 0  # hub subscriptions that are a client's join/leave feed, not a channel
+        self.connected_by_wire: Counter[int] = Counter()
+        self.backlogged: set[ClientSession] = set()  # sessions whose transport paused writing
+        self._fanout_started: list[float] = []  # when each publication of this loop iteration arrived
+        self._schedule: Any = None
+        self.metrics: Any = None  # relay.metrics.Exporter, made by the app
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -109,6 +129,7 @@ class Node:
         # The hub schedules one flush per batch of queued writes: at the end of this loop
         # iteration, or after client_write_delay to let more messages share a frame.
         schedule = loop.call_soon if delay <= 0 else functools.partial(loop.call_later, delay)
+        self._schedule = schedule
         self.hub = Hub(schedule, self._on_slow, self.cfg.hub_shards)
         await self.broker.start(self)
         self._ping_task = loop.create_task(self._ping_loop())
@@ -117,14 +138,44 @@ class Node:
         if self.presence.refresh_interval:
             self._presence_task = loop.create_task(self._presence_loop(self.presence.refresh_interval))
 
+    async def drain(self, window: float, hurry: asyncio.Event | None = None) -> None:
+        """Disconnect every client with 3001 'shutdown' (the SDKs reconnect, to another node) at a
+        random moment within ``window`` seconds, so they do not all come back at once. Each one gets
+        its queued messages first, and the publications that arrive meanwhile while it is still here.
+        Then wait (at most 4 s, so the process ends within window + 5 s) for the sockets to close."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        due = sorted((start + random.uniform(0, window), i, s) for i, s in enumerate(self.open_sessions))
+        tick = min(0.05, window / 20) if window > 0 else 0
+        k = 0
+        while k < len(due):
+            now = loop.time()
+            if hurry is not None and hurry.is_set():
+                now = float("inf")
+            while k < len(due) and due[k][0] <= now:
+                due[k][2].disconnect(DISCONNECTS.SHUTDOWN)
+                k += 1
+            if k < len(due):
+                try:
+                    await asyncio.wait_for(hurry.wait(), tick) if hurry is not None else await asyncio.sleep(tick)
+                except TimeoutError:
+                    pass
+        for s in list(self.open_sessions):  # connected during the drain
+            s.disconnect(DISCONNECTS.SHUTDOWN)
+        deadline = loop.time() + min(self.cfg.shutdown_timeout, 4.0)
+        while self.num_connections > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+
     async def stop(self) -> None:
         for task in (self._ping_task, self._presence_task, self._position_task):
             if task is not None:
                 task.cancel()
+        self.draining = True
         for s in list(self.open_sessions):
             s.disconnect(DISCONNECTS.SHUTDOWN)
         if self._background:
-            await asyncio.wait(self._background, timeout=self.cfg.shutdown_timeout)
+            await asyncio.wait(self._background, timeout=min(self.cfg.shutdown_timeout, 1.0))
         await self.broker.close()
 
     def spawn(self, coro) -> None:
@@ -137,11 +188,11 @@ class Node:
     def admit(self, ip: str) -> str | None:
         """Count a new socket; the reason it must be refused ("full" or "ip"), or None."""
         if self.num_connections >= self.max_connections:
-            self.stats.auth_failure("server_full")
+            self.stats.handshake_failure("server_full")
             return "full"
         limit = self.cfg.max_connections_per_ip
         if limit and self.per_ip[ip] >= limit:
-            self.stats.auth_failure("ip_limit")
+            self.stats.handshake_failure("ip_limit")
             return "ip"
         self.num_connections += 1
         self.per_ip[ip] += 1
@@ -162,20 +213,31 @@ class Node:
         s = ClientSession(self, transport, raw_transport, wire, remote)
         self.open_sessions.add(s)
         self.stats.connections_total += 1
+        self.stats.accepted[wire] += 1
         return s
 
     def register(self, s: ClientSession) -> None:
         self.sessions[s.client_id] = s
         self.users.setdefault(s.user, set()).add(s)
+        self.connected_by_wire[s.conn.wire] += 1
 
     def unregister(self, s: ClientSession) -> None:
         self.open_sessions.discard(s)
+        self.backlogged.discard(s)
         if self.sessions.pop(s.client_id, None) is not None:
+            self.connected_by_wire[s.conn.wire] -= 1
             users = self.users.get(s.user)
             if users is not None:
                 users.discard(s)
                 if not users:
                     del self.users[s.user]
+
+    def backlog_bytes(self) -> int:
+        """Bytes queued for clients whose transport paused writing (relay's queue and the transport's)."""
+        total = 0
+        for s in list(self.backlogged):
+            total += s.conn.queued + s.transport_buffered()
+        return total
 
     def _on_slow(self, conn) -> None:
         session = conn.session
@@ -290,6 +352,7 @@ class Node:
         self.hub.subscribe(channel, s.conn)
         if join_leave:
             self.hub.subscribe(join_leave_channel(channel), s.conn)
+            self.join_leave_subs += 1
         if opts.presence:
             info = s.client_info()
             await self.presence.add_presence(channel, s.client_id, info)
@@ -303,6 +366,7 @@ class Node:
     def drop_subscription(self, s: ClientSession, channel: str, join_leave: bool) -> None:
         if join_leave:
             self.hub.unsubscribe(join_leave_channel(channel), s.conn)
+            self.join_leave_subs -= 1
         self.hub.unsubscribe(channel, s.conn)
         self.release(channel)
         opts = self.cfg.channel_options(channel)
@@ -336,7 +400,22 @@ class Node:
                     self.resync(channel)
                     return
                 self._positions[channel] = StreamPosition(offset, epoch)
-        self.hub.broadcast(channel, {"channel": channel, "pub": pub})
+        t0 = time.perf_counter()
+        if self.hub.broadcast(channel, {"channel": channel, "pub": pub}):
+            started = self._fanout_started
+            if not started:
+                # after the hub's flush, which this broadcast scheduled (or an earlier one did)
+                self._schedule(self._fanout_done)
+            started.append(t0)
+
+    def _fanout_done(self) -> None:
+        """The write pass of the publications fanned out since the last call is over: observe each one's
+        fan-out latency."""
+        end = time.perf_counter()
+        started, self._fanout_started = self._fanout_started, []
+        hist = self.stats.fanout
+        for t0 in started:
+            hist.observe(end - t0)
 
     def track_position(self, channel: str, pos: StreamPosition) -> None:
         """Start checking ``channel``'s stream against what this node delivers."""
@@ -347,7 +426,8 @@ class Node:
         """Publications of ``channel`` may have been missed here: every local subscriber gets Centrifugo's
         'insufficient state' unsubscribe (2500) and its SDK resubscribes, recovering from history."""
         self.stats.resyncs += 1
-        log.warning("gap detected in %s: resyncing %d subscribers", channel, self.hub.num_subscribers(channel))
+        log.warning("gap detected in a channel's stream: resyncing its subscribers",
+                    extra={"event": "resync", "channel": channel, "subscribers": self.hub.num_subscribers(channel)})
         for conn in self.hub.subscribers(channel):
             if conn.session is not None:
                 conn.session.resync(channel)
@@ -404,19 +484,30 @@ class Node:
             idempotency_window=self.cfg.idempotency_window,
         )
 
-    async def publish_many(self, items: list[tuple[str, Any]], **kw: Any) -> list:
+    async def publish_many(self, items: list[tuple[str, Any]], *, source: str = "api", **kw: Any) -> list:
         """Publish several (channel, data) in order with one broker round trip per shard; per item
         the StreamPosition or the ClientError to answer. ``kw`` as for ``publish``."""
-        results = await self.broker.publish_many([(ch, data, self._publish_options(ch, **kw)) for ch, data in items])
-        return [ERRORS.INTERNAL if isinstance(r, Exception) else r for r in results]
+        batch = [(ch, data, self._publish_options(ch, **kw)) for ch, data in items]
+        t0 = time.perf_counter()
+        results = await self.broker.publish_many(batch)
+        self.stats.broker_publish.observe(time.perf_counter() - t0)
+        out = [ERRORS.INTERNAL if isinstance(r, Exception) else r for r in results]
+        self.stats.publications[source] += sum(1 for r in out if isinstance(r, StreamPosition))
+        return out
 
-    async def publish(self, channel: str, data: Any, **kw: Any) -> StreamPosition:
-        """Publish through the broker (kw: info, tags, skip_history, idempotency_key)."""
+    async def publish(self, channel: str, data: Any, *, source: str = "api", **kw: Any) -> StreamPosition:
+        """Publish through the broker (kw: info, tags, skip_history, idempotency_key); ``source`` is
+        'client' or 'api' (a metric label)."""
         popts = self._publish_options(channel, **kw)
+        t0 = time.perf_counter()
         try:
-            return await self.broker.publish(channel, data, popts)
+            pos = await self.broker.publish(channel, data, popts)
         except BrokerUnavailable:
             raise ERRORS.INTERNAL from None  # never a false OK: the client retries
+        finally:
+            self.stats.broker_publish.observe(time.perf_counter() - t0)
+        self.stats.publications[source] += 1
+        return pos
 
     async def history(self, channel: str, p: dict) -> dict:
         limit = p.get("limit", 0)

@@ -164,7 +164,8 @@ class ClientSession:
             items.append((len(replies), channel, data))
             replies.append({"id": cmd_id, "publish": {}})
         if items:
-            results = await self.node.publish_many([(ch, data) for _, ch, data in items], info=self.client_info())
+            results = await self.node.publish_many([(ch, data) for _, ch, data in items], info=self.client_info(),
+                                                   source="client")
             for (i, _, _), res in zip(items, results, strict=True):
                 if isinstance(res, ClientError):
                     stats.command("publish", "error")
@@ -225,6 +226,21 @@ class ClientSession:
 
     # --- output ----------------------------------------------------------------------------------
 
+    def pause_writing(self) -> None:
+        """The transport's buffer is full (a slow reader): hold output in the queue until it drains."""
+        self.conn.pause_writing()
+        self.node.backlogged.add(self)
+
+    def resume_writing(self) -> None:
+        self.node.backlogged.discard(self)
+        self.conn.resume_writing()
+
+    def transport_buffered(self) -> int:
+        try:
+            return self.conn.transport.get_write_buffer_size()
+        except Exception:
+            return 0
+
     def send(self, obj: dict) -> None:
         if not self.conn.send(self.codec.encode(obj)):
             self.disconnect(DISCONNECTS.SLOW)
@@ -282,7 +298,12 @@ class ClientSession:
         if self.closed:
             return
         self.node.stats.disconnect(d.code)
-        self.transport.close_with(d.code, d.reason, flush=d.code != DISCONNECTS.SLOW.code)
+        slow = d.code == DISCONNECTS.SLOW.code
+        if slow or log.isEnabledFor(logging.DEBUG):
+            log.log(logging.WARNING if slow else logging.DEBUG, "client disconnected: %s", d.reason,
+                    extra={"event": "disconnect", "client": self.client_id, "user": self.user, "code": d.code,
+                           "remote": self.remote})
+        self.transport.close_with(d.code, d.reason, flush=not slow)
         self.on_closed()
 
     def on_closed(self) -> None:
@@ -316,10 +337,10 @@ class ClientSession:
             try:
                 creds = node.tokens.verify(token)
             except TokenExpired:
-                node.stats.auth_failure("token_expired")
+                node.stats.auth_failure("token_expired", remote=self.remote)
                 raise ERRORS.TOKEN_EXPIRED from None
             except TokenInvalid:
-                node.stats.auth_failure("invalid_token")
+                node.stats.auth_failure("invalid_token", remote=self.remote)
                 raise DISCONNECTS.INVALID_TOKEN from None
             self.user = creds.user
             self.expire_at = creds.expire_at
@@ -328,11 +349,11 @@ class ClientSession:
         elif cfg.allow_anonymous_connect:
             self.user = ""
         else:
-            node.stats.auth_failure("no_credentials")
+            node.stats.auth_failure("no_credentials", remote=self.remote)
             raise Disconnect(DISCONNECTS.BAD_REQUEST.code, "bad request: credentials not found")
         limit = cfg.max_connections_per_user
         if limit and self.user and len(node.users.get(self.user, ())) >= limit:
-            node.stats.auth_failure("user_limit")
+            node.stats.auth_failure("user_limit", remote=self.remote, user=self.user)
             raise DISCONNECTS.CONNECTION_LIMIT
         self.client_id = secrets.token_hex(16)
         self.connected = True
@@ -534,7 +555,7 @@ class ClientSession:
 
     async def _cmd_publish(self, p: dict, cmd_id: int) -> dict:
         channel, data = self._check_publish(p)
-        await self.node.publish(channel, data, info=self.client_info())
+        await self.node.publish(channel, data, info=self.client_info(), source="client")
         return {}
 
     def _check_publish(self, p: dict) -> tuple[str, Any]:
@@ -612,7 +633,7 @@ class ClientSession:
         except TokenExpired:
             raise ERRORS.TOKEN_EXPIRED from None
         except TokenInvalid:
-            self.node.stats.auth_failure("invalid_sub_token")
+            self.node.stats.auth_failure("invalid_sub_token", client=self.client_id, user=self.user)
             raise ERRORS.PERMISSION_DENIED from None
 
     def _expire_sub_at(self, channel: str, expires: float | None) -> None:

@@ -26,8 +26,9 @@ RESTART_BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
 def _worker_main(cfg: Config, index: int) -> None:
-    logging.basicConfig(level=cfg.log_level.upper(),
-                        format=f"%(asctime)s %(levelname)s w{index} %(name)s: %(message)s")
+    from relay import logs
+
+    logs.setup(cfg, worker=index)
     from relay.app import run
 
     run(cfg)
@@ -49,7 +50,35 @@ class _Worker:
         self.started_at = time.monotonic()
 
 
+def _metrics_dir() -> str:
+    """One fresh directory for every worker's metric files (prometheus-client multiprocess mode): a
+    scrape answered by any worker then sums the whole node. Set before any worker starts."""
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="relay-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
 def supervise(cfg: Config) -> int:
+    import shutil
+
+    metrics_dir = _metrics_dir() if cfg.metrics else None
+    try:
+        return _supervise(cfg)
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _worker_exited(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # its live gauges (connections, ...) leave the sums
+
+
+def _supervise(cfg: Config) -> int:
     n = cfg.worker_count()
     ctx = mp.get_context("spawn")
     workers = [_Worker(ctx, cfg, i) for i in range(n)]
@@ -76,17 +105,22 @@ def supervise(cfg: Config) -> int:
                 delay = RESTART_BACKOFF[min(w.restarts, len(RESTART_BACKOFF) - 1)]
                 log.error("worker %d (pid %d) exited with %s; restarting in %.1fs", w.index, w.proc.pid,
                           f"signal {-code}" if code is not None and code < 0 else f"code {code}", delay)
+                _worker_exited(w.proc.pid)
                 restart_at[w.index] = now + delay
             if restart_at.get(w.index, float("inf")) <= now:
                 del restart_at[w.index]
                 w.restarts += 1
                 w.start()
+                if cfg.metrics:
+                    from relay.metrics import count_worker_restart
+
+                    count_worker_restart()
                 log.info("worker %d restarted (pid %d)", w.index, w.proc.pid)
     log.info("stopping %d workers", n)
     for w in workers:
         if w.proc is not None and w.proc.is_alive():
             os.kill(w.proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + cfg.shutdown_timeout + 5
+    deadline = time.monotonic() + cfg.drain_window + 6  # each worker drains, then exits within 5 s
     for w in workers:
         if w.proc is not None:
             w.proc.join(max(0.0, deadline - time.monotonic()))

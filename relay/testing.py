@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ROOT", "free_port", "to_toml", "merge", "ServerProcess", "RelayProcess", "RedisProcess",
+__all__ = ["ROOT", "free_port", "to_toml", "merge", "ServerProcess", "RelayProcess", "RedisProcess", "Samples",
            "RedisClusterProcess"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,6 +194,24 @@ class RelayProcess(ServerProcess):
         path.write_text(to_toml(self.config))
         return [sys.executable, "-m", "relay", "serve", "-c", str(path)]
 
+    def metrics(self) -> "Samples":
+        """One scrape of ``/metrics``."""
+        import urllib.request
+
+        url = f"http{'s' if self.tls else ''}://127.0.0.1:{self.api_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return Samples(r.read().decode())
+
+    def api(self, method: str, params: dict | None = None) -> dict:
+        """Call the HTTP server API (blocking); the decoded answer."""
+        import json
+        import urllib.request
+
+        req = urllib.request.Request(f"{self.api_url}/{method}", method="POST", data=json.dumps(params or {}).encode(),
+                                     headers={"X-API-Key": self.config["api_key"]})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
     def ready(self) -> bool:
         return http_ok(f"http{'s' if self.tls else ''}://127.0.0.1:{self.api_port}/readyz")
 
@@ -203,6 +221,30 @@ class RelayProcess(ServerProcess):
             if "core=" in line:
                 return line.split("core=", 1)[1].split()[0]
         return "unknown"
+
+
+class Samples:
+    """A Prometheus text exposition, read by prometheus-client's parser:
+    ``samples["relay_deliveries_total", {"transport": "tcp"}]`` (0.0 when absent)."""
+
+    def __init__(self, text: str) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        self.text = text
+        self.values: dict[tuple[str, frozenset], float] = {}
+        self.families: set[str] = set()
+        for fam in text_string_to_metric_families(text):
+            self.families.add(fam.name)
+            for s in fam.samples:
+                self.values[(s.name, frozenset(s.labels.items()))] = s.value
+
+    def __getitem__(self, key: str | tuple[str, dict]) -> float:
+        name, labels = (key, {}) if isinstance(key, str) else key
+        return self.values.get((name, frozenset(labels.items())), 0.0)
+
+    def total(self, name: str) -> float:
+        """The sum of ``name`` over all its label sets."""
+        return sum(v for (n, _), v in self.values.items() if n == name)
 
 
 class RedisProcess(ServerProcess):

@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "token_hmac_secret": SECRET,
     "api_key": API_KEY,
     "ping_interval": 25.0,
+    "drain_window": 0.5,  # SIGTERM ends a test relay quickly
     "channel": {"presence": True},
     "namespaces": {
         "chat": {"publish_access": "subscribers", "presence": True, "join_leave": True, "force_push_join_leave": True,

@@ -1,4 +1,5 @@
-"""Centrifugo-compatible HTTP server API (``POST /api/<method>``) plus ``/healthz`` and ``/readyz``.
+"""Centrifugo-compatible HTTP server API (``POST /api/<method>``) plus ``/healthz``, ``/readyz`` and
+``/metrics``.
 
 Requests carry the key in ``X-API-Key`` (or ``Authorization: apikey <key>``).
 Answers are ``{"result": {...}}`` or ``{"error": {"code": N, "message": "..."}}``
@@ -166,7 +167,8 @@ def _json(obj: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
 
 
-def build_api_app(node, is_ready: Callable[[], Awaitable[bool]]) -> web.Application:
+def build_api_app(node, readiness: Callable[[], Awaitable[str]]) -> web.Application:
+    """``readiness()`` answers 'ready' or why not ('starting', 'draining', 'broker unreachable')."""
     cfg = node.cfg
     expected = cfg.api_key.encode()
 
@@ -181,35 +183,50 @@ def build_api_app(node, is_ready: Callable[[], Awaitable[bool]]) -> web.Applicat
         return bool(key) and hmac.compare_digest(key.encode(), expected)
 
     async def api(request: web.Request) -> web.Response:
+        name = request.match_info["method"]
+        method = name if name in API_METHODS else "unknown"
+        response, result = await call(request, name)
+        node.stats.api_requests[(method, result)] += 1
+        return response
+
+    async def call(request: web.Request, name: str) -> tuple[web.Response, str]:
         if not authorized(request):
             node.stats.auth_failure("api_key")
-            return _json({"error": ERRORS.UNAUTHORIZED.to_dict()}, status=401)
-        handler = API_METHODS.get(request.match_info["method"])
+            return _json({"error": ERRORS.UNAUTHORIZED.to_dict()}, status=401), "unauthorized"
+        handler = API_METHODS.get(name)
         if handler is None:
-            return _json({"error": ERRORS.METHOD_NOT_FOUND.to_dict()}, status=404)
+            return _json({"error": ERRORS.METHOD_NOT_FOUND.to_dict()}, status=404), "error"
         body = await request.read()
         try:
             params = orjson.loads(body) if body.strip() else {}
         except orjson.JSONDecodeError:
-            return _json({"error": ClientError(107, "bad request: invalid JSON").to_dict()}, status=400)
+            return _json({"error": ClientError(107, "bad request: invalid JSON").to_dict()}, status=400), "bad_request"
         if not isinstance(params, dict):
             return _json({"error": ClientError(107, "bad request: body must be an object").to_dict()},
-                         status=400)
+                         status=400), "bad_request"
         try:
-            return _json({"result": await handler(node, params)})
+            return _json({"result": await handler(node, params)}), "ok"
         except ClientError as e:
-            return _json({"error": e.to_dict()})
+            return _json({"error": e.to_dict()}), "error"
         except Exception:
-            log.exception("server API method %s failed", request.match_info["method"])
-            return _json({"error": ERRORS.INTERNAL.to_dict()})
+            log.exception("server API method %s failed", name)
+            return _json({"error": ERRORS.INTERNAL.to_dict()}), "internal_error"
 
     async def healthz(request: web.Request) -> web.Response:
         return _json({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        if await is_ready():
-            return _json({"status": "ready"})
-        return _json({"status": "not ready"}, status=503)
+        state = await readiness()
+        return _json({"status": state}, status=200 if state == "ready" else 503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        exporter = node.metrics
+        if exporter is None:
+            return _json({"error": ERRORS.NOT_AVAILABLE.to_dict()}, status=404)
+        state = await readiness()
+        exporter.sync(broker_up=state != "broker unreachable", ready=state == "ready")
+        body, content_type = exporter.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     @web.middleware
     async def header_limits(request: web.Request, handler):
@@ -223,4 +240,6 @@ def build_api_app(node, is_ready: Callable[[], Awaitable[bool]]) -> web.Applicat
     app.router.add_post("/api/{method}", api)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if cfg.metrics:
+        app.router.add_get("/metrics", metrics)
     return app

@@ -77,10 +77,10 @@ class TcpProtocol(asyncio.Protocol):
         return False
 
     def pause_writing(self) -> None:
-        self.session.conn.pause_writing()
+        self.session.pause_writing()
 
     def resume_writing(self) -> None:
-        self.session.conn.resume_writing()
+        self.session.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = False

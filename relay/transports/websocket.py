@@ -51,6 +51,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def _handshake_timeout(self) -> None:
         if self.state == _HANDSHAKE:
+            self.node.stats.handshake_failure("timeout")
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
@@ -70,14 +71,18 @@ class WebSocketProtocol(asyncio.Protocol):
             paths = (cfg.ws_path, cfg.ws_echo_path) if cfg.ws_echo_path else cfg.ws_path
             hs = parse_handshake(self.buf, paths, cfg.max_handshake_size, cfg.max_handshake_headers)
         except HandshakeError as e:
-            self.node.stats.auth_failure(f"handshake_{e.status}")
+            self.node.stats.handshake_failure(f"http_{e.status}")
             self._refuse(e)
             return
         if hs is None:
             return
         if not origin_allowed(hs.origin, hs.headers.get("host", ""), cfg.allowed_origins):
-            self.node.stats.auth_failure("origin")
+            self.node.stats.handshake_failure("origin")
             self._refuse(HandshakeError(403, "origin not allowed"))
+            return
+        if self.node.draining:
+            self.node.stats.handshake_failure("draining")
+            self._refuse(HandshakeError(503, "shutting down"))
             return
         self._timer.cancel()
         rest = bytes(self.buf[hs.consumed:])
@@ -180,11 +185,11 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.session is not None:
-            self.session.conn.pause_writing()
+            self.session.pause_writing()
 
     def resume_writing(self) -> None:
         if self.session is not None:
-            self.session.conn.resume_writing()
+            self.session.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = _CLOSED

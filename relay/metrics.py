@@ -1,0 +1,207 @@
+"""Prometheus metrics, served at ``/metrics`` on the API port.
+
+The hot path never calls prometheus-client: the hub counts deliveries and writes
+in C, ``Stats`` counts commands and failures in plain ints, and two local
+histograms keep bucket counts in a list. ``Exporter.sync()`` (every
+``metrics_interval`` seconds, and before a scrape) adds what each counter grew
+by since the last sync and sets the gauges.
+
+With ``relay serve --workers N`` the supervisor gives every worker the same
+``PROMETHEUS_MULTIPROC_DIR`` before it imports prometheus-client, so each
+worker's values land in files there and a scrape answered by any worker sums
+them all (prometheus-client's multiprocess mode): one scrape, the whole node.
+A worker's figures are at most ``metrics_interval`` old in that mode.
+
+Labels stay low-cardinality: transports, command methods, results, reasons and
+close codes come from fixed sets; never a channel, user or client id.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import platform
+from typing import TYPE_CHECKING, Any
+
+from relay import __version__, logs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from relay.node import Node
+
+__all__ = ["Exporter", "LocalHistogram", "multiprocess_dir", "LATENCY_BUCKETS"]
+
+# seconds: 50 µs to 5 s; fan-out and a Redis round trip both live at the low end
+LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                   0.5, 1.0, 2.5, 5.0)
+
+TRANSPORTS = {0: "websocket", 1: "tcp"}  # relay.core WIRE_WS, WIRE_TCP
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class LocalHistogram:
+    """Bucket counts kept in a list (a bisect and two additions per observation); ``flush`` adds them
+    to a prometheus-client Histogram in one step per bucket."""
+
+    __slots__ = ("bounds", "counts", "total", "n")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+        self.n = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.n += 1
+
+    def flush(self, hist: Any) -> None:
+        if not self.n:
+            return
+        # prometheus-client keeps one (non-cumulative) value per bucket and the sum; adding to them is
+        # what observe() does, once per observation; tests/test_metrics.py checks the result
+        for value, count in zip(hist._buckets, self.counts, strict=True):
+            if count:
+                value.inc(count)
+        hist._sum.inc(self.total)
+        self.counts = [0] * len(self.counts)
+        self.total = 0.0
+        self.n = 0
+
+
+class Exporter:
+    """The node's metrics. Made after PROMETHEUS_MULTIPROC_DIR is set (it decides where values live)."""
+
+    def __init__(self, node: Node) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.node = node
+        self.mp_dir = multiprocess_dir()
+        r = self.registry = CollectorRegistry(auto_describe=True)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = (), mode: str = "livesum") -> Any:
+            return Gauge(name, doc, labels, registry=r, multiprocess_mode=mode)
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Any:
+            return Counter(name, doc, labels, registry=r)
+
+        gauge("relay_build_info", "relay's version and Python", ("version", "python"), "livemax").labels(
+            __version__, platform.python_version()).set(1)
+        gauge("relay_core_info", "the fan-out core in use (cython: compiled; python: the pure-Python twin)",
+              ("implementation",), "livemax").labels(node.core).set(1)
+        self.connections = gauge("relay_connections", "connected clients (connect command done)", ("transport",))
+        self.connections_max = gauge("relay_connections_max", "connections this node accepts (the cap)")
+        self.accepted = counter("relay_connections_accepted", "client sockets accepted", ("transport",))
+        self.subscriptions = gauge("relay_subscriptions", "client subscriptions")
+        self.channels = gauge("relay_channels", "channels with subscribers on this node (summed over workers)")
+        self.commands = counter("relay_client_commands", "client protocol commands by method and result",
+                                ("method", "result"))
+        self.publications = counter("relay_publications", "publications accepted, by who sent them", ("source",))
+        self.deliveries = counter("relay_deliveries", "publications queued to a subscriber, by transport",
+                                  ("transport",))
+        self.writes = counter("relay_socket_writes", "socket writes of queued messages (several messages "
+                                                     "share one write)")
+        self.fanout = Histogram("relay_fanout_latency_seconds", "publication at this node (its own publish or "
+                                "its arrival from the broker) to the end of the write pass to every subscriber",
+                                buckets=LATENCY_BUCKETS, registry=r)
+        self.broker_publish = Histogram("relay_broker_publish_latency_seconds", "a broker publish (or a batch "
+                                        "of them) round trip", buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_bytes = gauge("relay_outbound_queue_bytes", "bytes waiting for slow clients (relay's queues "
+                                 "and the transports' buffers of connections whose writes are paused)")
+        self.slow = counter("relay_slow_consumer_disconnects", "clients disconnected for not reading (3008)")
+        self.disconnects = counter("relay_disconnects", "disconnects by close code", ("code",))
+        self.handshake_failures = counter("relay_handshake_failures", "sockets refused before a session, "
+                                          "by reason", ("reason",))
+        self.auth_failures = counter("relay_auth_failures", "authentication and authorization failures, "
+                                     "by reason", ("reason",))
+        self.broker_errors = counter("relay_broker_errors", "broker operations that failed")
+        self.broker_reconnects = counter("relay_broker_reconnects", "broker pub/sub connections re-established")
+        self.broker_up = gauge("relay_broker_up", "1 if the broker answered the last check", mode="livemin")
+        self.resyncs = counter("relay_resyncs", "channels resynced after a gap in the broker's stream")
+        self.api_requests = counter("relay_api_requests", "HTTP server API calls by method and result",
+                                    ("method", "result"))
+        self.worker_restarts = counter("relay_worker_restarts", "workers the supervisor restarted")
+        self.log_dropped = counter("relay_log_lines_dropped", "log lines dropped by the rate limit (log_rate)")
+        self.ready = gauge("relay_ready", "1 when ready (accepting, broker reachable); 0 draining or not ready",
+                           mode="livemin")
+        self._seen: dict[Any, float] = {}
+
+    # --- sync -------------------------------------------------------------------------------------
+
+    def _add(self, metric: Any, key: Any, value: float) -> None:
+        """Increase ``metric`` by what ``value`` (a running total) grew since the last sync."""
+        last = self._seen.get(key, 0)
+        if value > last:
+            metric.inc(value - last)
+            self._seen[key] = value
+
+    def sync(self, broker_up: bool | None = None, ready: bool | None = None) -> None:
+        node = self.node
+        stats = node.stats
+        hub = node.hub
+        by_wire = node.connected_by_wire
+        for wire, name in TRANSPORTS.items():
+            self.connections.labels(name).set(by_wire.get(wire, 0))
+            self._add(self.accepted.labels(name), ("accepted", wire), stats.accepted.get(wire, 0))
+        self.connections_max.set(node.max_connections)
+        if hub is not None:
+            self.subscriptions.set(hub.num_subscriptions - node.join_leave_subs)
+            self.channels.set(len(node._interest))
+            tcp = hub.deliveries_tcp
+            self._add(self.deliveries.labels("tcp"), "dtcp", tcp)
+            self._add(self.deliveries.labels("websocket"), "dws", hub.deliveries - tcp)
+            self._add(self.writes, "writes", hub.writes)
+        for (method, result), n in list(stats.commands.items()):
+            self._add(self.commands.labels(method, result), ("cmd", method, result), n)
+        for source, n in list(stats.publications.items()):
+            self._add(self.publications.labels(source), ("pub", source), n)
+        for code, n in list(stats.disconnects.items()):
+            self._add(self.disconnects.labels(str(code)), ("disc", code), n)
+        self._add(self.slow, "slow", stats.disconnects.get(3008, 0))
+        for reason, n in list(stats.handshake_failures.items()):
+            self._add(self.handshake_failures.labels(reason), ("hs", reason), n)
+        for reason, n in list(stats.auth_failures.items()):
+            self._add(self.auth_failures.labels(reason), ("auth", reason), n)
+        for (method, result), n in list(stats.api_requests.items()):
+            self._add(self.api_requests.labels(method, result), ("api", method, result), n)
+        broker = node.broker
+        self._add(self.broker_errors, "berr", getattr(broker, "errors", 0))
+        self._add(self.broker_reconnects, "brec", getattr(broker, "reconnects", 0))
+        self._add(self.resyncs, "resync", stats.resyncs)
+        self._add(self.log_dropped, "logdrop", logs.dropped_total())
+        self.queue_bytes.set(node.backlog_bytes())
+        stats.fanout.flush(self.fanout)
+        stats.broker_publish.flush(self.broker_publish)
+        if broker_up is not None:
+            self.broker_up.set(1 if broker_up else 0)
+        if ready is not None:
+            self.ready.set(1 if ready else 0)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text exposition of this process, or of every worker in multiprocess mode."""
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        if self.mp_dir:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=self.mp_dir)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def count_worker_restart() -> None:
+    """The supervisor's one metric (it writes to the shared multiprocess directory)."""
+    from prometheus_client import CollectorRegistry, Counter
+
+    global _restarts
+    if _restarts is None:
+        _restarts = Counter("relay_worker_restarts", "workers the supervisor restarted",
+                            registry=CollectorRegistry())
+    _restarts.inc()
+
+
+_restarts: Any = None
