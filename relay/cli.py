@@ -111,7 +111,7 @@ def cmd_check_config(args) -> int:
     from relay.config import ConfigError, load
 
     try:
-        load(args.file, environ={})
+        load(args.file, environ={} if args.no_env else None)
     except ConfigError as e:
         print(f"{args.file}: {e}", file=sys.stderr)
         return 1
@@ -145,8 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="version, active core, libraries")
     i.set_defaults(func=cmd_info)
 
-    c = sub.add_parser("check-config", help="validate a TOML config file")
+    c = sub.add_parser("check-config", help="validate a TOML config file (with the RELAY_* environment, as "
+                                             "relay serve would read it)")
     c.add_argument("file")
+    c.add_argument("--no-env", action="store_true", help="check the file alone, ignoring RELAY_* variables")
     c.set_defaults(func=cmd_check_config)
     return p
 

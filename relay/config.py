@@ -347,10 +347,15 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, errs: list[str], fro
     return cls(**kwargs)
 
 
+# what Kubernetes puts in every pod for a Service named "relay" (service links): not config
+_K8S_SERVICE_ENV = re.compile(r"^RELAY_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
+                              r"|PORT(_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)$")
+
+
 def _env_tree(environ: Mapping[str, str]) -> dict:
     tree: dict = {}
     for name, value in environ.items():
-        if not name.startswith("RELAY_") or name in NON_CONFIG_ENV:
+        if not name.startswith("RELAY_") or name in NON_CONFIG_ENV or _K8S_SERVICE_ENV.match(name):
             continue
         path = name[6:].lower().split("__")
         node = tree

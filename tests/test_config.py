@@ -86,3 +86,13 @@ def test_access_modes_are_checked_and_old_keys_named():
         from_mapping({"channel": {"publish_access": "everyone", "subscribe_access": "none"}})
     assert "channel.publish_access: 'everyone' is not one of none, token, subscribers" in str(e.value)
     assert "channel.subscribe_access: 'none' is not one of token, authenticated, anonymous" in str(e.value)
+
+
+def test_kubernetes_service_link_variables_are_not_config():
+    env = {"RELAY_SERVICE_HOST": "10.0.0.7", "RELAY_SERVICE_PORT": "8000", "RELAY_SERVICE_PORT_WS": "8000",
+           "RELAY_PORT": "tcp://10.0.0.7:8000", "RELAY_PORT_8000_TCP": "tcp://10.0.0.7:8000",
+           "RELAY_PORT_8000_TCP_PROTO": "tcp", "RELAY_PORT_8000_TCP_PORT": "8000",
+           "RELAY_PORT_8000_TCP_ADDR": "10.0.0.7", "RELAY_WS_PORT": "9000", "RELAY_TOKEN_HMAC_SECRET": "x" * 32}
+    assert load(None, environ=env).ws_port == 9000
+    with pytest.raises(ConfigError, match="portx: unknown key"):
+        load(None, environ={**env, "RELAY_PORTX": "1"})
