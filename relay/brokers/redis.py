@@ -213,16 +213,22 @@ class _PubSubConn:
             while True:  # one reader per cluster node; new nodes appear on subscribes and topology changes
                 self._ensure_node_readers()
                 await asyncio.sleep(0.5)
+        failed = False
         while True:
             try:
                 msg = await self.pubsub.get_message(timeout=1.0)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.warning("redis pub/sub read failed (%s); reconnecting", e)
+                log.warning("redis pub/sub read failed (%s); reconnecting", e, extra={"event": "broker_error"})
                 self.broker.errors += 1
+                failed = True
                 await asyncio.sleep(0.2)
                 continue
+            if failed:
+                failed = False
+                self.broker.reconnects += 1
+                log.info("redis pub/sub reconnected", extra={"event": "broker_reconnected"})
             if msg is not None:
                 self._handle(msg)
 
@@ -235,6 +241,7 @@ class _PubSubConn:
     async def _read_node(self, name: str) -> None:
         """Read one cluster node's sharded pub/sub connection (a blocking read per node, so a quiet
         node never delays the messages of another)."""
+        failed = False
         while name in self.pubsub.node_pubsub_mapping:
             try:
                 node = self.client.get_node(node_name=name)
@@ -244,10 +251,16 @@ class _PubSubConn:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.warning("redis sharded pub/sub read from %s failed (%s); retrying", name, e)
+                log.warning("redis sharded pub/sub read from %s failed (%s); retrying", name, e,
+                            extra={"event": "broker_error"})
                 self.broker.errors += 1
+                failed = True
                 await asyncio.sleep(0.2)
                 continue
+            if failed:
+                failed = False
+                self.broker.reconnects += 1
+                log.info("redis sharded pub/sub to %s reconnected", name, extra={"event": "broker_reconnected"})
             if msg is not None:
                 self._handle(msg)
 
@@ -315,7 +328,8 @@ class RedisBroker(Broker):
         self._scripts: list[dict[str, Any]] = []
         self._unsub_timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task] = set()
-        self.errors = 0
+        self.errors = 0  # operations that failed (relay_broker_errors_total)
+        self.reconnects = 0  # pub/sub links re-established (relay_broker_reconnects_total)
         self.messages_in = 0
 
     # keys ------------------------------------------------------------------------------------------

@@ -65,18 +65,33 @@ async def test_api_publish_on_one_node_reaches_the_other(two_nodes):
     ws.close()
 
 
-async def test_readyz_reflects_redis(redis_factory, relay_factory):
+async def test_readyz_and_metrics_reflect_redis(redis_factory, relay_factory):
+    """/readyz: 200 'ready', 503 'broker unreachable' while Redis is down, ready again after; the broker
+    metrics follow (errors, up, reconnects)."""
     import urllib.error
     import urllib.request
 
     redis = redis_factory()
-    node = relay_factory({"broker": "redis", "redis_urls": [redis.url]})
+    node = relay_factory({"broker": "redis", "redis_urls": [redis.url], "metrics_interval": 0.2})
     url = f"http://127.0.0.1:{node.api_port}/readyz"
-    assert urllib.request.urlopen(url).status == 200
+    assert urllib.request.urlopen(url).read() == b'{"status":"ready"}'
+    m = await asyncio.to_thread(node.metrics)
+    assert m["relay_broker_up"] == 1 and m["relay_broker_errors_total"] == 0
     redis.stop()
     with pytest.raises(urllib.error.HTTPError) as e:
         await asyncio.to_thread(urllib.request.urlopen, url)
-    assert e.value.code == 503
+    assert e.value.code == 503 and e.value.read() == b'{"status":"broker unreachable"}'
+    await asyncio.sleep(1.5)  # the pub/sub reader notices
+    m = await asyncio.to_thread(node.metrics)
+    assert m["relay_broker_up"] == 0 and m["relay_ready"] == 0 and m["relay_broker_errors_total"] >= 1
+    redis.start()
+    for _ in range(50):
+        m = await asyncio.to_thread(node.metrics)
+        if m["relay_broker_reconnects_total"] >= 1 and m["relay_ready"] == 1:
+            break
+        await asyncio.sleep(0.2)
+    assert m["relay_broker_reconnects_total"] >= 1 and m["relay_broker_up"] == 1
+    assert urllib.request.urlopen(url).status == 200
 
 
 async def test_batched_publishes_keep_sharing_frames_on_redis(two_nodes):
