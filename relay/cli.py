@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="version, active core, libraries")
     i.set_defaults(func=cmd_info)
 
+    from relay import capacity
+
+    capacity.add_parser(sub)
+
     c = sub.add_parser("check-config", help="validate a TOML config file (with the RELAY_* environment, as "
                                              "relay serve would read it)")
     c.add_argument("file")
