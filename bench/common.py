@@ -4,8 +4,11 @@ What lives here, so that ``fanout.py`` and ``idle.py`` do not repeat it:
 
 * launching a server pinned to one core (``taskset -c 0``) and waiting until it
   accepts WebSocket connections: :class:`RelayServer` (relay itself, from a
-  temporary TOML config) and :class:`PicowsPeer` (the naive picows relay in
-  ``bench/peers/picows_relay.py``);
+  temporary TOML config) and the peers it is measured against:
+  :class:`PicowsPeer` (the naive picows relay in ``bench/peers/picows_relay.py``),
+  :class:`WebsocketsPeer` (``bench/peers/websockets_relay.py``), :class:`NodeWsPeer`
+  (``bench/peers/ws_relay.js`` on Node ``ws``) and :class:`NatsPeer` (nats-server's
+  WebSocket listener); a peer that cannot run here says why (:meth:`Peer.unavailable`);
 * reading a process's CPU time and RSS from ``/proc`` (the figures are charged
   to the server *process*, never to the machine, because the machine is shared);
 * the machine description and JSON result files in ``bench/results/``.
@@ -17,7 +20,9 @@ import json
 import os
 import platform
 import resource
+import shutil
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,8 +36,8 @@ __all__ = [
     "ROOT", "PYTHON", "SERVER_CPU", "GENERATOR_CPU", "RELAY_SECRET", "FANOUT_CHANNEL",
     "free_port", "raise_nofile", "pin_to", "proc_cpu_times", "sum_cpu_times", "proc_cpu_seconds", "cpu_stat",
     "proc_rss_bytes", "apply_run_defaults",
-    "ServerProcess", "RelayServer", "PicowsPeer", "machine_description", "write_result",
-    "fmt_rate",
+    "ServerProcess", "RelayServer", "Peer", "PicowsPeer", "WebsocketsPeer", "NodeWsPeer", "NatsPeer", "PEERS",
+    "machine_description", "write_result", "fmt_rate",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,14 +183,31 @@ class RelayServer(testing.RelayProcess, ServerProcess):
         return super().token(user, ttl=None)
 
 
-class PicowsPeer(ServerProcess):
-    """The naive picows relay (bench/peers/picows_relay.py) on uvloop."""
+class Peer(ServerProcess):
+    """A peer relay under test: subscribers on ``ws_url``, the publisher on ``pub_url``.
 
-    name = "picows"
+    ``protocol`` is the load generator's ``Target.kind`` for it ("raw": every frame one
+    payload; "nats": the NATS text protocol over WebSocket), ``channel`` what subscribers
+    subscribe to (only the "nats" protocol has a subject).
+    """
 
-    def __init__(self) -> None:
-        super().__init__(cpu=SERVER_CPU)
+    name = "peer"
+    protocol = "raw"
+    channel = FANOUT_CHANNEL
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        super().__init__(cpu=SERVER_CPU, env=env)
         self.port = free_port()
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this peer cannot run on this machine (None: it can). May install what it needs."""
+        return None
+
+    @classmethod
+    def version(cls) -> str:
+        """The peer's library or server version, for the results."""
+        return ""
 
     @property
     def ws_url(self) -> str:
@@ -195,11 +217,157 @@ class PicowsPeer(ServerProcess):
     def pub_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/pub"
 
+    def ready(self) -> bool:
+        return _tcp_accepts(self.port)
+
+
+class PicowsPeer(Peer):
+    """The naive picows relay (bench/peers/picows_relay.py) on uvloop."""
+
+    name = "picows"
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @classmethod
+    def version(cls) -> str:
+        return f"picows {_version('picows')}, uvloop {_version('uvloop')}"
+
     def argv(self) -> list[str]:
         return [PYTHON, str(ROOT / "bench" / "peers" / "picows_relay.py"), "--port", str(self.port)]
 
-    def ready(self) -> bool:
-        return _tcp_accepts(self.port)
+
+class WebsocketsPeer(Peer):
+    """The naive websockets relay (bench/peers/websockets_relay.py, ``websockets.broadcast``) on uvloop."""
+
+    name = "websockets"
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        if _version("websockets") == "not installed":
+            return "the websockets package is not installed in .venv (pip install -e '.[test]')"
+        return None
+
+    @classmethod
+    def version(cls) -> str:
+        return f"websockets {_version('websockets')}, uvloop {_version('uvloop')}"
+
+    def argv(self) -> list[str]:
+        return [PYTHON, str(ROOT / "bench" / "peers" / "websockets_relay.py"), "--port", str(self.port)]
+
+
+NODE_PEER_DIR = ROOT / "bench" / "peers" / "node"
+
+
+def _node_ws_installed() -> str | None:
+    """The ws version installed in bench/peers/node/node_modules, or None."""
+    try:
+        return json.loads((NODE_PEER_DIR / "node_modules" / "ws" / "package.json").read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _node_ws_pinned() -> str:
+    return json.loads((NODE_PEER_DIR / "package.json").read_text())["dependencies"]["ws"]
+
+
+class NodeWsPeer(Peer):
+    """The Node ``ws`` broadcast server (bench/peers/ws_relay.js), ws pinned in bench/peers/node."""
+
+    name = "node-ws"
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """None when node and the pinned ws are there; installs ws with ``npm ci`` on first use."""
+        if shutil.which("node") is None:
+            return "node not found on PATH"
+        pinned = _node_ws_pinned()
+        if _node_ws_installed() == pinned:
+            return None
+        npm = shutil.which("npm")
+        if npm is None:
+            return f"npm not found on PATH, and bench/peers/node/node_modules has no ws {pinned}"
+        print(f"  [node-ws: installing ws {pinned} with npm ci in bench/peers/node]", flush=True)
+        try:
+            r = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=str(NODE_PEER_DIR),
+                               capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"npm ci in bench/peers/node failed: {e}"
+        if r.returncode != 0 or _node_ws_installed() != pinned:
+            tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
+            return f"npm ci in bench/peers/node failed (exit {r.returncode}): {' / '.join(tail)}"
+        return None
+
+    @classmethod
+    def version(cls) -> str:
+        return f"ws {_node_ws_installed() or 'not installed'}, node {_command_version(['node', '--version'])}"
+
+    def argv(self) -> list[str]:
+        return ["node", str(ROOT / "bench" / "peers" / "ws_relay.js"), "--port", str(self.port)]
+
+
+class NatsPeer(Peer):
+    """nats-server's WebSocket listener (no TLS), GOMAXPROCS=1, from a generated config file.
+
+    Subscribers and the publisher speak the NATS text protocol over WebSocket on subject
+    ``bench.fanout``; the client listener (a free port on 127.0.0.1) is unused. Every
+    other setting is nats-server's default (max_pending 64 MiB, write_deadline, ping
+    interval 2 min, no permessage-deflate).
+    """
+
+    name = "nats"
+    protocol = "nats"
+    channel = "bench.fanout"
+
+    def __init__(self) -> None:
+        super().__init__(env={"GOMAXPROCS": "1"})
+        self.client_port = free_port()
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        if shutil.which("nats-server") is None:
+            return "nats-server not found on PATH"
+        return None
+
+    @classmethod
+    def version(cls) -> str:
+        return _command_version(["nats-server", "--version"])
+
+    @property
+    def pub_url(self) -> str:
+        return self.ws_url
+
+    @property
+    def config_path(self) -> Path:
+        return Path(self.tmp.name) / "nats.conf"
+
+    def config(self) -> str:
+        return (f'listen: "127.0.0.1:{self.client_port}"\n'
+                "websocket {\n"
+                '  host: "127.0.0.1"\n'
+                f"  port: {self.port}\n"
+                "  no_tls: true\n"
+                "}\n")
+
+    def argv(self) -> list[str]:
+        self.config_path.write_text(self.config())
+        return ["nats-server", "-c", str(self.config_path)]
+
+
+#: the peers by name (``fanout.py --servers``)
+PEERS: dict[str, type[Peer]] = {p.name: p for p in (PicowsPeer, WebsocketsPeer, NodeWsPeer, NatsPeer)}
+
+
+def _command_version(argv: list[str]) -> str:
+    """First line of ``argv``'s output (e.g. ``node --version``), or "not installed"."""
+    if shutil.which(argv[0]) is None:
+        return "not installed"
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    out = (r.stdout or r.stderr).strip().splitlines()
+    return out[0] if out else "unknown"
 
 
 def _version(mod: str) -> str:
@@ -233,7 +401,10 @@ def machine_description() -> dict[str, Any]:
     return {
         "cpu_model": model, "cpus": os.cpu_count(), "kernel": platform.release(),
         "python": platform.python_version(), "picows": _version("picows"), "uvloop": _version("uvloop"),
-        "orjson": _version("orjson"), "relay": relay_version, "relay_core": core_impl,
+        "orjson": _version("orjson"), "websockets": _version("websockets"),
+        "node": _command_version(["node", "--version"]), "node_ws": _node_ws_installed() or "not installed",
+        "nats_server": _command_version(["nats-server", "--version"]),
+        "relay": relay_version, "relay_core": core_impl,
         "server_cpu": SERVER_CPU, "generator_cpu": GENERATOR_CPU,
         "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
     }

@@ -1,6 +1,12 @@
-"""Fan-out benchmark: relay against the naive picows relay, same subscribers, same run.
+"""Fan-out benchmark: relay against four peers, same subscribers, same generator, same run.
 
-For each case and each server (relay, then the picows peer) this starts the server
+The peers (``--servers``, default all five): ``picows`` (naive picows relay on uvloop),
+``websockets`` (naive ``websockets.broadcast`` relay on uvloop), ``node-ws`` (Node ``ws``
+broadcast server), ``nats`` (nats-server's WebSocket listener, GOMAXPROCS=1); see
+bench/README.md for each one's settings. A peer that cannot run on this machine (no
+nats-server, no node or npm) is skipped with its reason, printed and in the JSON.
+
+For each case and each server (relay, then each peer) this starts the server
 pinned to CPU 0, connects the subscribers (load generator workers pinned to CPU 1),
 connects one publisher (CPU 1) and runs the case's steps in order of rising load.
 Each step publishes at a fixed rate for ``warmup + duration`` seconds; the last
@@ -40,16 +46,17 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (GENERATOR_CPU, SERVER_CPU, PicowsPeer, RelayServer, ServerProcess,  # noqa: E402
+from common import (GENERATOR_CPU, PEERS, SERVER_CPU, Peer, RelayServer, ServerProcess,  # noqa: E402
                     apply_run_defaults, cpu_stat, fmt_rate, machine_description, pin_to, raise_nofile, write_result)
 from loadgen import LoadGenerator, Publisher, Target, self_cpu_seconds  # noqa: E402
 
-__all__ = ["Step", "Case", "CASES", "run_step", "run_server", "format_line", "main"]
+__all__ = ["Step", "Case", "CASES", "DEFAULT_SERVERS", "run_step", "run_server", "format_line", "main"]
 
 GEN_LIMIT_PCT = 90.0      #: generator CPU (% of its core) from which a figure is the generator's
 SATURATION_P99_MS = 50.0  #: p99 bound quoted in BENCHMARKING.md (a step over it is marked)
 SATURATION_P50_MS = 1000.0  #: a median latency over this counts as saturated
 NOISE_PCT = 5.0  #: other tenants' load or steal on a benchmark core above this marks a step NOISY
+DEFAULT_SERVERS = ("relay", "picows", "websockets", "node-ws", "nats")
 
 
 @dataclass(frozen=True)
@@ -172,7 +179,7 @@ async def run_step(case: Case, step: Step, server: ServerProcess, lg: LoadGenera
                  or (w.in_window == 0 and expected > 0 and w.lost == 0))
     loss = None if expected == 0 else 1.0 - w.in_window / expected
     return {
-        "case": case.key, "server": server.name, "subscribers": lg.connected,
+        "case": case.key, "server": server.name, "peer": server.name, "subscribers": lg.connected,
         "msgs_per_s": step.rate, "frames_per_s": step.ticks, "batch": step.batch,
         "published_in_window": sent["in_window"], "published": sent["sent"],
         "publisher_max_late_ms": round(sent["max_late_ms"], 2),
@@ -252,7 +259,7 @@ def format_line(r: dict[str, Any]) -> str:
     else:
         loss_s = "0" if loss <= 0 else f"{loss:.4%}"
     marks = result_marks(r)
-    return (f"  {r['server']:<7} {fmt_rate(r['deliveries_per_s']):>7} deliv/s"
+    return (f"  {r['server']:<10} {fmt_rate(r['deliveries_per_s']):>7} deliv/s"
             f"  p50 {ms(lat['p50']):>6} p99 {ms(lat['p99']):>6} max {ms(lat['max']):>6} ms"
             f"  loss {loss_s:<8}"
             f"  CPU {'-' if cpu is None else f'{cpu:.3f}':>6} us/deliv"
@@ -276,8 +283,8 @@ async def run_server(case: Case, server: ServerProcess, subscribers: int, warmup
             target = Target("relay", "relay", server.ws_url, server.ws_url, token)
             print_fn(f"  [relay core={server.core()} pid={server.pid}]")
         else:
-            assert isinstance(server, PicowsPeer)
-            target = Target(server.name, "raw", server.ws_url, server.pub_url)
+            assert isinstance(server, Peer)
+            target = Target(server.name, server.protocol, server.ws_url, server.pub_url, channel=server.channel)
         lg = LoadGenerator(target, subscribers, case.workers)
         t0 = time.monotonic()
         n = await asyncio.to_thread(lg.connect)
@@ -298,8 +305,9 @@ async def run_server(case: Case, server: ServerProcess, subscribers: int, warmup
                 for later in case.steps[case.steps.index(step) + 1:]:
                     print_fn(f"  step {fmt_rate(later.rate)} msg/s: skipped for {server.name}"
                              f" (saturated at a lighter step)")
-                    results.append({"case": case.key, "server": server.name, "msgs_per_s": later.rate,
-                                    "batch": later.batch, "skipped": "saturated at a lighter step"})
+                    results.append({"case": case.key, "server": server.name, "peer": server.name,
+                                    "msgs_per_s": later.rate, "batch": later.batch,
+                                    "skipped": "saturated at a lighter step"})
                 break
     finally:
         if pub is not None:
@@ -310,32 +318,57 @@ async def run_server(case: Case, server: ServerProcess, subscribers: int, warmup
     return results
 
 
+def _known(name: str) -> bool:
+    return name == "relay" or name in PEERS or (name.startswith("relay-wd") and name[8:].isdigit())
+
+
 def make_server(name: str) -> ServerProcess:
-    """``relay``, ``relay-wdN`` (relay with client_write_delay = N ms) or ``picows``."""
-    if name == "picows":
-        return PicowsPeer()
+    """``relay``, ``relay-wdN`` (relay with client_write_delay = N ms) or a peer (``common.PEERS``)."""
+    if name in PEERS:
+        return PEERS[name]()
     if name == "relay":
         return RelayServer()
     if name.startswith("relay-wd") and name[8:].isdigit():
         return RelayServer(name=name, extra_config={"client_write_delay": int(name[8:]) / 1000})
-    raise SystemExit(f"unknown server {name!r}: use relay, relay-wd<ms> or picows")
+    raise SystemExit(f"unknown server {name!r}: use relay, relay-wd<ms> or one of {', '.join(PEERS)}")
 
 
-def _ratios(results: list[dict[str, Any]]) -> list[str]:
-    """relay / picows CPU per delivery for each step both servers ran."""
+def server_unavailable(name: str) -> str | None:
+    """Why server ``name`` cannot run here (None: it can). Installs the Node peer's ws on first use."""
+    return PEERS[name].unavailable() if name in PEERS else None
+
+
+def server_version(name: str) -> str:
+    return PEERS[name].version() if name in PEERS else "relay (this tree)"
+
+
+def _ratios(results: list[dict[str, Any]], skipped: dict[str, str] | None = None) -> list[str]:
+    """relay / peer CPU per delivery for each step both ran, for every peer; then the skipped peers."""
     out = []
     by = {(r["case"], r["msgs_per_s"], r["batch"], r["server"]): r for r in results if "skipped" not in r}
+    peers = list(dict.fromkeys(r["server"] for r in results if not r["server"].startswith("relay")))
+    key = "server_cpu_us_per_delivery"
+    key_si = "server_cpu_incl_softirq_us_per_delivery"
     for (case, rate, batch, srv), r in by.items():
-        if not srv.startswith("relay"):
+        if not srv.startswith("relay") or not r[key]:
             continue
-        p = by.get((case, rate, batch, "picows"))
-        if p and r["server_cpu_us_per_delivery"] and p["server_cpu_us_per_delivery"]:
-            ratio = r["server_cpu_us_per_delivery"] / p["server_cpu_us_per_delivery"]
-            key = "server_cpu_incl_softirq_us_per_delivery"
-            si = (r[key] or 0) / (p[key] or 1)
-            out.append(f"  ({case}) {fmt_rate(rate)} msg/s, {batch}/frame: {srv}/picows CPU per delivery = {ratio:.2f}x"
-                       f" ({r['server_cpu_us_per_delivery']:.3f} vs {p['server_cpu_us_per_delivery']:.3f} us;"
-                       f" incl. softirq {si:.2f}x)")
+        for peer in peers:
+            p = by.get((case, rate, batch, peer))
+            if p is None:
+                why = next((x["skipped"] for x in results if x["server"] == peer and x["case"] == case
+                            and x["msgs_per_s"] == rate and x["batch"] == batch and "skipped" in x), None)
+                if why and peer not in (skipped or {}):  # e.g. the peer saturated at a lighter step
+                    out.append(f"  ({case}) {fmt_rate(rate)} msg/s, {batch}/frame: {srv}/{peer}: -"
+                               f" ({peer} skipped: {why})")
+                continue
+            if not p[key]:
+                continue
+            ratio = r[key] / p[key]
+            si = (r[key_si] or 0) / (p[key_si] or 1)
+            out.append(f"  ({case}) {fmt_rate(rate)} msg/s, {batch}/frame: {srv}/{peer} CPU per delivery"
+                       f" = {ratio:.2f}x ({r[key]:.3f} vs {p[key]:.3f} us; incl. softirq {si:.2f}x)")
+    for name, why in (skipped or {}).items():
+        out.append(f"  relay/{name}: no figures ({name} skipped: {why})")
     return out
 
 
@@ -353,6 +386,17 @@ async def amain(args: argparse.Namespace) -> int:
     print_fn(f"machine: {machine['cpu_model']}, {machine['cpus']} CPUs, kernel {machine['kernel']}, "
              f"Python {machine['python']}, picows {machine['picows']}, uvloop {machine['uvloop']}, "
              f"relay {machine['relay']} core={machine['relay_core']}")
+    skipped: dict[str, str] = {}
+    versions: dict[str, str] = {}
+    for name in args.servers:
+        why = server_unavailable(name)
+        if why:
+            skipped[name] = why
+            print_fn(f"{name}: SKIPPED ({why})")
+        else:
+            versions[name] = server_version(name)
+    print_fn("servers: " + ", ".join(f"{n} [{versions[n]}]" if n in versions else f"{n} [SKIPPED]"
+                                     for n in args.servers))
     print_fn(f"servers on CPU 0, generator on CPU {GENERATOR_CPU}; window {args.duration:g}s after "
              f"{args.warmup:g}s warm-up; {args.payload} B payloads")
     for key in args.cases:
@@ -366,26 +410,33 @@ async def amain(args: argparse.Namespace) -> int:
         print_fn(f"({case.key}) {case.title}: {case.subscribers} subscribers, steps "
                  + ", ".join(f"{fmt_rate(s.rate)} msg/s" for s in case.steps))
         for name in args.servers:
+            if name in skipped:
+                print_fn(f"  {name}: skipped ({skipped[name]})")
+                results += [{"case": case.key, "server": name, "peer": name, "msgs_per_s": st.rate,
+                             "batch": st.batch, "skipped": skipped[name]} for st in case.steps]
+                continue
             server: ServerProcess = make_server(name)
             results += await run_server(case, server, case.subscribers, args.warmup, args.duration,
                                         args.drain_timeout, print_fn)
-    ratio_lines = _ratios(results)
+    ratio_lines = _ratios(results, skipped)
     if ratio_lines:
         print_fn("ratios (same run):")
         for s in ratio_lines:
             print_fn(s)
-    path = write_result("fanout", {"machine": machine, "args": vars(args), "results": results,
+    path = write_result("fanout", {"machine": machine, "args": vars(args), "server_versions": versions,
+                                   "skipped_servers": skipped, "results": results,
                                    "cases": {k: asdict(v) for k, v in CASES.items()}, "printed": lines})
     print(f"results: {path}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="relay vs naive picows relay fan-out benchmark",
+    ap = argparse.ArgumentParser(description="relay vs picows, websockets, Node ws and nats-server fan-out benchmark",
                                  epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default="abc", help="which cases to run, e.g. 'ac' or 'd' (default: abc)")
-    ap.add_argument("--servers", default="relay,picows",
-                    help="comma-separated: relay, relay-wd<ms> (client_write_delay in ms), picows")
+    ap.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
+                    help="comma-separated: relay, relay-wd<ms> (client_write_delay in ms), "
+                         + ", ".join(PEERS) + f" (default: {','.join(DEFAULT_SERVERS)})")
     ap.add_argument("--duration", type=float, default=None, help="measured window in seconds (default 10)")
     ap.add_argument("--warmup", type=float, default=None, help="seconds before the window (default 2)")
     ap.add_argument("--drain-timeout", type=float, default=15.0, help="seconds to wait for the backlog")
@@ -396,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.cases = [c for c in args.cases if c in CASES]
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    for name in args.servers:
+        if not _known(name):
+            make_server(name)  # exits with the list of known names
     apply_run_defaults(args, 10.0)
     import uvloop
 

@@ -6,7 +6,10 @@ Subscribers
     uvloop with picows's compiled framing and pinned to ``GENERATOR_CPU``.
     For relay a subscriber speaks the Centrifugo JSON protocol v2 (connect with
     a JWT, subscribe to ``bench:fanout``, answer each ``{}`` ping with ``{}``);
-    for the picows peer a frame is just the raw payload.
+    for the "raw" peers (picows, websockets, Node ws) a frame is just the raw
+    payload; for nats-server a subscriber speaks the NATS text protocol (CONNECT,
+    SUB, answer each ``PING`` with ``PONG``) and a frame holds any number of
+    ``MSG`` records, the last one possibly continued in the next frame.
 
 Counting, cheaply and exactly
     Every payload starts with ``T=<unix ns>;``. A received text frame (which,
@@ -31,12 +34,13 @@ Publisher
     :class:`Publisher` (in the coordinating process, also on ``GENERATOR_CPU``)
     sends ``batch`` messages per tick at ``ticks_per_s`` ticks per second, all
     of one tick in ONE text frame joined with ``\\n``: relay gets publish
-    commands (it accepts up to 100 per message), the picows peer gets the raw
-    payloads (it splits the frame into lines and relays each as its own frame).
+    commands (it accepts up to 100 per message), the raw peers get the raw
+    payloads (they split the frame into lines and relay each as its own frame),
+    nats-server gets one ``PUB`` per message, all in one binary frame.
     relay only lets subscribed clients publish, so relay's publisher is also a
     subscriber: relay does one extra delivery per message that is not counted.
 
-Run a worker by hand (for debugging): ``python bench/loadgen.py URL N [relay TOKEN]``
+Run a worker by hand (for debugging): ``python bench/loadgen.py URL N [raw|nats|relay TOKEN]``
 connects N subscribers and prints counts every second.
 """
 
@@ -59,7 +63,7 @@ from common import (FANOUT_CHANNEL, GENERATOR_CPU, pin_to, proc_cpu_seconds, sum
                     raise_nofile)
 
 __all__ = ["Target", "Histogram", "LoadGenerator", "Publisher", "Window", "make_payload",
-           "PAYLOAD_SIZE"]
+           "nats_pub_frame", "NATS_CONNECT", "PAYLOAD_SIZE"]
 
 PAYLOAD_SIZE = 100  #: bytes of each published payload (stamp + padding)
 _FIND_STAMPS = re.compile(rb"T=(\d+);").findall
@@ -74,8 +78,8 @@ _COARSE_NS, _COARSE_N = 10_000_000, 10_000
 class Target:
     """Where subscribers and the publisher connect, and which protocol they speak."""
 
-    name: str                 #: label in results ("relay", "picows")
-    kind: str                 #: "relay" (Centrifugo JSON protocol) or "raw" (payload per frame)
+    name: str                 #: label in results ("relay", "picows", "websockets", "node-ws", "nats")
+    kind: str                 #: "relay" (Centrifugo JSON protocol), "raw" (payload per frame) or "nats"
     url: str                  #: subscriber WebSocket URL
     pub_url: str              #: publisher WebSocket URL
     token: str = ""           #: relay connect token (JWT)
@@ -87,6 +91,16 @@ def make_payload(stamp_ns: int, size: int = PAYLOAD_SIZE) -> bytes:
     """``T=<ns>;`` padded with ``x`` to ``size`` bytes (JSON-safe, so relay can carry it as a string)."""
     head = b"T=%d;" % stamp_ns
     return head + b"x" * max(0, size - len(head))
+
+
+#: what a NATS client sends first: CONNECT without +OK acks (verbose false)
+NATS_CONNECT = b'CONNECT {"verbose":false,"pedantic":false,"protocol":1}\r\n'
+
+
+def nats_pub_frame(subject: str, payloads: list[bytes]) -> bytes:
+    """One frame of ``PUB <subject> <n>\\r\\n<payload>\\r\\n`` records, one per payload."""
+    subj = subject.encode()
+    return b"".join(b"PUB %s %d\r\n%s\r\n" % (subj, len(p), p) for p in payloads)
 
 
 class Histogram:
@@ -218,7 +232,7 @@ def _subscriber_class(kind: str):
     import orjson
     from picows import WSListener, WSMsgType
 
-    TEXT, CLOSE = WSMsgType.TEXT, WSMsgType.CLOSE
+    TEXT, BINARY, CLOSE = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE
     find, time_ns = _FIND_STAMPS, time.time_ns
 
     class RawSubscriber(WSListener):
@@ -312,7 +326,65 @@ def _subscriber_class(kind: str):
             if n:
                 self.n += self.st.account(stamps, now)
 
-    return RelaySubscriber if kind == "relay" else RawSubscriber
+    class NatsSubscriber(RawSubscriber):
+        """A nats-server subscriber over WebSocket: CONNECT, SUB, answer PINGs, count MSGs.
+
+        nats-server sends binary frames holding any number of ``MSG <subject> 1 <n>\\r\\n
+        <payload>\\r\\n`` records and may cut a record between two frames. A frame that
+        ends with ``\\r\\n`` and is exactly n full records long (n stamps) holds nothing
+        else: that O(1) check is the hot path. Any other frame (INFO, PING, PONG, -ERR,
+        a record cut in two) is looked at: the tail after its last ``\\r\\n`` is kept
+        and prefixed to the next frame, so a cut stamp is counted once, when whole.
+        """
+
+        def __init__(self, st: _WorkerState, target: Target, ready: asyncio.Future, channel: str = "") -> None:
+            super().__init__(st, target, ready, channel)
+            self.carry = b""
+            self.msg_len = len(b"MSG %s 1 %d\r\n" % (self.channel.encode(), PAYLOAD_SIZE)) + PAYLOAD_SIZE + 2
+
+        def on_ws_connected(self, transport) -> None:
+            self.transport = transport
+            # PING after SUB: its PONG says the subscription is in place
+            transport.send(BINARY, NATS_CONNECT + b"SUB %s 1\r\nPING\r\n" % self.channel.encode())
+
+        def _records(self, transport, data: bytes) -> bytes:
+            """Slow path: keep a cut record for the next frame, answer PINGs, note PONG and -ERR."""
+            if not data.endswith(b"\r\n"):
+                cut = data.rfind(b"\r\n")
+                cut = 0 if cut < 0 else cut + 2
+                self.carry, data = data[cut:], data[:cut]
+            pings = data.count(b"PING\r\n")
+            if pings:
+                transport.send(BINARY, b"PONG\r\n" * pings)
+                self.st.pings += pings
+            if b"-ERR" in data:
+                for line in data.split(b"\r\n"):
+                    if line.startswith(b"-ERR"):
+                        self.st.errors.append(line.decode(errors="replace")[:200])
+                        if not self.ready.done():
+                            self.ready.set_exception(RuntimeError(f"nats-server refused: {line.decode()}"))
+            if not self.ready.done() and b"PONG\r\n" in data:
+                self.ready.set_result(None)
+            return data
+
+        def on_ws_frame(self, transport, frame) -> None:
+            mt = frame.msg_type
+            if mt is not BINARY and mt is not TEXT:
+                self._non_text(transport, frame)
+                return
+            now = time_ns()
+            data = frame.get_payload_as_bytes()
+            if self.carry:
+                data = self.carry + data
+                self.carry = b""
+            stamps = find(data)
+            if len(data) != len(stamps) * self.msg_len or not data.endswith(b"\r\n"):
+                data = self._records(transport, data)
+                stamps = find(data)
+            if stamps:
+                self.n += self.st.account(stamps, now)
+
+    return {"relay": RelaySubscriber, "nats": NatsSubscriber}.get(kind, RawSubscriber)
 
 
 async def _open_all(target: Target, n: int, st: _WorkerState, first: int = 0,
@@ -530,6 +602,7 @@ class Publisher:
     def __init__(self, target: Target) -> None:
         self.target = target
         self.transport = None
+        self.opcode = None    # WSMsgType of the published frames (binary for nats, else text)
         self.replies = 0      # relay: publish replies ({"id":K,"publish":{}})
         self.errors = 0       # relay: error replies
         self.error_sample = ""
@@ -541,20 +614,28 @@ class Publisher:
         import orjson
         from picows import WSListener, WSMsgType, ws_connect
 
-        TEXT = WSMsgType.TEXT
+        TEXT, BINARY = WSMsgType.TEXT, WSMsgType.BINARY
         loop = asyncio.get_running_loop()
         self._ready = ready = loop.create_future()
         pub = self
         relay = self.target.kind == "relay"
+        nats = self.target.kind == "nats"
+        self.opcode = BINARY if nats else TEXT
 
         class Listener(WSListener):
             def on_ws_connected(self, transport) -> None:
                 if relay:
                     transport.send(TEXT, orjson.dumps({"id": 1, "connect": {"token": pub.target.token}}))
+                elif nats:
+                    transport.send(BINARY, NATS_CONNECT + b"PING\r\n")  # the PONG says CONNECT was taken
                 else:
                     ready.set_result(None)
 
             def on_ws_frame(self, transport, frame) -> None:
+                if nats:
+                    if frame.msg_type is BINARY or frame.msg_type is TEXT:
+                        self._nats(transport, frame.get_payload_as_bytes())
+                    return
                 if frame.msg_type is not TEXT or not relay:
                     return
                 data = frame.get_payload_as_bytes()
@@ -573,11 +654,26 @@ class Publisher:
                     elif data.startswith(b'{"id":2,'):
                         ready.set_result(None)
 
+            def _nats(self, transport, data: bytes) -> None:
+                """INFO, PING (answered), PONG (ready), -ERR; a line cut between frames is not expected."""
+                pings = data.count(b"PING\r\n")
+                if pings:
+                    transport.send(BINARY, b"PONG\r\n" * pings)
+                if b"-ERR" in data:
+                    pub.errors += data.count(b"-ERR")
+                    pub.error_sample = pub.error_sample or data[:300].decode(errors="replace")
+                    if not ready.done():
+                        ready.set_exception(RuntimeError(data.decode(errors="replace")))
+                if not ready.done() and b"PONG\r\n" in data:
+                    ready.set_result(None)
+
         self.transport, _ = await ws_connect(Listener, self.target.pub_url, enable_auto_ping=False)
         await asyncio.wait_for(ready, 30)
 
     def frame(self, stamps: list[int]) -> bytes:
-        """One text frame carrying a message per stamp (publish commands for relay)."""
+        """One frame carrying a message per stamp (publish commands for relay, PUBs for nats)."""
+        if self.target.kind == "nats":
+            return nats_pub_frame(self.target.channel, [make_payload(s) for s in stamps])
         if self.target.kind == "relay":
             ch = self.target.channel.encode()
             parts = []
@@ -591,7 +687,7 @@ class Publisher:
     def send(self, stamps: list[int]) -> None:
         from picows import WSMsgType
 
-        self.transport.send(WSMsgType.TEXT, self.frame(stamps))
+        self.transport.send(self.opcode or WSMsgType.TEXT, self.frame(stamps))
         self.published += len(stamps)
 
     async def run(self, ticks_per_s: float, batch: int, ws_ns: int, we_ns: int,
@@ -604,7 +700,7 @@ class Publisher:
         """
         from picows import WSMsgType
 
-        TEXT, time_ns = WSMsgType.TEXT, time.time_ns
+        opcode, time_ns = self.opcode or WSMsgType.TEXT, time.time_ns
         interval = 1e9 / ticks_per_s
         t0 = time_ns()
         next_tick = float(t0)
@@ -622,7 +718,7 @@ class Publisher:
                 break
             if now >= next_tick:
                 stamps = [time_ns() for _ in range(batch)]
-                self.transport.send(TEXT, self.frame(stamps))
+                self.transport.send(opcode, self.frame(stamps))
                 sent += batch
                 if started:
                     in_window += sum(1 for s in stamps if ws_ns <= s < we_ns)
@@ -651,7 +747,8 @@ def _main() -> None:  # pragma: no cover - manual debugging aid
     url, n = sys.argv[1], int(sys.argv[2])
     kind = sys.argv[3] if len(sys.argv) > 3 else "raw"
     token = sys.argv[4] if len(sys.argv) > 4 else ""
-    lg = LoadGenerator(Target("manual", kind, url, url, token), n, 1)
+    channel = "bench.fanout" if kind == "nats" else FANOUT_CHANNEL
+    lg = LoadGenerator(Target("manual", kind, url, url, token, channel), n, 1)
     print("connected", lg.connect())
     lg.set_window(time.time_ns(), time.time_ns() + 10**12)
     try:
