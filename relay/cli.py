@@ -1,4 +1,4 @@
-"""``relay serve | token | info | check-config``."""
+"""``relay serve | token | info | check-config | bench``."""
 
 from __future__ import annotations
 
@@ -119,6 +119,71 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+#: ``relay bench`` benchmarks, in run order: name -> script in the source checkout's bench/
+BENCHMARKS = {"fanout": "fanout.py", "idle": "idle.py", "latency": "latency.py", "chats": "chats.py",
+              "connrate": "connrate.py", "redis": "redis_scaling.py"}
+
+
+def cmd_bench(args) -> int:
+    """Run the benchmark scripts of a source checkout (bench/ beside the relay package), then the report."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    bench = root / "bench"
+    if not (bench / "common.py").is_file():
+        print(f"relay bench: no bench/ directory next to the relay package ({bench}): the benchmarks need a "
+              "source checkout of relay (git clone, then `make bench`), they are not part of an installed wheel",
+              file=sys.stderr)
+        return 2
+    available = [name for name, script in BENCHMARKS.items() if (bench / script).is_file()]
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in BENCHMARKS]
+        missing = [n for n in names if n in BENCHMARKS and n not in available]
+        if unknown or missing or not names:
+            why = (f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}" if unknown
+                   else f"{', '.join(missing)} not in this checkout; it has {', '.join(available)}" if missing
+                   else f"nothing selected; choose from {', '.join(available)}")
+            print(f"relay bench --only: {why}", file=sys.stderr)
+            return 2
+    else:
+        names = available
+        if "redis" in names and shutil.which("redis-server") is None:
+            print("relay bench: skipping redis (no redis-server on PATH)", flush=True)
+            names.remove("redis")
+    produced: list[str] = []
+    failed: list[str] = []
+    for name in names:
+        argv = [sys.executable, str(bench / BENCHMARKS[name])] + (["--quick"] if args.quick else [])
+        print(f"\n=== relay bench: {name} ({' '.join(argv[1:])}) ===", flush=True)
+        with subprocess.Popen(argv, cwd=root, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                print(line, end="", flush=True)
+                if line.startswith("results: "):
+                    produced.append(line[len("results: "):].strip())
+        if proc.returncode != 0:
+            failed.append(f"{name} (exit {proc.returncode})")
+    report = None
+    if args.report:
+        print("\n=== relay bench: report ===", flush=True)
+        r = subprocess.run([sys.executable, str(bench / "report.py")], cwd=root)
+        report = root / "docs" / "benchmarks.md" if r.returncode == 0 else None
+        if r.returncode != 0:
+            failed.append(f"report (exit {r.returncode})")
+    print("\nrelay bench: done")
+    for path in produced:
+        print(f"  results: {path}")
+    if report is not None:
+        print(f"  report:  {report} (plots in {report.with_suffix('')}/)")
+    if failed:
+        print(f"  FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="relay", description="real-time message relay (Centrifugo protocol)")
     p.add_argument("--version", action="version", version=f"relay {__version__}")
@@ -154,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file")
     c.add_argument("--no-env", action="store_true", help="check the file alone, ignoring RELAY_* variables")
     c.set_defaults(func=cmd_check_config)
+
+    b = sub.add_parser("bench", help="run the benchmark suite (source checkout only) and write docs/benchmarks.md")
+    b.add_argument("--quick", action="store_true", help="short smoke runs (each script's --quick)")
+    b.add_argument("--only", metavar="NAMES", help="comma-separated subset of: " + ",".join(BENCHMARKS)
+                   + " (default: every one this checkout has)")
+    b.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the report (bench/report.py) at the end (default: on)")
+    b.set_defaults(func=cmd_bench)
     return p
 
 
