@@ -12,6 +12,7 @@ import fnmatch
 import functools
 import logging
 import random
+import re
 import socket
 import time
 from collections import Counter
@@ -77,6 +78,9 @@ class Stats:
     def handshake_failure(self, reason: str, **ids: Any) -> None:
         self.handshake_failures[reason] += 1
         log.info("connection refused: %s", reason, extra={"event": "refused", "reason": reason, **ids})
+
+
+_CONTROL_CHAR = re.compile("[\x00-\x1f\x7f]").search  # not allowed in a channel name
 
 
 def _user_listed(s: ClientSession, channel: str) -> bool:
@@ -282,7 +286,7 @@ class Node:
     def valid_channel(self, channel: str) -> bool:
         if not channel or len(channel.encode("utf-8")) > self.cfg.max_channel_length:
             return False
-        return all(c >= " " and c != "\x7f" for c in channel)
+        return _CONTROL_CHAR(channel) is None
 
     def check_subscribe(self, s: ClientSession, channel: str, opts: ChannelOptions) -> None:
         """Refuse (103) a subscribe without a subscription token that ``opts`` does not allow."""
