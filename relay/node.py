@@ -112,6 +112,8 @@ class Node:
         self._interest: dict[str, int] = {}
         # publications received while a subscribe is between its broker subscription and the hub
         self._collectors: dict[str, list[list[dict]]] = {}
+        # channels whose broker subscription is on its way: later subscribers wait for it
+        self._subscribing: dict[str, asyncio.Future] = {}
         # the stream position this node has delivered, per recoverable channel with local subscribers
         self._positions: dict[str, StreamPosition] = {}
         self._behind: dict[str, int] = {}  # channel -> stream top seen ahead of us at the last check
@@ -312,15 +314,30 @@ class Node:
             raise ERRORS.PERMISSION_DENIED
 
     async def acquire(self, channel: str) -> None:
-        """Make sure this node receives ``channel``'s publications (before reading its history)."""
+        """Make sure this node receives ``channel``'s publications (before reading its history). The first
+        subscriber makes the broker subscription; the others wait until it is confirmed (or failed)."""
         n = self._interest.get(channel, 0)
         self._interest[channel] = n + 1
-        if n == 0:
-            try:
-                await self.broker.subscribe(channel)
-            except BrokerUnavailable:
-                self.release(channel)
+        try:
+            if n == 0:
+                done = self._subscribing[channel] = asyncio.get_running_loop().create_future()
+                ok = False
+                try:
+                    await self.broker.subscribe(channel)
+                    ok = True
+                finally:
+                    if self._subscribing.get(channel) is done:
+                        del self._subscribing[channel]
+                    done.set_result(ok)
+            else:
+                pending = self._subscribing.get(channel)
+                if pending is not None and not await asyncio.shield(pending):
+                    raise BrokerUnavailable("the broker subscription failed")
+        except BaseException as e:
+            self.release(channel)
+            if isinstance(e, BrokerUnavailable):
                 raise ERRORS.INTERNAL from None
+            raise
 
     def release(self, channel: str) -> None:
         n = self._interest.get(channel, 0) - 1
@@ -347,7 +364,11 @@ class Node:
     def stop_collecting(self, channel: str, box: list[dict]) -> None:
         boxes = self._collectors.get(channel)
         if boxes is not None:
-            boxes.remove(box)
+            # by identity: the boxes are lists, and two empty ones are equal
+            for i, b in enumerate(boxes):
+                if b is box:
+                    del boxes[i]
+                    break
             if not boxes:
                 del self._collectors[channel]
 

@@ -56,30 +56,6 @@ def join_leave_channel(channel: str) -> str:
     return "\x00jl\x00" + channel
 
 
-async def _resume(coro, waiting: Any) -> None:
-    """Drive a coroutine that was started by hand and is now waiting on ``waiting`` (the future it yielded,
-    or None for a bare yield) to its end, as a task would; cancelling this task cancels it."""
-    while True:
-        try:
-            if waiting is None:
-                await asyncio.sleep(0)
-            else:
-                waiting._asyncio_future_blocking = False  # taken, as a task takes a yielded future
-                await waiting
-        except asyncio.CancelledError:  # this task was cancelled (or the future was): so is the coroutine
-            try:
-                waiting = coro.throw(asyncio.CancelledError())
-            except StopIteration:
-                return
-            continue
-        except BaseException:
-            pass  # the coroutine reads the future's exception itself when it resumes
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            return
-
-
 class ClientSession:
     __slots__ = ("node", "transport", "conn", "codec", "client_id", "user", "conn_info", "expire_at",
                  "connected", "closed", "subs", "_queue", "_task", "_pong_deadline", "_stale_timer",
@@ -147,18 +123,8 @@ class ClientSession:
             self._refused = 0
             self._queue.append(cmd)
         if self._queue and self._task is None:
-            self._start_drain()
-
-    def _start_drain(self) -> None:
-        """Run the commands now, inside this callback, and make a task only if one has to wait (a broker
-        round trip): most commands on the memory broker never do, and a task per message costs more than
-        the command (what Python 3.12's eager tasks do)."""
-        coro = self._drain()
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            return
-        self._task = asyncio.get_running_loop().create_task(_resume(coro, waiting))
+            # a task, not a call: redis-py (asyncio.timeout) and others need to run inside one
+            self._task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
         queue = self._queue

@@ -1,6 +1,7 @@
 """Two relay nodes (separate processes, separate ports) on one real Redis act as one."""
 
 import asyncio
+import json
 import uuid
 
 import pytest
@@ -111,3 +112,40 @@ async def test_batched_publishes_keep_sharing_frames_on_redis(two_nodes):
     import orjson
 
     assert [orjson.loads(x)["push"]["pub"]["data"] for x in got] == list(range(20))
+
+
+async def test_concurrent_subscribes_to_one_channel(two_nodes):
+    """Many clients subscribing to one channel at the same moment, while it is being published to, all get
+    in and each gets every publication after its subscribe position (each subscribe keeps its own
+    collector while its history read is in flight)."""
+    import urllib.request
+
+    a_node, _ = two_nodes
+    ch = f"news:{uuid.uuid4().hex[:8]}"  # recoverable: offsets, and a history read per subscribe
+    clients = [await ws_connected(a_node.ws_port, a_node.token(f"c{i}")) for i in range(40)]
+    total = 150
+
+    def publish_all():
+        for i in range(total):
+            req = urllib.request.Request(f"{a_node.api_url}/publish", method="POST",
+                                         data=json.dumps({"channel": ch, "data": i}).encode(),
+                                         headers={"X-API-Key": a_node.api_key})
+            urllib.request.urlopen(req).read()
+
+    publisher = asyncio.create_task(asyncio.to_thread(publish_all))
+    for round_ in range(4):  # subscribe in waves while the publisher runs
+        for c in clients[round_ * 10:(round_ + 1) * 10]:
+            await c.send_cmds({"id": 99, "subscribe": {"channel": ch}})
+        await asyncio.sleep(0.02)
+    await publisher
+    for c in clients:
+        reply = await c.reply(99)
+        assert "subscribe" in reply, reply
+        offset = reply["subscribe"].get("offset", 0)
+        got = [p["pub"]["offset"] for p in c.pushes if "pub" in p]
+        c.pushes.clear()
+        while (got[-1] if got else offset) < total:
+            got.append((await c.pub())["pub"]["offset"])
+        assert got == list(range(offset + 1, total + 1)), (offset, got)
+        c.close()
+    assert "Traceback" not in a_node.log()
