@@ -720,8 +720,9 @@ class Publisher:
                 stamps = [time_ns() for _ in range(batch)]
                 self.transport.send(opcode, self.frame(stamps))
                 sent += batch
-                if started:
-                    in_window += sum(1 for s in stamps if ws_ns <= s < we_ns)
+                # by stamp, as the subscribers count: a tick begun just before the window opens may
+                # carry stamps inside it
+                in_window += sum(1 for s in stamps if ws_ns <= s < we_ns)
                 if started:
                     max_late_ns = max(max_late_ns, now - int(next_tick))
                 next_tick += interval
