@@ -5,8 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 CORE   := relay/_core$(shell $(PYTHON) -c "import sysconfig;print(sysconfig.get_config_var('EXT_SUFFIX'))")
 NODE_STAMP := tests/e2e/js/node_modules/.installed-stamp
+BENCH_NODE_STAMP := bench/peers/node/node_modules/.installed-stamp
 
-.PHONY: run test test-compiled test-pure build bench clean
+.PHONY: run test test-compiled test-pure build bench bench-quick clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +26,17 @@ $(NODE_STAMP): tests/e2e/js/package.json
 	cd tests/e2e/js && npm ci --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
+$(BENCH_NODE_STAMP): bench/peers/node/package.json bench/peers/node/package-lock.json
+	cd bench/peers/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $(BENCH_NODE_STAMP)
+
 run: build
 	$(PY) -m relay serve -c deploy/relay.dev.toml --print-token demo-user
 
 # The whole suite twice: on the compiled core (and a test fails if it was not loaded),
 # then on the pure-Python twin.
-test: build $(NODE_STAMP)
-	$(PY) -m ruff check relay tests bench
+test: build $(NODE_STAMP) $(BENCH_NODE_STAMP)
+	$(PY) -m ruff check relay tests bench loadtests
 	$(MAKE) test-compiled
 	$(MAKE) test-pure
 
@@ -41,9 +46,20 @@ test-compiled:
 test-pure:
 	RELAY_PUREPYTHON=1 $(PY) -m pytest -q -p no:cacheprovider
 
+# Every benchmark (relay against its peers, same run), then docs/benchmarks.md; bench-quick: smoke runs.
 bench: build
-	$(PY) bench/fanout.py
-	$(PY) bench/idle.py
+	$(PY) -m relay bench
+
+bench-quick: build
+	$(PY) -m relay bench --quick
+
+# Locust load test against a relay it starts (or URL=ws://...): make loadtest SCENARIO=reconnect_storm USERS=500
+# DURATION=5m; reports in loadtests/reports/SCENARIO/; exits non-zero when a threshold is missed.
+.PHONY: loadtest
+SCENARIO ?= flash_sale
+loadtest: build
+	$(PY) loadtests/run.py $(SCENARIO) $(if $(USERS),-u $(USERS)) $(if $(DURATION),-t $(DURATION)) \
+		$(if $(URL),--url $(URL)) $(LOADTEST_ARGS)
 
 clean:
 	rm -rf build relay/_core.c relay/_core*.so relay/_core.html

@@ -1,0 +1,1 @@
+"""Locust scenario files (``locust -f loadtests/scenarios/<name>.py``); see loadtests/README.md."""
