@@ -25,8 +25,9 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (GENERATOR_CPU, PicowsPeer, RelayServer, ServerProcess,  # noqa: E402
+from common import (FANOUT_CHANNEL, GENERATOR_CPU, RelayServer, ServerProcess,  # noqa: E402
                     machine_description, pin_to, raise_nofile, write_result)
+from fanout import DEFAULT_SERVERS, make_server, server_unavailable  # noqa: E402
 from loadgen import LoadGenerator, Target  # noqa: E402
 
 __all__ = ["measure", "main"]
@@ -53,9 +54,9 @@ def measure(server: ServerProcess, connections: int, workers: int, shared_channe
         if isinstance(server, RelayServer):
             channel = "bench:idle" if shared_channel else "bench:idle-{n}"
             target = Target("relay", "relay", server.ws_url, server.ws_url, server.token(), channel)
-        else:
-            assert isinstance(server, PicowsPeer)
-            target = Target(server.name, "raw", server.ws_url, server.pub_url)
+        else:  # a peer (fanout.make_server): picows, websockets, node-ws, nats
+            target = Target(server.name, getattr(server, "protocol", "raw"), server.ws_url, server.pub_url,
+                            channel=getattr(server, "channel", FANOUT_CHANNEL))
         before = _settled_rss(server, settle)
         lg = LoadGenerator(target, connections, workers)
         t0 = time.monotonic()
@@ -66,7 +67,7 @@ def measure(server: ServerProcess, connections: int, workers: int, shared_channe
         _, _, lost = lg.counts()
         return {
             "server": server.name, "connections": n, "requested": connections,
-            "channel": target.channel if target.kind == "relay" else None,
+            "channel": target.channel if target.kind == "relay" else None, "peer": server.name,
             "rss_before_bytes": before, "rss_after_bytes": after,
             "rss_per_connection_bytes": (after - before) / n if n else None,
             "connect_s": round(connect_s, 2), "lost_connections": lost, "server_alive": alive,
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                                  epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--connections", type=int, default=None, help="idle connections (default 10,000)")
     ap.add_argument("--workers", type=int, default=4, help="load generator processes (CPU 1)")
-    ap.add_argument("--servers", default="relay,picows", help="comma-separated: relay,picows")
+    ap.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
+                    help=f"comma-separated, from: {', '.join(DEFAULT_SERVERS)}")
     ap.add_argument("--shared-channel", action="store_true",
                     help="relay: all connections on one channel instead of one channel each")
     ap.add_argument("--settle", type=float, default=2.0, help="seconds to wait before each RSS reading")
@@ -120,17 +122,27 @@ def main(argv: list[str] | None = None) -> int:
              f"relay {machine['relay']} core={machine['relay_core']}")
     print_fn(f"idle RSS per WebSocket connection at {args.connections} connections (server on CPU 0):")
     results = []
+    skipped: dict[str, str] = {}
     for name in [s.strip() for s in args.servers.split(",") if s.strip()]:
-        server: ServerProcess = RelayServer() if name == "relay" else PicowsPeer()
+        why = server_unavailable(name)
+        if why:
+            skipped[name] = why
+            results.append({"server": name, "skipped": why})
+            print_fn(f"  {name}: SKIPPED ({why})")
+            continue
+        server: ServerProcess = make_server(name)
         r = measure(server, args.connections, args.workers, args.shared_channel, args.settle)
         results.append(r)
         print_fn(format_line(r))
-    by = {r["server"]: r for r in results}
-    if "relay" in by and "picows" in by and by["relay"]["rss_per_connection_bytes"] \
-            and by["picows"]["rss_per_connection_bytes"]:
-        ratio = by["relay"]["rss_per_connection_bytes"] / by["picows"]["rss_per_connection_bytes"]
-        print_fn(f"  relay/picows RSS per connection = {ratio:.2f}x (relay target <= {TARGET_KIB:g} KiB)")
-    path = write_result("idle", {"machine": machine, "args": vars(args), "results": results, "printed": lines})
+    by = {r["server"]: r for r in results if "skipped" not in r}
+    mine = (by.get("relay") or {}).get("rss_per_connection_bytes")
+    for peer, r in by.items():
+        if peer != "relay" and mine and r["rss_per_connection_bytes"]:
+            print_fn(f"  relay/{peer} RSS per connection = {mine / r['rss_per_connection_bytes']:.2f}x")
+    if mine:
+        print_fn(f"  relay: {mine / 1024:.2f} KiB per idle connection (target <= {TARGET_KIB:g} KiB)")
+    path = write_result("idle", {"machine": machine, "args": vars(args), "results": results, "printed": lines,
+                                 "skipped_servers": skipped})
     print(f"results: {path}")
     return 0
 

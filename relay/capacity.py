@@ -70,7 +70,7 @@ class Figure:
 @dataclass
 class Profile:
     us_per_broadcast_delivery: Figure
-    us_per_chat_delivery: Figure
+    us_per_chat_message: Figure  # a client's publish in a 2-member chat: command, reply, both pushes
     deliveries_per_core_at_p99: dict[float, Figure]  # p99 bound (ms) -> deliveries/s one core keeps under it
     us_per_connect: Figure
     rss_per_connection: Figure
@@ -157,16 +157,23 @@ def load_profile(results_dir: str) -> Profile:
     bcast = Figure(_us_per_delivery(step), f"{fan_name} case {step.get('case')} at "
                                            f"{step.get('msgs_per_s')} msg/s to {step.get('subscribers')} subscribers")
 
-    chat = bcast
+    chat: Figure | None = None
     found = _newest(results_dir, "chats")
     if found is not None:
         name, data = found
-        cstep = _best_step(_rows(data) or data.get("steps") or [])
-        if cstep is not None:
-            chat = Figure(_us_per_delivery(cstep), f"{name} at {cstep.get('msgs_per_s', cstep.get('offered'))} msg/s")
-    if chat is bcast:
-        chat = Figure(bcast.value, f"assumed equal to a broadcast delivery ({bcast.source}); run "
-                                   "`relay bench --only chats` to measure 1:1 chats")
+        summary = data.get("summary") if isinstance(data.get("summary"), dict) else {}
+        per_msg = summary.get("server_cpu_incl_softirq_us_per_message") or summary.get("server_cpu_us_per_message")
+        if isinstance(per_msg, (int, float)) and per_msg > 0:
+            chat = Figure(float(per_msg), f"{name}: its highest clean step, "
+                                          f"{summary.get('highest_clean_msgs_per_s', 0):,.0f} msg/s")
+        else:
+            cstep = _best_step([r for r in _rows(data) if not r.get("marks")])
+            if cstep is not None:
+                chat = Figure(_us_per_delivery(cstep), f"{name} at {cstep.get('msgs_per_s')} msg/s")
+    if chat is None:
+        # a chat message: the publish command and its reply, and a push to each of the two members
+        chat = Figure(3 * bcast.value, f"assumed 3 deliveries' worth ({bcast.source}); run "
+                                       "`relay bench --only chats` to measure 1:1 chats")
 
     at_p99: dict[float, Figure] = {}
     lat = _newest(results_dir, "latency")
@@ -259,8 +266,12 @@ def plan(t: Traffic, p: Profile) -> Deployment:
         size_factor = 1.0 + (t.message_bytes - 4 * p.measured_payload_bytes) / 4096
         assumptions.append(f"messages of {t.message_bytes} B cost {size_factor:.2f}x the measured "
                            f"{p.measured_payload_bytes} B deliveries (one extra delivery's worth per 4 KiB)")
-    cpu_deliver = (small * p.us_per_chat_delivery.value + bcast * p.us_per_broadcast_delivery.value) \
-        * size_factor / 1e6
+    # a chat message as measured (2 members), plus a delivery for each member beyond two; a push is one
+    # delivery (its HTTP API request is not measured: assumed to cost another)
+    chat_cpu = t.chat_messages_per_s * (p.us_per_chat_message.value
+                                        + max(0.0, t.chat_members - 2) * p.us_per_broadcast_delivery.value)
+    push_cpu = t.pushes_per_s * 2 * p.us_per_broadcast_delivery.value
+    cpu_deliver = (chat_cpu + push_cpu + bcast * p.us_per_broadcast_delivery.value) * size_factor / 1e6
     # a ping is a small write and a small read: counted as two deliveries per connection per interval
     cpu_pings = t.peak_connections / t.ping_interval_s * 2 * p.us_per_broadcast_delivery.value / 1e6
     ramp_rate = (t.arrivals or t.peak_connections) / (t.ramp_minutes * 60)
@@ -290,9 +301,10 @@ def plan(t: Traffic, p: Profile) -> Deployment:
         burst_nodes = burst / use / t.cores_per_node
         mem = (t.peak_connections * mem_per_conn + nodes * workers * p.rss_per_process.value) / (1024 ** 3)
         mem_nodes = mem / use / t.memory_per_node_gib
-        # a drained node's clients reconnect to the others within drain_window: that burst must fit too
-        storm_rate = t.peak_connections / nodes / t.drain_window_s if nodes > 1 else 0.0
-        storm_cores = storm_rate * p.us_per_connect.value / 1e6 / max(1, (nodes - 1) * t.cores_per_node)
+        # with the spare, nodes + 1 share the peak; a drained one's clients reconnect to the other nodes
+        # within drain_window: that burst must fit too
+        storm_rate = t.peak_connections / (nodes + 1) / t.drain_window_s
+        storm_cores = storm_rate * p.us_per_connect.value / 1e6 / (nodes * t.cores_per_node)
         needed = max(1, math.ceil(max(cpu_nodes, lat_nodes, mem_nodes, burst_nodes) - 1e-9))
         if nodes >= needed and storm_cores <= use:
             break
@@ -345,7 +357,7 @@ def plan(t: Traffic, p: Profile) -> Deployment:
     sources = {
         "CPU per broadcast delivery": f"{p.us_per_broadcast_delivery.value:.2f} us "
                                       f"({p.us_per_broadcast_delivery.source})",
-        "CPU per chat delivery": f"{p.us_per_chat_delivery.value:.2f} us ({p.us_per_chat_delivery.source})",
+        "CPU per chat message": f"{p.us_per_chat_message.value:.2f} us ({p.us_per_chat_message.source})",
         f"deliveries/s per core under p99 {t.p99_ms:g} ms": f"{lat.value:,.0f} ({lat.source})",
         "CPU per connection": f"{p.us_per_connect.value:.0f} us ({p.us_per_connect.source})",
         "memory per connection": f"{p.rss_per_connection.value / 1024:.1f} KiB ({p.rss_per_connection.source})",

@@ -47,7 +47,8 @@ def test_profile_reads_the_busiest_clean_relay_step(results):
     p = load_profile(str(results))
     assert p.us_per_broadcast_delivery.value == 8.0
     assert "100 msg/s to 1000 subscribers" in p.us_per_broadcast_delivery.source
-    assert p.us_per_chat_delivery.value == 8.0 and "assumed" in p.us_per_chat_delivery.source
+    # no chats run: a chat message is assumed to cost 3 deliveries (command + reply, two pushes)
+    assert p.us_per_chat_message.value == 24.0 and "assumed" in p.us_per_chat_message.source
     assert p.rss_per_connection.value == 4096
     assert p.at_p99(50).value == 100_000  # measured with p99 20 ms
     assert p.at_p99(10).value == 50_000
@@ -57,11 +58,11 @@ def test_profile_reads_the_busiest_clean_relay_step(results):
 
 def test_plan_arithmetic(results):
     p = load_profile(str(results))
-    # 100,000 chat deliveries/s at 8 us = 0.8 cores; pings: 1e6 conns / 25 s x 2 x 8 us = 0.64 cores
+    # 50,000 chat messages/s at 24 us = 1.2 cores; pings: 1e6 conns / 25 s x 2 x 8 us = 0.64 cores
     t = Traffic(peak_connections=1_000_000, chat_messages_per_s=50_000, chat_members=2, headroom=0.5,
                 cores_per_node=2, memory_per_node_gib=4.0)
     d = plan(t, p)
-    assert d.cores_needed["deliveries"] == pytest.approx(0.8)
+    assert d.cores_needed["deliveries"] == pytest.approx(1.2)
     assert d.cores_needed["pings"] == pytest.approx(0.64)
     # memory: 1e6 x 4 KiB = 3.81 GiB, + 64 MiB per worker (2 per node), at 50 % of 4 GiB nodes:
     # 2 nodes would need 4.06 GiB / 2 GiB = 2.03 nodes, 3 nodes 4.19 / 2 = 2.1: 3 nodes, + 1 spare
@@ -85,15 +86,20 @@ def test_broadcast_burst_needs_workers(results):
 
 
 def test_measured_chats_and_connections_are_used(results):
-    write(results, "chats", [{"server": "relay", "msgs_per_s": 5000, "deliveries_per_s": 10000,
-                              "server_cpu_us_per_delivery": 12.0, "latency_ms": {"p99": 3}, "loss": 0}], 4)
+    write(results, "chats", [{"server": "relay", "msgs_per_s": 5000, "deliveries_per_s": 5000,
+                              "server_cpu_us_per_delivery": 12.0, "latency_ms": {"p99": 3}, "loss": 0}], 4,
+          summary={"server_cpu_us_per_message": 11.0, "server_cpu_incl_softirq_us_per_message": 12.0,
+                   "highest_clean_msgs_per_s": 5000})
     write(results, "connrate", [{"server": "relay", "offered_per_s": 500, "accepted_per_s": 500,
                                  "server_cpu_us_per_connection": 400.0}], 5)
     p = load_profile(str(results))
-    assert p.us_per_chat_delivery.value == 12.0 and p.us_per_connect.value == 400.0
+    assert p.us_per_chat_message.value == 12.0 and p.us_per_connect.value == 400.0
     # 20,000 arrivals in 10 minutes = 33.3/s x 400 us = 0.013 cores
     d = plan(Traffic(peak_connections=20_000, arrivals=20_000, ramp_minutes=10), p)
     assert d.cores_needed["connection ramp"] == pytest.approx(20_000 / 600 * 400e-6)
+    # 1 node + the spare share the peak; the drained one's 10,000 clients come back in 20 s to the other
+    # node: 500/s x 400 us = 0.2 cores of its 4
+    assert d.nodes == 2 and d.utilization["reconnect storm"] == pytest.approx(0.05)
 
 
 def test_missing_results_name_the_benchmark(tmp_path):
