@@ -442,6 +442,11 @@ class Node:
         for t0 in started:
             hist.observe(end - t0)
 
+    def delivered_offset(self, channel: str, epoch: str) -> int:
+        """The offset this node has delivered up to in ``channel``'s stream ``epoch`` (0: not tracked)."""
+        known = self._positions.get(channel)
+        return known.offset if known is not None and known.epoch == epoch else 0
+
     def track_position(self, channel: str, pos: StreamPosition) -> None:
         """Start checking ``channel``'s stream against what this node delivers."""
         if pos.epoch and channel not in self._positions:

@@ -503,6 +503,8 @@ class ClientSession:
         result["recoverable"] = True
         result["positioned"] = True
         pos, pubs, recovered = await self._recover(channel, p, opts)
+        if self.node.broker.lossy_delivery:
+            await self._catch_up(channel, pos, box)
         newer = [x for x in box if x.get("offset", 0) > pos.offset]
         if p.get("recover"):
             if not recovered and int(p.get("flag") or 0) & FLAG_REJECT_UNRECOVERED:
@@ -518,6 +520,22 @@ class ClientSession:
         result["epoch"] = pos.epoch
         result["offset"] = pos.offset
         return result, newer
+
+    async def _catch_up(self, channel: str, pos: StreamPosition, box: list[dict]) -> None:
+        """On Redis the history read can see a publication before its pub/sub message reaches this node;
+        delivered through the hub after the reply, it would repeat an offset the reply already covers.
+        When this node is receiving the channel (it tracks its position, or publications are arriving)
+        and is behind ``pos``, wait briefly until it has caught up: a message that never comes is the
+        position check's business."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 0.1
+        while True:
+            seen = self.node.delivered_offset(channel, pos.epoch)
+            if box:
+                seen = max(seen, box[-1].get("offset", 0))
+            if seen == 0 or seen >= pos.offset or loop.time() >= deadline:
+                return  # nothing known to be in flight, caught up, or given up
+            await asyncio.sleep(0.002)
 
     async def _recover(self, channel: str, p: dict, opts) -> tuple[StreamPosition, list, bool]:
         broker = self.node.broker

@@ -145,7 +145,10 @@ async def test_concurrent_subscribes_to_one_channel(two_nodes):
         got = [p["pub"]["offset"] for p in c.pushes if "pub" in p]
         c.pushes.clear()
         while (got[-1] if got else offset) < total:
-            got.append((await c.pub())["pub"]["offset"])
+            try:
+                got.append((await c.pub(timeout=5))["pub"]["offset"])
+            except TimeoutError:
+                raise AssertionError(f"publications missing after {offset}: got {got}") from None
         assert got == list(range(offset + 1, total + 1)), (offset, got)
         c.close()
     assert "Traceback" not in a_node.log()
