@@ -2,7 +2,8 @@
 
 For each server (``--servers``, names as in fanout.py's ``make_server``: relay, picows,
 websockets, node-ws, nats, relay-wd<ms>), started fresh on CPU 0: 1,000 subscribers
-(``--subscribers``) on one channel, one publisher, ONE message per publisher frame, and the
+(``--subscribers``) on one channel, one publisher, ONE message per publisher frame (``--batch``
+N: N, a hot channel), and the
 offered rate rising step by step (``--start-rate`` 20 msg/s, x``--factor`` 1.5 per step) on
 the same connections until the server saturates. A step counts as saturated when
 
@@ -162,8 +163,9 @@ class _Session:
 
     async def step(self, rate: float, phase: str, args: argparse.Namespace) -> dict[str, Any]:
         assert self.server is not None and self.lg is not None and self.pub is not None
-        case = Case("latency", "latency against offered load", self.subscribers, (Step(rate),), self.workers)
-        r = await run_step(case, Step(rate), self.server, self.lg, self.pub, args.warmup, args.duration,
+        step = Step(rate / args.batch, args.batch)
+        case = Case("latency", "latency against offered load", self.subscribers, (step,), self.workers)
+        r = await run_step(case, step, self.server, self.lg, self.pub, args.warmup, args.duration,
                            args.drain_timeout)
         return _augment(r, self.lg, phase, args)
 
@@ -270,7 +272,8 @@ async def amain(args: argparse.Namespace) -> int:
     out = Printer()
     machine = machine_description()
     out(banner(machine))
-    out(f"latency vs offered load: {args.subscribers} subscribers on one channel, 1 message per publisher frame,"
+    out(f"latency vs offered load: {args.subscribers} subscribers on one channel, {args.batch} message(s) per"
+        f" publisher frame,"
         f" from {args.start_rate:g} msg/s x{args.factor:g} per step (max {args.max_steps} steps, {args.max_rate:g}"
         f" msg/s); saturated at p99 > {args.p99_limit:g} ms, loss > 0 or deliveries < {DELIVERED_SHARE:.0%} of"
         f" offered; then one step at {AT_LOAD:.0%} of saturation on a fresh server; window {args.duration:g}s"
@@ -337,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subscribers", type=int, default=None, help="subscribers on the channel (default 1,000)")
     ap.add_argument("--workers", type=int, default=2, help="subscriber processes of the load generator")
     ap.add_argument("--start-rate", type=float, default=None, help="first step, msg/s (default 20)")
+    ap.add_argument("--batch", type=int, default=1,
+                    help="messages per publisher frame (default 1; e.g. 50 for a hot channel, where servers "
+                         "that coalesce saturate before the generator does)")
     ap.add_argument("--factor", type=float, default=None, help="rate multiplier per step (default 1.5)")
     ap.add_argument("--max-steps", type=int, default=None, help="most ramp steps per server (default 16)")
     ap.add_argument("--max-rate", type=float, default=5000.0, help="highest msg/s the ramp may offer")

@@ -176,7 +176,8 @@ def load_profile(results_dir: str) -> Profile:
                                        "`relay bench --only chats` to measure 1:1 chats")
 
     at_p99: dict[float, Figure] = {}
-    lat = _newest(results_dir, "latency")
+    # one message per frame: the case where nothing is coalesced (a hot-channel ramp would flatter the plan)
+    lat = _newest(results_dir, "latency", lambda d: int((d.get("args") or {}).get("batch") or 1) == 1)
     lat_rows: list[tuple[str, dict]] = []
     if lat is not None:
         lat_rows = [(lat[0], r) for r in _rows(lat[1]) or []]
