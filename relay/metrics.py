@@ -124,6 +124,8 @@ class Exporter:
         self.api_requests = counter("relay_api_requests", "HTTP server API calls by method and result",
                                     ("method", "result"))
         self.worker_restarts = counter("relay_worker_restarts", "workers the supervisor restarted")
+        self.rss = gauge("relay_resident_memory_bytes", "resident memory of relay's processes (summed over "
+                         "workers)")
         self.log_dropped = counter("relay_log_lines_dropped", "log lines dropped by the rate limit (log_rate)")
         self.ready = gauge("relay_ready", "1 when ready (accepting, broker reachable); 0 draining or not ready",
                            mode="livemin")
@@ -173,6 +175,7 @@ class Exporter:
         self._add(self.resyncs, "resync", stats.resyncs)
         self._add(self.log_dropped, "logdrop", logs.dropped_total())
         self.queue_bytes.set(node.backlog_bytes())
+        self.rss.set(_resident_bytes())
         stats.fanout.flush(self.fanout)
         stats.broker_publish.flush(self.broker_publish)
         if broker_up is not None:
@@ -191,6 +194,17 @@ class Exporter:
             multiprocess.MultiProcessCollector(registry, path=self.mp_dir)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def count_worker_restart() -> None:

@@ -25,6 +25,7 @@ async def test_traffic_moves_the_metrics(relay_factory):
     assert before.total("relay_build_info") == 1
     assert before["relay_ready"] == 1 and before["relay_broker_up"] == 1
     assert before["relay_connections_max"] > 0
+    assert 10 * 2**20 < before["relay_resident_memory_bytes"] < 2**32
     ch = f"pub:{uuid.uuid4().hex[:8]}"  # clients may publish; no join/leave pushes
 
     ws = [await ws_connected(r.ws_port, r.token(f"w{i}")) for i in range(3)]
