@@ -164,7 +164,21 @@ class RelayProcess(ServerProcess):
             self.name = name
         super().__init__(cpu, env, unset_env)
         ports = {k: free_port() for k in ("ws_port", "tcp_port", "api_port") if not config.get(k)}
+        self._auto_ports = tuple(ports)
         self.config = merge(config, ports)
+
+    def start(self, timeout: float = 30.0):
+        """Start; if a port picked here was taken meanwhile by another process (free_port can only
+        say it was free a moment ago), pick new ones and try again."""
+        for attempt in range(3):
+            try:
+                return super().start(timeout)
+            except RuntimeError as e:
+                if attempt == 2 or not self._auto_ports or "address already in use" not in str(e):
+                    raise
+                self.stop()
+                self.config = merge(self.config, {k: free_port() for k in self._auto_ports})
+        raise AssertionError("unreachable")  # pragma: no cover
 
     ws_port = property(lambda self: self.config["ws_port"])
     tcp_port = property(lambda self: self.config["tcp_port"])
