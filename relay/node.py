@@ -60,7 +60,6 @@ class Stats:
         self.accepted: Counter[int] = Counter()  # sessions by wire
         self.publications: Counter[str] = Counter()  # by source: client, api
         self.api_requests: Counter[tuple[str, str]] = Counter()
-        self.connections_total = 0
         self.resyncs = 0
         self.fanout = LocalHistogram()
         self.broker_publish = LocalHistogram()
@@ -218,7 +217,6 @@ class Node:
                     remote: str = "") -> ClientSession:
         s = ClientSession(self, transport, raw_transport, wire, remote)
         self.open_sessions.add(s)
-        self.stats.connections_total += 1
         self.stats.accepted[wire] += 1
         return s
 
