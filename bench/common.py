@@ -34,7 +34,8 @@ from relay.testing import free_port  # noqa: E402
 
 __all__ = [
     "ROOT", "PYTHON", "SERVER_CPU", "GENERATOR_CPU", "RELAY_SECRET", "FANOUT_CHANNEL",
-    "free_port", "raise_nofile", "pin_to", "proc_cpu_times", "sum_cpu_times", "proc_cpu_seconds", "cpu_stat",
+    "free_port", "raise_nofile", "CpuQuota", "SERVER_CPU_QUOTA",
+    "pin_to", "proc_cpu_times", "sum_cpu_times", "proc_cpu_seconds", "cpu_stat",
     "proc_rss_bytes", "apply_run_defaults",
     "ServerProcess", "RelayServer", "Peer", "PicowsPeer", "WebsocketsPeer", "NodeWsPeer", "NatsPeer", "PEERS",
     "machine_description", "write_result", "fmt_rate",
@@ -140,8 +141,94 @@ def _tcp_accepts(port: int) -> bool:
         return False
 
 
+class CpuQuota:
+    """A cgroup that caps its processes at ``share`` of one core (CFS bandwidth control).
+
+    On a 2-core machine one load-generator core cannot saturate a server that has a whole
+    core (at one message per frame the generator spends about as much per delivery as the
+    server). Capping every server at the same share of a core (``--cpu-quota``) makes the
+    server the bottleneck, so deliveries/s at saturation can be compared between servers
+    "given the same cores". The period is short (5 ms) so throttling adds at most
+    ``(1 - share) * 5`` ms to a delivery. cgroup v2 (``cpu.max``) or v1 (``cpu.cfs_quota_us``).
+    Time the kernel charges as softirq rather than to a task escapes the cap, equally for
+    every server.
+    """
+
+    PERIOD_US = 5000
+
+    def __init__(self, share: float) -> None:
+        if not 0 < share <= 1:
+            raise ValueError("cpu quota: a share of one core in (0, 1]")
+        self.share = share
+        quota = max(1000, int(share * self.PERIOD_US))
+        name = f"relay-bench-{os.getpid()}-{id(self):x}"
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+        if v2.exists():
+            self.path = Path("/sys/fs/cgroup") / name
+            self.path.mkdir()
+            (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+        else:
+            self.path = Path("/sys/fs/cgroup/cpu") / name
+            self.path.mkdir()
+            (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+
+    @staticmethod
+    def unavailable() -> str | None:
+        """Why no CPU quota can be set here (None: it can)."""
+        for base in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/cpu")):
+            if (base / "cgroup.controllers").exists() or (base / "cpu.cfs_quota_us").exists():
+                return None if os.access(base, os.W_OK) else f"{base} is not writable (run as root)"
+        return "no cgroup cpu controller under /sys/fs/cgroup"
+
+    def add(self, pid: int) -> None:
+        """Move process ``pid`` (every thread of it) into the cgroup."""
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def throttled_seconds(self) -> float:
+        """Time the cgroup's processes were held back by the quota so far."""
+        stat = dict(line.split() for line in (self.path / "cpu.stat").read_text().splitlines() if line)
+        if "throttled_usec" in stat:
+            return int(stat["throttled_usec"]) / 1e6
+        return int(stat.get("throttled_time", 0)) / 1e9
+
+    def remove(self) -> None:
+        try:
+            procs = (self.path / "cgroup.procs").read_text().split()
+            parent = self.path.parent / "cgroup.procs"
+            for pid in procs:  # leftovers (a server that outlived stop()) go back to the root group
+                parent.write_text(pid)
+            self.path.rmdir()
+        except OSError:
+            pass
+
+
+#: set by a benchmark's ``--cpu-quota``: every server started afterwards runs under this share of a core
+SERVER_CPU_QUOTA: float | None = None
+
+
 class ServerProcess(testing.ServerProcess):
-    """A server under test, pinned to ``SERVER_CPU``, with its CPU time and RSS read from /proc."""
+    """A server under test, pinned to ``SERVER_CPU``, with its CPU time and RSS read from /proc.
+
+    With ``SERVER_CPU_QUOTA`` set, the server also runs in its own cgroup capped at that
+    share of the core (:class:`CpuQuota`), entered as soon as it is ready, before any load.
+    """
+
+    quota: CpuQuota | None = None
+
+    def start(self, timeout: float = 30.0):
+        out = super().start(timeout)
+        if SERVER_CPU_QUOTA is not None:
+            if self.quota is None:
+                self.quota = CpuQuota(SERVER_CPU_QUOTA)
+            self.quota.add(self.pid)
+        return out
+
+    def cleanup(self) -> None:
+        super().cleanup()
+        if self.quota is not None:
+            self.quota.remove()
+            self.quota = None
 
     def cpu_seconds(self) -> float:
         return proc_cpu_seconds(self.pid)

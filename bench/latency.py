@@ -37,6 +37,7 @@ import sys
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 import fanout  # noqa: E402
 from common import (FANOUT_CHANNEL, GENERATOR_CPU, RelayServer, ServerProcess, fmt_rate,  # noqa: E402
                     machine_description, pin_to, raise_nofile, write_result)
@@ -277,7 +278,10 @@ async def amain(args: argparse.Namespace) -> int:
         f" from {args.start_rate:g} msg/s x{args.factor:g} per step (max {args.max_steps} steps, {args.max_rate:g}"
         f" msg/s); saturated at p99 > {args.p99_limit:g} ms, loss > 0 or deliveries < {DELIVERED_SHARE:.0%} of"
         f" offered; then one step at {AT_LOAD:.0%} of saturation on a fresh server; window {args.duration:g}s"
-        f" after {args.warmup:g}s warm-up; servers on CPU 0, generator on CPU {GENERATOR_CPU}")
+        f" after {args.warmup:g}s warm-up; servers on CPU 0"
+        + (f" capped at {args.cpu_quota:g} of it (cgroup quota, {common.CpuQuota.PERIOD_US} us period)"
+           if args.cpu_quota else "")
+        + f", generator on CPU {GENERATOR_CPU}")
     results: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
@@ -313,13 +317,15 @@ async def amain(args: argparse.Namespace) -> int:
         out(summary_line(s))
     for name, why in skipped.items():
         out(f"  {name:<10} skipped: {why}")
-    path = write_result("latency", {
+    path = write_result("latency-quota" if args.cpu_quota else "latency", {
         "machine": machine, "args": vars(args), "scenario": "latency", "server_versions": versions,
         "skipped_servers": skipped,
         "definitions": {
             "saturated_step": f"p99 > {args.p99_limit:g} ms, loss > 0 (or backlog), deliveries/s <"
                               f" {DELIVERED_SHARE:.0%} of msgs/s x subscribers, fanout's growth test,"
                               " disconnects or a dead server",
+            "cpu_quota": "args.cpu_quota: every server capped at that share of one core by a cgroup"
+                         " (null: a whole core)",
             "saturation_deliveries_per_s": "highest deliveries/s reached up to and including the saturated step",
             "at_80pct": f"one step on a fresh server at {AT_LOAD:.0%} of saturation_deliveries_per_s",
             "results": "fanout.run_step rows plus latency_ms.p90/p99_9, offered_deliveries_per_s,"
@@ -350,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=None, help="measured window in seconds (default 6)")
     ap.add_argument("--warmup", type=float, default=None, help="seconds before the window (default 2)")
     ap.add_argument("--drain-timeout", type=float, default=None, help="seconds to wait for the backlog (default 15)")
+    ap.add_argument("--cpu-quota", type=float, default=None,
+                    help="run every server in a cgroup capped at this share of one core (e.g. 0.4), so that"
+                         " the one generator core can saturate it: deliveries/s at saturation then compare"
+                         " servers given the same CPU (needs a writable cgroup cpu controller)")
     ap.add_argument("--quick", action="store_true",
                     help="relay and picows, 200 subscribers, 3 steps from 50 msg/s x2, short windows (smoke test)")
     args = ap.parse_args(argv)
@@ -363,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, key, quick if q else full)
     if args.factor <= 1.0:
         raise SystemExit("--factor must be > 1")
+    if args.cpu_quota is not None:
+        why = common.CpuQuota.unavailable()
+        if why or not 0 < args.cpu_quota <= 1:
+            raise SystemExit(f"--cpu-quota: {why or 'a share of one core in (0, 1]'}")
+        common.SERVER_CPU_QUOTA = args.cpu_quota
     import uvloop
 
     return uvloop.run(amain(args))
