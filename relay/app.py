@@ -42,7 +42,6 @@ class App:
         self.ready = False
         self.draining = False
         self.ports: dict[str, int] = {}
-        self._demo_task: asyncio.Task | None = None
         self._metrics_task: asyncio.Task | None = None
 
     def ssl_context(self):
@@ -81,11 +80,10 @@ class App:
         if cfg.api_port:
             api_app = build_api_app(self.node, self.readiness)
             if cfg.demo:
-                from relay.demo import add_demo_routes, demo_publisher
+                from relay.demo import add_demo_routes
 
                 add_demo_routes(api_app, self.node)
-                self._demo_task = asyncio.get_running_loop().create_task(demo_publisher(self.node))
-                log.warning("demo mode is on: /demo issues guest tokens; never enable it in production")
+                log.warning("demo mode is on: /demo/api/token mints tokens for anyone; never enable it in production")
             self._api_runner = web.AppRunner(api_app, access_log=None)
             await self._api_runner.setup()
             site = web.TCPSite(self._api_runner, cfg.host, cfg.api_port, reuse_address=True,
@@ -131,8 +129,6 @@ class App:
         messages); ``hurry`` set meanwhile disconnects the rest at once."""
         self.ready = False
         self.draining = True
-        if self._demo_task is not None:
-            self._demo_task.cancel()
         for srv in self.servers:
             srv.close()  # the listening sockets only: open connections stay
         if drain:

@@ -101,6 +101,13 @@ class TokenVerifier:
         exp = claims.get("exp")
         return float(exp) if exp is not None else None
 
+    def verify_admin(self, token: str) -> str:
+        """Check an admin token (``relay token --admin``: a signed token with ``"admin": true``); its user."""
+        claims = self._claims(token)
+        if claims.get("admin") is not True or "channel" in claims:
+            raise TokenInvalid("not an admin token")
+        return str(claims["sub"])
+
     def _claims(self, token: str) -> dict:
         if len(token) > self.max_size:
             raise TokenInvalid("token too large")

@@ -50,6 +50,10 @@ def cmd_serve(args) -> int:
             return
         workers_note = f" ({cfg.worker_count()} workers)" if cfg.worker_count() > 1 else ""
         token = make_connect_token(args.print_token, cfg.token_hmac_secret, ttl=24 * 3600)
+        demo = (f"Shop demo: customer  http://{cfg.host}:{cfg.api_port}/demo/shop   (open it in several tabs)\n"
+                f"           agent     http://{cfg.host}:{cfg.api_port}/demo/agent\n"
+                f"           pushes    make demo-push [CUSTOMER=c-...]   (order status / sale, via /api/publish)\n"
+                if cfg.demo else "")
         print(f"""
 relay {__version__}{workers_note} is running (core: {core.IMPLEMENTATION}, broker: {cfg.broker})
   WebSocket  ws://{cfg.host}:{cfg.ws_port}{cfg.ws_path}   (Centrifugo JSON protocol; any Centrifugo SDK)
@@ -60,8 +64,8 @@ relay {__version__}{workers_note} is running (core: {core.IMPLEMENTATION}, broke
 Test token for user '{args.print_token}' (valid 24 h):
   {token}
 
-Demo:    open http://{cfg.host}:{cfg.api_port}/demo in two browser tabs and chat
-Publish: curl -s -H 'X-API-Key: {cfg.api_key}' -d '{{"channel":"chat:lobby","data":{{"text":"hi"}}}}' \\
+{demo}Admin:   http://{cfg.host}:{cfg.api_port}/admin   (log in with the API key)
+Publish: curl -s -H 'X-API-Key: {cfg.api_key}' -d '{{"channel":"sale:flash","data":{{"text":"hi"}}}}' \\
            http://{cfg.host}:{cfg.api_port}/api/publish
 """, flush=True)
 
@@ -80,7 +84,8 @@ def cmd_token(args) -> int:
     secret = args.secret
     if not secret:
         secret = _load(args).token_hmac_secret
-    print(make_connect_token(args.user, secret, ttl=args.ttl or None))
+    extra = {"admin": True} if args.admin else {}
+    print(make_connect_token(args.user, secret, ttl=args.ttl or None, **extra))
     return 0
 
 
@@ -213,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("token", help="sign an HS256 connect token")
     t.add_argument("--user", required=True)
     t.add_argument("--ttl", type=int, default=3600, help="seconds until expiry (0: never)")
+    t.add_argument("--admin", action="store_true",
+                   help="an admin token: opens the /admin page (read-only figures, test publishes)")
     t.add_argument("--secret", help="HMAC secret (default: token_hmac_secret from config/env)")
     t.add_argument("--config", "-c")
     t.set_defaults(func=cmd_token)

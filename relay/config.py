@@ -49,6 +49,10 @@ def _doc(text: str, **kw: Any) -> Any:
     return field(metadata={"doc": text}, **kw)
 
 
+#: the namespaces the shop demo (relay/demo) publishes and subscribes in; deploy/relay.dev.toml has them
+DEMO_NAMESPACES = ("support", "typing", "orders", "sale", "agents")
+
+
 @dataclass
 class ChannelOptions:
     """Options of a channel namespace (``[channel]`` applies to names without a namespace)."""
@@ -172,7 +176,10 @@ class Config:
     drain_window: float = _doc("on SIGTERM: seconds over which connected clients are disconnected with 3001 "
                                "'shutdown' (reconnect), each at a random moment so they do not all reconnect "
                                "elsewhere at once; the process exits within drain_window + 5 s", default=10.0)
-    demo: bool = _doc("serve the demo page on the API port", default=False)
+    demo: bool = _doc("serve the shop chat demo (/demo/shop, /demo/agent) on the API port; its /demo/api/token "
+                      "mints tokens for anyone, so never in production", default=False)
+    admin: bool = _doc("serve the read-only admin page /admin on the API port (its figures need the API key "
+                       "or an admin token from `relay token --admin`)", default=True)
 
     channel: ChannelOptions = _doc("options for channels without a namespace", default_factory=ChannelOptions)
     namespaces: dict[str, ChannelOptions] = _doc("options per namespace ('ns:' prefix)", default_factory=dict)
@@ -272,6 +279,10 @@ class Config:
                     errs.append(f"{ns}.{op}: {getattr(opts, op)!r} is not one of {', '.join(ACCESS_MODES)}")
             if opts.force_recovery and opts.history_size == 0:
                 errs.append(f"{ns}.force_recovery: needs history_size > 0")
+        missing = [ns for ns in DEMO_NAMESPACES if ns not in self.namespaces]
+        if self.demo and missing:
+            errs.append(f"demo: the shop demo needs the namespaces {', '.join(DEMO_NAMESPACES)}; missing "
+                        f"{', '.join(missing)} (copy them from deploy/relay.dev.toml)")
         return errs
 
 

@@ -242,4 +242,8 @@ def build_api_app(node, readiness: Callable[[], Awaitable[str]]) -> web.Applicat
     app.router.add_get("/readyz", readyz)
     if cfg.metrics:
         app.router.add_get("/metrics", metrics)
+    if cfg.admin:
+        from relay.api.admin import add_admin_routes
+
+        add_admin_routes(app, node, readiness, authorized, API_METHODS["publish"])
     return app
