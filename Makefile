@@ -6,8 +6,12 @@ STAMP  := $(VENV)/.installed-stamp
 CORE   := relay/_core$(shell $(PYTHON) -c "import sysconfig;print(sysconfig.get_config_var('EXT_SUFFIX'))")
 NODE_STAMP := tests/e2e/js/node_modules/.installed-stamp
 BENCH_NODE_STAMP := bench/peers/node/node_modules/.installed-stamp
+# the shop demo's pages bundle the Centrifugo JS SDK (npm) with esbuild into relay/demo/static
+DEMO_WEB   := relay/demo/web
+DEMO_STAMP := $(DEMO_WEB)/node_modules/.installed-stamp
+DEMO_JS    := relay/demo/static/shop.js relay/demo/static/agent.js
 
-.PHONY: run test test-compiled test-pure build bench bench-quick clean
+.PHONY: run test test-compiled test-pure build bench bench-quick clean demo-push
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +24,14 @@ $(STAMP): $(PY) pyproject.toml setup.py
 $(CORE): $(STAMP) relay/_core.pyx relay/_core.pxd setup.py
 	$(PY) setup.py --quiet build_ext --inplace
 
-build: $(CORE)
+$(DEMO_STAMP): $(DEMO_WEB)/package.json $(DEMO_WEB)/package-lock.json
+	cd $(DEMO_WEB) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(DEMO_STAMP)
+
+$(DEMO_JS) &: $(DEMO_STAMP) $(wildcard $(DEMO_WEB)/src/*.js)
+	cd $(DEMO_WEB) && npm run --silent build
+
+build: $(CORE) $(DEMO_JS)
 
 $(NODE_STAMP): tests/e2e/js/package.json
 	cd tests/e2e/js && npm ci --no-audit --no-fund --loglevel=error
@@ -36,6 +47,7 @@ run: build
 # The whole suite twice: on the compiled core (and a test fails if it was not loaded),
 # then on the pure-Python twin.
 test: build $(NODE_STAMP) $(BENCH_NODE_STAMP)
+	.ci/install-chromium
 	$(PY) -m ruff check relay tests bench loadtests
 	$(MAKE) test-compiled
 	$(MAKE) test-pure
@@ -45,6 +57,12 @@ test-compiled:
 
 test-pure:
 	RELAY_PUREPYTHON=1 $(PY) -m pytest -q -p no:cacheprovider
+
+# Pushes into the running demo through the real server API: an order status to CUSTOMER (its id is
+# on the shop page) or, without CUSTOMER, a sale announcement to every shop page.
+demo-push:
+	$(PY) -m relay.demo.push -c deploy/relay.dev.toml $(if $(CUSTOMER),--customer $(CUSTOMER)) \
+		$(if $(STATUS),--status "$(STATUS)") $(if $(TEXT),--text "$(TEXT)")
 
 # Every benchmark (relay against its peers, same run), then docs/benchmarks.md; bench-quick: smoke runs.
 bench: build
@@ -62,4 +80,4 @@ loadtest: build
 		$(if $(URL),--url $(URL)) $(LOADTEST_ARGS)
 
 clean:
-	rm -rf build relay/_core.c relay/_core*.so relay/_core.html
+	rm -rf build relay/_core.c relay/_core*.so relay/_core.html $(DEMO_JS)
