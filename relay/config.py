@@ -75,6 +75,57 @@ class ChannelOptions:
     force_recovery: bool = _doc("subscriptions are recoverable: clients get offsets and recover gaps",
                                 default=False)
     history_access: str = _doc("who may call history (same modes as publish_access)", default="subscribers")
+    proxy_subscribe: bool = _doc("ask the backend ([proxy] subscribe_endpoint) before a subscribe without a "
+                                 "subscription token; it may refuse, or add data and an expiry; it cannot allow "
+                                 "what subscribe_access or a '#' user list refuses", default=False)
+    proxy_publish: bool = _doc("ask the backend ([proxy] publish_endpoint) before a client publish; it may "
+                               "refuse it or replace its data", default=False)
+    proxy_sub_refresh: bool = _doc("when a proxied subscription's expire_at comes, ask the backend "
+                                   "([proxy] sub_refresh_endpoint) to prolong it", default=False)
+
+
+#: the proxy hooks, in the order of Centrifugo's documentation
+PROXY_HOOKS = ("connect", "refresh", "subscribe", "sub_refresh", "publish", "rpc")
+#: headers forwarded to the backend unless [proxy] http_headers says otherwise (Centrifugo's common choice)
+DEFAULT_PROXY_HEADERS = ("Cookie", "Authorization", "User-Agent", "X-Real-Ip", "X-Forwarded-For", "Origin",
+                         "Accept-Language")
+
+
+@dataclass
+class ProxyOptions:
+    """The event proxy: HTTP hooks to the shop's backend, in Centrifugo's HTTP proxy format."""
+
+    connect_endpoint: str = _doc("URL asked to authenticate a client that connects without a token (its "
+                                 "forwarded headers and cookies); empty: tokens only", default="")
+    refresh_endpoint: str = _doc("URL asked to prolong a proxy-authenticated connection at its expire_at; "
+                                 "empty: such connections end with 3005 at expire_at", default="")
+    subscribe_endpoint: str = _doc("URL of the subscribe hook (namespaces with proxy_subscribe)", default="")
+    sub_refresh_endpoint: str = _doc("URL of the sub_refresh hook (namespaces with proxy_sub_refresh)",
+                                     default="")
+    publish_endpoint: str = _doc("URL of the publish hook (namespaces with proxy_publish)", default="")
+    rpc_endpoint: str = _doc("URL for rpc methods that no rpc_routes pattern matches; empty: those "
+                             "methods answer 104 method not found", default="")
+    rpc_routes: dict[str, str] = _doc("rpc method pattern (fnmatch, e.g. 'orders.*') -> URL; the first "
+                                      "matching pattern in file order wins", default_factory=dict)
+    timeout: float = _doc("seconds a hook request may take (connect, queue wait excluded)", default=1.0)
+    max_in_flight: int = _doc("requests of one hook in flight at once (each hook has its own pool)",
+                              default=64)
+    queue_size: int = _doc("requests of one hook waiting for a free slot; beyond it requests are shed at once",
+                           default=1000)
+    queue_deadline: float = _doc("seconds a request may wait for a free slot before it is shed", default=2.0)
+    http_headers: list[str] = _doc("client handshake headers forwarded to the backend (allow-list)",
+                                   default_factory=lambda: list(DEFAULT_PROXY_HEADERS))
+    cookies: list[str] = _doc("cookie names forwarded in the Cookie header (allow-list; empty: the whole "
+                              "Cookie header when http_headers has it)", default_factory=list)
+    max_response_size: int = _doc("bytes a hook response may have; larger is a failure", default=65536)
+    connect_failure_code: int = _doc("0: a failed connect hook answers the temporary internal error 100 (the "
+                                     "SDKs retry with backoff); 3000-4999: disconnect with that code instead",
+                                     default=0)
+    shed_retry_after: float = _doc("mean seconds advised to clients shed by a full connect queue (jittered "
+                                   "0.5-1.5x in the disconnect reason)", default=5.0)
+
+    def endpoint(self, hook: str) -> str:
+        return getattr(self, f"{hook}_endpoint")
 
 
 @dataclass
@@ -112,6 +163,14 @@ class Config:
                                default=False)
     redis_prefix: str = _doc("prefix of every Redis key and pub/sub channel", default="relay")
     redis_pubsub_connections: int = _doc("pub/sub connections per Redis instance", default=2)
+    outbox_dsn: str = _doc("PostgreSQL DSN of the outbox table relay consumes server API commands from "
+                           "(postgresql://user@host/db); empty: no outbox consumer", default="")
+    outbox_table: str = _doc("the outbox table (`relay outbox init` creates it; SQL in deploy/outbox.sql)",
+                             default="relay_outbox")
+    outbox_partitions: int = _doc("partitions of the outbox (rows carry partition 0..N-1); nodes on one table "
+                                  "split them, each partition in order on one node at a time", default=16)
+    outbox_batch_size: int = _doc("rows claimed per batch", default=100)
+    outbox_poll_interval: float = _doc("seconds between polls when no NOTIFY arrives (the fallback)", default=1.0)
     redis_unsubscribe_delay: float = _doc("seconds before a node leaves a Redis channel it no longer needs "
                                           "(a channel that flaps is not re-subscribed each time)", default=1.0)
     position_check_interval: float = _doc("seconds between checks that this node has every publication of its "
@@ -181,6 +240,7 @@ class Config:
     admin: bool = _doc("serve the read-only admin page /admin on the API port (its figures need the API key "
                        "or an admin token from `relay token --admin`)", default=True)
 
+    proxy: ProxyOptions = _doc("event proxy to the backend ([proxy] table)", default_factory=ProxyOptions)
     channel: ChannelOptions = _doc("options for channels without a namespace", default_factory=ChannelOptions)
     namespaces: dict[str, ChannelOptions] = _doc("options per namespace ('ns:' prefix)", default_factory=dict)
 
@@ -279,6 +339,36 @@ class Config:
                     errs.append(f"{ns}.{op}: {getattr(opts, op)!r} is not one of {', '.join(ACCESS_MODES)}")
             if opts.force_recovery and opts.history_size == 0:
                 errs.append(f"{ns}.force_recovery: needs history_size > 0")
+        px = self.proxy
+        for hook in PROXY_HOOKS:
+            url = px.endpoint(hook)
+            if url and not re.match(r"^https?://[^\s/]+", url):
+                errs.append(f"proxy.{hook}_endpoint: an http:// or https:// URL, got {url!r}")
+        for pattern, url in px.rpc_routes.items():
+            if not re.match(r"^https?://[^\s/]+", url):
+                errs.append(f"proxy.rpc_routes.{pattern}: an http:// or https:// URL, got {url!r}")
+        if not 0 < px.timeout <= 60:
+            errs.append("proxy.timeout: must be in (0, 60] seconds")
+        if px.max_in_flight < 1 or px.queue_size < 0 or not px.queue_deadline >= 0:
+            errs.append("proxy: max_in_flight >= 1, queue_size >= 0 and queue_deadline >= 0")
+        if px.max_response_size < 1024:
+            errs.append("proxy.max_response_size: must be >= 1024")
+        if px.connect_failure_code and not 3000 <= px.connect_failure_code <= 4999:
+            errs.append("proxy.connect_failure_code: 0, or a disconnect code in 3000-4999")
+        if not px.shed_retry_after > 0:
+            errs.append("proxy.shed_retry_after: must be > 0")
+        for ns, opts in [("channel", self.channel)] + [(f"namespaces.{k}", v) for k, v in self.namespaces.items()]:
+            for hook in ("subscribe", "publish", "sub_refresh"):
+                if getattr(opts, f"proxy_{hook}") and not px.endpoint(hook):
+                    errs.append(f"{ns}.proxy_{hook}: needs proxy.{hook}_endpoint")
+        if self.outbox_partitions < 1 or self.outbox_partitions > 1024:
+            errs.append("outbox_partitions: must be between 1 and 1024")
+        if self.outbox_batch_size < 1 or self.outbox_batch_size > 10000:
+            errs.append("outbox_batch_size: must be between 1 and 10000")
+        if not self.outbox_poll_interval > 0:
+            errs.append("outbox_poll_interval: must be > 0")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?", self.outbox_table):
+            errs.append("outbox_table: a plain SQL identifier (optionally schema.table)")
         missing = [ns for ns in DEMO_NAMESPACES if ns not in self.namespaces]
         if self.demo and missing:
             errs.append(f"demo: the shop demo needs the namespaces {', '.join(DEMO_NAMESPACES)}; missing "
@@ -419,10 +509,12 @@ def _apply(cfg: Config, data: Mapping[str, Any], errs: list[str], from_text: boo
     hints = get_type_hints(Config)
     changes: dict[str, Any] = {}
     for k, v in data.items():
-        if k in ("channel", "namespaces") and not isinstance(v, Mapping):
+        if k in ("channel", "namespaces", "proxy") and not isinstance(v, Mapping):
             errs.append(f"{k}: expected a table")
         elif k == "channel":
             changes[k] = _build(ChannelOptions, v, "channel", errs, from_text, base=cfg.channel)
+        elif k == "proxy":
+            changes[k] = _build(ProxyOptions, v, "proxy", errs, from_text, base=cfg.proxy)
         elif k == "namespaces":
             nss = dict(cfg.namespaces)
             for ns, opts in v.items():

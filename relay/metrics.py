@@ -129,6 +129,14 @@ class Exporter:
         self.log_dropped = counter("relay_log_lines_dropped", "log lines dropped by the rate limit (log_rate)")
         self.ready = gauge("relay_ready", "1 when ready (accepting, broker reachable); 0 draining or not ready",
                            mode="livemin")
+        self.proxy_latency = Histogram("relay_proxy_request_duration_seconds", "event proxy requests to the "
+                                       "backend, by hook (failures included, shed requests not)", ("hook",),
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.proxy_errors = counter("relay_proxy_errors", "event proxy requests that gave no usable answer, by "
+                                    "hook and kind (timeout, unreachable, status, malformed, overloaded)",
+                                    ("hook", "kind"))
+        self.proxy_in_flight = gauge("relay_proxy_in_flight", "event proxy requests in flight, by hook",
+                                     ("hook",))
         self._seen: dict[Any, float] = {}
 
     # --- sync -------------------------------------------------------------------------------------
@@ -176,6 +184,15 @@ class Exporter:
         self._add(self.log_dropped, "logdrop", logs.dropped_total())
         self.queue_bytes.set(node.backlog_bytes())
         self.rss.set(_resident_bytes())
+        proxy = node.proxy
+        if proxy is not None:
+            for name, h in proxy.hooks.items():
+                if not proxy.enabled(name):
+                    continue
+                h.latency.flush(self.proxy_latency.labels(name))
+                self.proxy_in_flight.labels(name).set(h.in_flight)
+                for kind, n in list(h.errors.items()):
+                    self._add(self.proxy_errors.labels(name, kind), ("proxy", name, kind), n)
         stats.fanout.flush(self.fanout)
         stats.broker_publish.flush(self.broker_publish)
         if broker_up is not None:

@@ -25,6 +25,7 @@ from relay.brokers.base import (Broker, BrokerUnavailable, PresenceManager, Publ
 from relay.codes import DISCONNECTS, ERRORS, Disconnect
 from relay.config import ChannelOptions, Config
 from relay.core import IMPLEMENTATION, Hub
+from relay.proxy import EventProxy
 from relay.session import ClientSession, join_leave_channel
 
 __all__ = ["Node", "Stats"]
@@ -96,6 +97,10 @@ class Node:
         self.started_at = time.time()
         self.stats = Stats()
         self.tokens = TokenVerifier.from_config(cfg)
+        px = cfg.proxy
+        endpoints = [px.connect_endpoint, px.refresh_endpoint, px.subscribe_endpoint, px.sub_refresh_endpoint,
+                     px.publish_endpoint, px.rpc_endpoint, *px.rpc_routes.values()]
+        self.proxy: EventProxy | None = EventProxy(px) if any(endpoints) else None
         self.hub: Hub = None  # type: ignore[assignment]  # created in start(), needs the loop
         self.sessions: dict[str, ClientSession] = {}
         self.users: dict[str, set[ClientSession]] = {}
@@ -181,6 +186,8 @@ class Node:
             s.disconnect(DISCONNECTS.SHUTDOWN)
         if self._background:
             await asyncio.wait(self._background, timeout=min(self.cfg.shutdown_timeout, 1.0))
+        if self.proxy is not None:
+            await self.proxy.close()
         await self.broker.close()
 
     def spawn(self, coro) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import time
 from collections import deque
@@ -26,6 +27,7 @@ from relay.codes import DISCONNECTS, ERRORS, ClientError, Disconnect
 from relay.core import WIRE_TCP
 from relay.protocol.codec import codec_for
 from relay.protocol.errors import ProtocolError
+from relay.proxy import ProxyFailure
 from relay.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
@@ -60,7 +62,7 @@ class ClientSession:
     __slots__ = ("node", "transport", "conn", "codec", "client_id", "user", "conn_info", "expire_at",
                  "connected", "closed", "subs", "_queue", "_task", "_pong_deadline", "_stale_timer",
                  "_info_cache", "remote", "_commands", "_publishes", "_refused", "_expiry_timer", "_sub_timers",
-                 "_server_subs", "_token_subs")
+                 "_server_subs", "_token_subs", "headers", "meta", "_proxied")
 
     def __init__(self, node: "Node", transport: Any, raw_transport: asyncio.Transport, wire: int,
                  remote: str = "") -> None:
@@ -88,6 +90,9 @@ class ClientSession:
         self._sub_timers: dict[str, asyncio.TimerHandle] | None = None  # subscription-token expiries
         self._server_subs: frozenset[str] = frozenset()  # subscribed by the server (token channels)
         self._token_subs: set[str] | None = None  # subscribed with a subscription token
+        self.headers: dict[str, str] = {}  # handshake headers the event proxy forwards (allow-listed)
+        self.meta: Any = None  # the connect hook's meta: sent back to the backend, never to the client
+        self._proxied = False  # authenticated by the connect hook (refreshed by the refresh hook)
         loop = asyncio.get_running_loop()
         self._stale_timer = loop.call_later(node.cfg.client_stale_timeout, self._stale)
 
@@ -147,7 +152,8 @@ class ClientSession:
     async def _publish_batch(self, cmds: list[dict]) -> None:
         stats = self.node.stats
         replies: list[dict | None] = []
-        items: list[tuple[int, str, Any]] = []  # (reply index, channel, data)
+        items: list[tuple[int, str, Any, bool]] = []  # (reply index, channel, data, skip_history)
+        proxied = False
         for cmd in cmds:
             cmd_id, p = cmd.get("id"), cmd.get("publish")
             if type(cmd_id) is not int or cmd_id <= 0 or not isinstance(p, dict):
@@ -157,17 +163,35 @@ class ClientSession:
                     return
                 continue
             try:
-                channel, data = self._check_publish(p)
+                channel, data, opts = self._check_publish(p)
+                skip = False
+                if opts.proxy_publish and self.node.proxy is not None:
+                    proxied = True
+                    data, skip = await self._proxy_publish(channel, data)
             except ClientError as e:
                 stats.command("publish", "error")
                 replies.append({"id": cmd_id, "error": e.to_dict()})
                 continue
-            items.append((len(replies), channel, data))
+            except Disconnect as d:
+                stats.command("publish", "disconnect")
+                self.disconnect(d)
+                return
+            items.append((len(replies), channel, data, skip))
             replies.append({"id": cmd_id, "publish": {}})
         if items:
-            results = await self.node.publish_many([(ch, data) for _, ch, data in items], info=self.client_info(),
-                                                   source="client")
-            for (i, _, _), res in zip(items, results, strict=True):
+            info = self.client_info()
+            if proxied:  # the backend may have asked to skip history for some: one by one, in order
+                results: list = []
+                for _, ch, data, skip in items:
+                    try:
+                        results.append(await self.node.publish(ch, data, info=info, source="client",
+                                                               **({"skip_history": True} if skip else {})))
+                    except ClientError as e:
+                        results.append(e)
+            else:
+                results = await self.node.publish_many([(ch, data) for _, ch, data, _ in items], info=info,
+                                                       source="client")
+            for (i, _, _, _), res in zip(items, results, strict=True):
                 if isinstance(res, ClientError):
                     stats.command("publish", "error")
                     replies[i] = {"id": replies[i]["id"], "error": res.to_dict()}
@@ -286,6 +310,14 @@ class ClientSession:
     def _expired(self) -> None:
         if self.closed:
             return
+        if self._proxied:
+            proxy = self.node.proxy
+            if proxy is None or not proxy.enabled("refresh"):
+                self.disconnect(DISCONNECTS.EXPIRED)
+            else:
+                self._expiry_timer = None
+                self.node.spawn(self._proxy_refresh())
+            return
         self.send({"push": {"refresh": {"expires": True, "ttl": 0}}})
         self._expiry_timer = asyncio.get_running_loop().call_later(
             self.node.cfg.token_expire_grace, self.disconnect, DISCONNECTS.EXPIRED)
@@ -332,6 +364,9 @@ class ClientSession:
         cfg = node.cfg
         token = p.get("token")
         server_channels: tuple[str, ...] = ()
+        self.client_id = secrets.token_hex(16)
+        proxy_data: Any = None
+        proxy_subs: dict = {}
         if token:
             if not isinstance(token, str):
                 raise Disconnect(DISCONNECTS.BAD_REQUEST.code, "bad request: token must be a string")
@@ -347,6 +382,20 @@ class ClientSession:
             self.expire_at = creds.expire_at
             self.conn_info = creds.info
             server_channels = creds.channels
+        elif node.proxy is not None and node.proxy.enabled("connect"):
+            fields = {k: p[k] for k in ("name", "version", "data") if k in p}
+            res = await self._proxy_call("connect", self._proxy_body(**fields))
+            self.user = res.get("user", "")
+            expire_at = res.get("expire_at") or None
+            if expire_at is not None and expire_at <= time.time():
+                raise DISCONNECTS.EXPIRED
+            self.expire_at = expire_at
+            self.conn_info = res.get("info")
+            self.meta = res.get("meta")
+            self._proxied = True
+            proxy_data = res.get("data")
+            proxy_subs = res.get("subs", {})
+            server_channels = self._proxy_channels([*res.get("channels", ()), *proxy_subs])
         elif cfg.allow_anonymous_connect:
             self.user = ""
         else:
@@ -356,7 +405,6 @@ class ClientSession:
         if limit and self.user and len(node.users.get(self.user, ())) >= limit:
             node.stats.auth_failure("user_limit", remote=self.remote, user=self.user)
             raise DISCONNECTS.CONNECTION_LIMIT
-        self.client_id = secrets.token_hex(16)
         self.connected = True
         self._stale_timer.cancel()
         node.register(self)
@@ -368,6 +416,8 @@ class ClientSession:
             result["ttl"] = max(1, int(self.expire_at - time.time()))
         if node.name:
             result["node"] = node.name
+        if proxy_data is not None:
+            result["data"] = proxy_data
         # Server-side subscriptions named by the token (e.g. the user's personal channel): the token is
         # the permission; the SDK asks to recover them on reconnect through connect.subs.
         recover = p.get("subs") if isinstance(p.get("subs"), dict) else {}
@@ -382,6 +432,9 @@ class ClientSession:
                 prepared = await self._prepare(channel, {**req, "recoverable": True}, opts)
                 if prepared is None:
                     raise asyncio.CancelledError  # the client went away
+                sub_data = proxy_subs.get(channel, {})
+                if sub_data.get("data") is not None:  # the connect hook's initial data for it
+                    prepared[0]["data"] = sub_data["data"]
                 result.setdefault("subs", {})[channel] = prepared[0]
                 joins.append((channel, prepared, opts))
         except BaseException:
@@ -431,10 +484,18 @@ class ClientSession:
             raise ERRORS.UNKNOWN_CHANNEL
         token = p.get("token")
         sub_expires: float | None = None
+        proxied: dict | None = None
         if token:  # a subscription token is the permission (private channels, token-only namespaces)
             sub_expires = self._verify_sub_token(token, channel)
         else:
             node.check_subscribe(self, channel, opts)
+            if opts.proxy_subscribe and node.proxy is not None:  # the backend may refuse what config allows
+                fields = {"channel": channel, **({"data": p["data"]} if "data" in p else {})}
+                proxied = await self._proxy_call("subscribe", self._proxy_body(**fields))
+                if proxied.get("expire_at"):
+                    sub_expires = float(proxied["expire_at"])
+                    if sub_expires <= time.time():
+                        raise ERRORS.EXPIRED
         granted = self._token_subs
         if token:
             if granted is None:
@@ -446,10 +507,15 @@ class ClientSession:
         prepared = await self._prepare(channel, p, opts)
         if prepared is None:
             return
+        if proxied is not None and "data" in proxied:
+            prepared[0]["data"] = proxied["data"]
         if sub_expires is not None:
             prepared[0]["expires"] = True
             prepared[0]["ttl"] = max(1, int(sub_expires - time.time()))
-            self._expire_sub_at(channel, sub_expires)
+            if proxied is not None and opts.proxy_sub_refresh:
+                self._refresh_sub_at(channel, sub_expires)
+            else:
+                self._expire_sub_at(channel, sub_expires)
         # Queue the reply, then join the hub in the same step: the reply precedes every
         # publication, and nothing published since the history read is lost.
         self.send({"id": cmd_id, "subscribe": prepared[0]})
@@ -573,12 +639,17 @@ class ClientSession:
         return {}
 
     async def _cmd_publish(self, p: dict, cmd_id: int) -> dict:
-        channel, data = self._check_publish(p)
-        await self.node.publish(channel, data, info=self.client_info(), source="client")
+        channel, data, opts = self._check_publish(p)
+        skip = False
+        if opts.proxy_publish and self.node.proxy is not None:
+            data, skip = await self._proxy_publish(channel, data)
+        await self.node.publish(channel, data, info=self.client_info(), source="client",
+                                **({"skip_history": True} if skip else {}))
         return {}
 
-    def _check_publish(self, p: dict) -> tuple[str, Any]:
-        """The channel and data of a publish command the client may make, or the ClientError to answer."""
+    def _check_publish(self, p: dict) -> tuple[str, Any, Any]:
+        """The channel, data and options of a publish command the client may make, or the ClientError to
+        answer."""
         channel = self._channel(p)
         opts = self.node.cfg.channel_options(channel)
         if opts is None:
@@ -597,7 +668,7 @@ class ClientSession:
                 orjson.dumps(data)  # must reach JSON subscribers too
             except TypeError:
                 raise ERRORS.BAD_REQUEST from None
-        return channel, data
+        return channel, data, opts
 
     def token_granted(self, channel: str) -> bool:
         """Whether the subscription to ``channel`` came from a signed token (connect or subscription)."""
@@ -631,7 +702,17 @@ class ClientSession:
         return await self.node.history(channel, p)
 
     async def _cmd_rpc(self, p: dict, cmd_id: int) -> dict:
-        raise ERRORS.NOT_AVAILABLE  # no RPC handler configured (the event proxy adds one)
+        """``rpc`` (centrifuge.rpc(method, data)): routed by method to the backend's rpc hook."""
+        method = p.get("method", "")
+        if not isinstance(method, str) or len(method) > 256:
+            raise ERRORS.BAD_REQUEST
+        proxy = self.node.proxy
+        endpoint = proxy.rpc_endpoint(method) if proxy is not None else None
+        if endpoint is None:
+            raise ERRORS.METHOD_NOT_FOUND
+        fields = {"method": method, **({"data": p["data"]} if "data" in p else {})}
+        res = await self._proxy_call("rpc", self._proxy_body(**fields), endpoint=endpoint)
+        return {"data": res["data"]} if "data" in res else {}
 
     async def _cmd_sub_refresh(self, p: dict, cmd_id: int) -> dict:
         channel = self._channel(p)
@@ -671,3 +752,117 @@ class ClientSession:
     def _sub_expired(self, channel: str) -> None:
         if channel in self.subs:
             self.disconnect(DISCONNECTS.SUB_EXPIRED)
+
+    # --- event proxy -----------------------------------------------------------------------------
+
+    def _proxy_body(self, **fields: Any) -> dict:
+        """A hook request in Centrifugo's proxy format."""
+        tcp = self.conn.wire == WIRE_TCP
+        body = {"client": self.client_id, "transport": "tcp" if tcp else "websocket",
+                "protocol": "msgpack" if tcp else "json", "encoding": "json", "user": self.user}
+        if self.meta is not None:
+            body["meta"] = self.meta
+        body.update(fields)
+        return body
+
+    async def _proxy_call(self, hook: str, body: dict, endpoint: str | None = None) -> dict:
+        """The hook's result; its error or disconnect as ours; a failure as the temporary error 100 (the
+        SDKs retry with backoff), 111 when shed, and for connect the configured code or, when shed, a
+        reconnect-later disconnect with jittered advice."""
+        proxy = self.node.proxy
+        assert proxy is not None
+        try:
+            return await proxy.call(hook, body, self.headers, endpoint)
+        except ClientError:
+            if hook == "connect":
+                self.node.stats.auth_failure("proxy_refused", remote=self.remote)
+            raise
+        except ProxyFailure as e:
+            if hook == "connect":
+                if e.kind == "overloaded":
+                    raise Disconnect(DISCONNECTS.TOO_MANY_REQUESTS.code,
+                                     f"backend busy, retry in {proxy.shed_advice():.1f}s") from None
+                code = proxy.opts.connect_failure_code
+                if code:
+                    raise Disconnect(code, "backend unavailable") from None
+            if e.kind == "overloaded":
+                raise ERRORS.TOO_MANY_REQUESTS from None
+            raise ERRORS.INTERNAL from None
+
+    def _proxy_channels(self, channels: list[str]) -> tuple[str, ...]:
+        """The server-side subscriptions a connect hook named that config allows: known namespace, valid
+        name, and a '#' user list that names this user. The others are refused and logged."""
+        node = self.node
+        out: list[str] = []
+        for ch in dict.fromkeys(channels):
+            _, sep, users = ch.rpartition("#")
+            listed = not sep or (bool(self.user) and self.user in users.split(","))
+            if not node.valid_channel(ch) or node.cfg.channel_options(ch) is None or not listed:
+                node.stats.auth_failure("proxy_channel", client=self.client_id, user=self.user)
+                log.warning("connect hook named channel %r for user %r: refused by config", ch, self.user,
+                            extra={"event": "proxy_channel_refused", "user": self.user})
+                continue
+            out.append(ch)
+        return tuple(out)
+
+    async def _proxy_publish(self, channel: str, data: Any) -> tuple[Any, bool]:
+        """The publish hook: (data to fan out, skip history)."""
+        res = await self._proxy_call("publish", self._proxy_body(channel=channel, data=data))
+        return res.get("data", data), bool(res.get("skip_history"))
+
+    async def _proxy_refresh(self) -> None:
+        """A proxy-authenticated connection reached expire_at: the refresh hook prolongs it or ends it (3005).
+        A failed hook is retried every few seconds (the backend may be restarting)."""
+        if self.closed:
+            return
+        try:
+            res = await self._proxy_call("refresh", self._proxy_body())
+        except Disconnect as d:
+            self.disconnect(d)
+            return
+        except ClientError:
+            if not self.closed:
+                self._expiry_timer = asyncio.get_running_loop().call_later(
+                    random.uniform(3.0, 6.0), self._expired)
+            return
+        if self.closed:
+            return
+        expire_at = res.get("expire_at") or 0
+        if res.get("expired") or (expire_at and expire_at <= time.time()):
+            self.disconnect(DISCONNECTS.EXPIRED)
+            return
+        if "info" in res:
+            self.conn_info = res["info"]
+            self._info_cache = None
+        self.expire_at = float(expire_at) if expire_at else None
+        self._schedule_expiry()
+
+    def _refresh_sub_at(self, channel: str, expires: float) -> None:
+        """A proxied subscription with an expiry: at expire_at ask the sub_refresh hook to prolong it."""
+        timers = self._sub_timers
+        if timers is None:
+            timers = self._sub_timers = {}
+        old = timers.pop(channel, None)
+        if old is not None:
+            old.cancel()
+        delay = max(0.0, expires - time.time())
+        timers[channel] = asyncio.get_running_loop().call_later(
+            delay, lambda: self.node.spawn(self._proxy_sub_refresh(channel)))
+
+    async def _proxy_sub_refresh(self, channel: str) -> None:
+        if self.closed or channel not in self.subs:
+            return
+        try:
+            res = await self._proxy_call("sub_refresh", self._proxy_body(channel=channel))
+        except Disconnect as d:
+            self.disconnect(d)
+            return
+        except ClientError:
+            if not self.closed and channel in self.subs:
+                self._refresh_sub_at(channel, time.time() + random.uniform(3.0, 6.0))
+            return
+        expire_at = res.get("expire_at") or 0
+        if res.get("expired") or (expire_at and expire_at <= time.time()):
+            self.disconnect(DISCONNECTS.SUB_EXPIRED)
+        elif expire_at:
+            self._refresh_sub_at(channel, float(expire_at))

@@ -46,6 +46,8 @@ def to_toml(cfg: dict) -> str:
             return json.dumps(v)  # JSON booleans, numbers and strings are valid TOML
         if isinstance(v, list):
             return "[" + ", ".join(scalar(x) for x in v) + "]"
+        if isinstance(v, dict):  # an inline table
+            return "{" + ", ".join(f"{json.dumps(k)} = {scalar(x)}" for k, x in v.items()) + "}"
         raise TypeError(f"not a TOML scalar: {v!r}")
 
     lines = [f"{k} = {scalar(v)}" for k, v in cfg.items() if not isinstance(v, dict)]

@@ -96,3 +96,29 @@ def test_kubernetes_service_link_variables_are_not_config():
     assert load(None, environ=env).ws_port == 9000
     with pytest.raises(ConfigError, match="portx: unknown key"):
         load(None, environ={**env, "RELAY_PORTX": "1"})
+
+
+def test_proxy_table_file_and_env_and_every_bad_value(tmp_path):
+    path = write(tmp_path, 'token_hmac_secret = "s"\n[proxy]\nconnect_endpoint = "http://b/connect"\n'
+                           'rpc_routes = { "orders.*" = "http://b/orders" }\ncookies = ["session"]\n'
+                           '[namespaces.chat]\nproxy_publish = true\n')
+    with pytest.raises(ConfigError) as e:
+        load(path, environ={})
+    assert e.value.errors == ["namespaces.chat.proxy_publish: needs proxy.publish_endpoint"]
+    cfg = load(path, environ={"RELAY_PROXY__PUBLISH_ENDPOINT": "https://b/publish", "RELAY_PROXY__TIMEOUT": "0.25"})
+    px = cfg.proxy
+    assert (px.connect_endpoint, px.publish_endpoint, px.timeout) == ("http://b/connect", "https://b/publish", 0.25)
+    assert px.rpc_routes == {"orders.*": "http://b/orders"} and px.cookies == ["session"]
+    bad = write(tmp_path, 'token_hmac_secret = "s"\n[proxy]\nsubscribe_endpoint = "ftp://x"\ntimeout = 0\n'
+                          'max_in_flight = 0\nconnect_failure_code = 1000\nmax_response_size = 10\n'
+                          'rpc_routes = { "x" = "nope" }\n')
+    with pytest.raises(ConfigError) as e:
+        load(bad, environ={})
+    text = "\n".join(e.value.errors)
+    for needle in ("proxy.subscribe_endpoint: an http:// or https:// URL",
+                   "proxy.rpc_routes.x: an http:// or https:// URL", "proxy.timeout", "max_in_flight >= 1",
+                   "proxy.connect_failure_code", "proxy.max_response_size"):
+        assert needle in text, needle
+    with pytest.raises(ConfigError) as e:
+        load(write(tmp_path, 'token_hmac_secret = "s"\n[proxy]\nwho = 1\n'), environ={})
+    assert e.value.errors == ["proxy.who: unknown key"]

@@ -94,6 +94,8 @@ class WebSocketProtocol(asyncio.Protocol):
             self.echo = True
         else:
             self.session = self.node.new_session(self, self.transport, WIRE_WS, self.remote)
+            if self.node.proxy is not None:  # what the event proxy may forward to the backend
+                self.session.headers = self.node.proxy.forward(hs.headers)
         if rest:
             self._frames(rest)
 
