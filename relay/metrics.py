@@ -127,6 +127,14 @@ class Exporter:
         self.rss = gauge("relay_resident_memory_bytes", "resident memory of relay's processes (summed over "
                          "workers)")
         self.log_dropped = counter("relay_log_lines_dropped", "log lines dropped by the rate limit (log_rate)")
+        self.outbox_rows = counter("relay_outbox_rows", "outbox rows settled: ok (executed, deleted) or failed "
+                                   "(given up on: failed_at set)", ("result",))
+        self.outbox_errors = counter("relay_outbox_errors", "outbox database errors and transient execution "
+                                     "failures (each followed by a retry)")
+        self.outbox_reconnects = counter("relay_outbox_reconnects", "outbox database sessions re-established")
+        self.outbox_lag = gauge("relay_outbox_lag_seconds", "age of the oldest outbox row claimed by the last "
+                                "poll (0: none waiting)", mode="livemax")
+        self.outbox_partitions = gauge("relay_outbox_partitions_owned", "outbox partitions this node consumes")
         self.ready = gauge("relay_ready", "1 when ready (accepting, broker reachable); 0 draining or not ready",
                            mode="livemin")
         self.proxy_latency = Histogram("relay_proxy_request_duration_seconds", "event proxy requests to the "
@@ -182,6 +190,14 @@ class Exporter:
         self._add(self.broker_reconnects, "brec", getattr(broker, "reconnects", 0))
         self._add(self.resyncs, "resync", stats.resyncs)
         self._add(self.log_dropped, "logdrop", logs.dropped_total())
+        outbox = getattr(node, "outbox", None)
+        if outbox is not None:
+            self._add(self.outbox_rows.labels("ok"), "obok", outbox.rows_done)
+            self._add(self.outbox_rows.labels("failed"), "obfail", outbox.rows_failed)
+            self._add(self.outbox_errors, "oberr", outbox.errors)
+            self._add(self.outbox_reconnects, "obrec", outbox.reconnects)
+            self.outbox_lag.set(outbox.lag_seconds)
+            self.outbox_partitions.set(outbox.partitions_owned)
         self.queue_bytes.set(node.backlog_bytes())
         self.rss.set(_resident_bytes())
         proxy = node.proxy

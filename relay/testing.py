@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["ROOT", "free_port", "to_toml", "merge", "ServerProcess", "RelayProcess", "RedisProcess", "Samples",
-           "RedisClusterProcess"]
+           "RedisClusterProcess", "PostgresProcess"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -349,3 +349,104 @@ class RedisClusterProcess:
 
     def __exit__(self, *exc: Any) -> None:
         self.cleanup()
+
+
+class PostgresProcess(ServerProcess):
+    """A throw-away PostgreSQL server (``initdb`` + ``postgres``) on a free port, TCP on 127.0.0.1 only,
+    trust authentication for the superuser ``postgres``, durability off (fsync) for speed.
+
+    Run as root, initdb and the server run as the ``postgres`` user (initdb refuses root).
+    ``stop()`` is a fast shutdown (SIGINT: sessions are ended, nothing waits for clients), so
+    ``stop(); start()`` restarts the same cluster on the same port. ``unavailable()`` says why
+    none can run here.
+    """
+
+    name = "postgres"
+
+    def __init__(self, port: int | None = None) -> None:
+        super().__init__()
+        self.port = port or free_port()
+        self.bindir = self.find_bindir()
+        os.chmod(self.tmp.name, 0o711)  # the postgres user reaches its data directory inside
+        self.data = Path(self.tmp.name) / "data"
+
+    @staticmethod
+    def find_bindir() -> Path | None:
+        """The directory with initdb and postgres: PATH, then Debian's /usr/lib/postgresql/<newest>/bin."""
+        import glob
+        import shutil
+
+        found = shutil.which("initdb")
+        if found and shutil.which("postgres", path=str(Path(found).parent)):
+            return Path(found).parent
+        dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
+                      if p.split("/")[4].isdigit() else 0)
+        return Path(dirs[-1]).parent if dirs else None
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why no private PostgreSQL can run here (None: it can)."""
+        import pwd
+        import shutil
+
+        if cls.find_bindir() is None:
+            return "no initdb (PostgreSQL server binaries) on PATH or in /usr/lib/postgresql/*/bin"
+        if os.geteuid() == 0:
+            try:
+                pwd.getpwnam("postgres")
+            except KeyError:
+                return "running as root and there is no 'postgres' user to run initdb as"
+            if shutil.which("setpriv") is None:
+                return "running as root and setpriv (util-linux) is missing to drop to the 'postgres' user"
+        return None
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_owner(self, argv: list[str]) -> list[str]:
+        if os.geteuid() != 0:
+            return argv
+        return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--", *argv]
+
+    def start(self, timeout: float = 30.0):
+        if self.bindir is None:
+            raise RuntimeError(self.unavailable() or "no PostgreSQL binaries")
+        if not self.data.exists():
+            self.data.mkdir(mode=0o700)
+            if os.geteuid() == 0:
+                import pwd
+
+                pw = pwd.getpwnam("postgres")
+                os.chown(self.data, pw.pw_uid, pw.pw_gid)
+            r = subprocess.run(self._as_owner([str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
+                                               "-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions"]),
+                               capture_output=True, text=True, cwd=self.tmp.name, timeout=120)
+            if r.returncode != 0:
+                raise RuntimeError(f"initdb failed:\n{r.stdout}\n{r.stderr}")
+        return super().start(timeout)
+
+    def argv(self) -> list[str]:
+        return self._as_owner([str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                               "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
+                               "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                               "-c", "max_connections=100", "-c", "shared_buffers=32MB"])
+
+    def ready(self) -> bool:
+        if "ready to accept connections" not in self.log():
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(2)  # SIGINT: fast shutdown
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        super().stop()

@@ -153,8 +153,15 @@ def redis_data():
             "args": {"cases": ["hot"], "quick": False}, "results": rows}
 
 
-ALL = {"fanout": fanout_data, "latency": latency_data, "chats": chats_data, "connrate": connrate_data,
-       "idle": idle_data, "redis": redis_data}
+def latency_quota_data(relay_sat=1_150_000, nats_sat=102_000):
+    """latency.py --cpu-quota 0.25: the same shape, every server capped at a quarter of a core."""
+    data = latency_data(relay_sat=relay_sat, nats_sat=nats_sat)
+    data["args"]["cpu_quota"] = 0.25
+    return data
+
+
+ALL = {"fanout": fanout_data, "latency": latency_data, "latency-quota": latency_quota_data, "chats": chats_data,
+       "connrate": connrate_data, "idle": idle_data, "redis": redis_data}
 
 
 def write(results: Path, kind: str, data, stamp: str = "20261126-120000") -> Path:
@@ -293,6 +300,19 @@ def test_goal_functions_directly():
     data["skipped_servers"] = {"nats": "nats-server not installed"}
     g = report.goal_saturation(report.extract_latency(data))
     assert g.verdict == report.NOT_MEASURED_V and "nats skipped: nats-server not installed" in g.detail
+
+
+def test_saturation_goal_reads_the_cpu_quota_run_first(tmp_path):
+    figures = {"latency": report.extract_latency(latency_data(relay_sat=600_000, nats_sat=800_000)),
+               "latency-quota": report.extract_latency(latency_quota_data())}
+    goals = {g.name: g for g in report.check_goals(figures)}
+    sat = next(g for name, g in goals.items() if "saturation above" in name)
+    assert sat.verdict == report.PASS and "capped at 0.25 of one core" in sat.detail
+    p99 = next(g for name, g in goals.items() if "p99" in name)
+    assert "20.0 ms" in p99.detail  # latency at load comes from the full-core run
+    write(tmp_path / "results", "latency-quota", latency_quota_data())
+    md, _ = run_report(tmp_path)
+    assert "Saturation on the same CPU budget" in md and "capped at **0.25 of one core**" in md
 
 
 def test_missing_and_odd_kinds_do_not_crash(tmp_path):
