@@ -48,7 +48,7 @@ run: build
 # then on the pure-Python twin.
 test: build $(NODE_STAMP) $(BENCH_NODE_STAMP)
 	.ci/install-chromium
-	$(PY) -m ruff check relay tests bench loadtests
+	$(PY) -m ruff check relay tests bench loadtests examples
 	$(MAKE) test-compiled
 	$(MAKE) test-pure
 

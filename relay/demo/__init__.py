@@ -20,6 +20,11 @@ Channels (namespaces in ``deploy/relay.dev.toml``): ``support:`` the 1:1 chat
 ``orders:`` order-status pushes, ``sale:flash`` announcements to every shopper,
 ``agents:online`` (agents subscribe; its presence tells customers someone is there)
 and ``agents:inbox`` (new chats).
+
+The same pages also run on a real backend: ``python -m examples.shop_backend --demo``
+serves them with this ``/demo/api/*`` contract from its database, logs people in with a
+cookie (``"token": null``: the pages then connect without one) and puts its FAQ bot in the
+chat (examples/shop_backend/README.md).
 """
 
 from __future__ import annotations

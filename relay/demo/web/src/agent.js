@@ -1,9 +1,11 @@
 // The support agent's console: every open customer chat (support: and typing: channels,
-// joined with subscription tokens from the demo backend), unread counts, the customers'
-// presence, order-status pushes and flash-sale announcements.
+// joined with subscription tokens from the demo backend, or, logged in by cookie, admitted
+// by the shop backend's subscribe hook), unread counts, the customers' presence, chats the
+// shop's bot handed over, order-status pushes and flash-sale announcements.
 import {
   $,
   ApiError,
+  BOT_NAME,
   Conversation,
   Session,
   TypingSender,
@@ -56,7 +58,7 @@ const relay = debug({ state: 'connecting', user: null, centrifuge: null });
 let session = null;
 let centrifuge = null;
 let me = null;
-const chats = new Map(); // customer id -> chat record
+const chats = new Map(); // chat channel -> chat record
 let selected = null; // chat record
 
 // ---------------------------------------------------------------- helpers
@@ -69,6 +71,12 @@ function subscriptionToken(ctx) {
       if (err instanceof ApiError && err.status === 403) throw new UnauthorizedError(err.message);
       throw err;
     });
+}
+
+// Subscription options: a getToken only where relay knows us by tokens (an empty token would be
+// "unauthorized" to the SDK; logged in by cookie, the backend's subscribe hook decides).
+function subOptions(extra) {
+  return session.usesTokens() ? { getToken: subscriptionToken, ...extra } : { ...extra };
 }
 
 function flash(node, text, ok) {
@@ -98,7 +106,7 @@ function renderItem(chat) {
   const typing = chat.conv.typers.size > 0;
   chat.preview.classList.toggle('typing-preview', typing);
   if (typing) chat.preview.textContent = 'typing…';
-  else if (last) chat.preview.textContent = `${last.from === me.user ? 'You: ' : last.role === 'agent' ? `${last.name}: ` : ''}${last.text}`;
+  else if (last) chat.preview.textContent = `${last.from === me.user ? 'You: ' : last.role === 'agent' || last.role === 'bot' ? `${last.name}: ` : ''}${last.text}`;
   else chat.preview.textContent = 'No messages yet';
   chat.timeNode.textContent = clock(last ? last.ts : chat.openedAt * 1000);
   const online = isOnline(chat);
@@ -130,27 +138,43 @@ function renderTotals() {
   ui.listEmpty.hidden = chats.size > 0;
 }
 
+// A chat the bot handed to the agents: flagged in the list, a line in the conversation.
+function markHandedOff(chat, ts) {
+  if (chat.handedOff) return;
+  chat.handedOff = true;
+  chat.item.dataset.handoff = 'true';
+  chat.item.classList.add('handed-off');
+  chat.flag.hidden = false;
+  chat.conv.system(`${BOT_NAME} handed this chat to the agents`, { kind: 'handoff', key: 'handoff', ts });
+}
+
+// info: {customer, name, chat, typing, opened_at} (chat_opened, GET /demo/api/chats), and
+// from the shop backend also order and handed_off.
 function addChat(info) {
   if (!info || typeof info.customer !== 'string' || !info.customer.startsWith('c-')) return null;
-  const known = chats.get(info.customer);
+  const customer = info.customer;
+  const channel = typeof info.chat === 'string' && info.chat ? info.chat : `support:${customer}#${customer}`;
+  const known = chats.get(channel);
   if (known) {
     if (info.name && info.name !== known.name) {
       known.name = info.name;
       renderItem(known);
     }
+    if (info.handed_off) markHandedOff(known);
     return known;
   }
-  const customer = info.customer;
   const chat = {
     customer,
     name: info.name || customer,
-    channel: info.chat || `support:${customer}#${customer}`,
-    typingChannel: info.typing || `typing:${customer}#${customer}`,
+    channel,
+    typingChannel: info.typing || channel.replace(/^support:/, 'typing:'),
+    order: info.order === undefined || info.order === null ? null : info.order,
     openedAt: Number(info.opened_at) || Date.now() / 1000,
     presence: new Map(), // client id -> user
+    handedOff: false,
   };
-  chat.sub = centrifuge.newSubscription(chat.channel, { getToken: subscriptionToken, joinLeave: true });
-  chat.typingSub = centrifuge.newSubscription(chat.typingChannel, { getToken: subscriptionToken });
+  chat.sub = centrifuge.newSubscription(chat.channel, subOptions({ joinLeave: true }));
+  chat.typingSub = centrifuge.newSubscription(chat.typingChannel, subOptions());
   chat.typingOut = new TypingSender(me, (data) => chat.typingSub.publish(data));
   chat.conv = new Conversation({
     me,
@@ -169,6 +193,7 @@ function addChat(info) {
   chat.timeNode = el('time', { class: 'ci-time' });
   chat.preview = el('span', { class: 'ci-preview' });
   chat.badge = el('span', { class: 'badge zero', 'data-testid': 'unread' });
+  chat.flag = el('span', { class: 'ci-flag', 'data-testid': 'handoff-flag', text: 'handoff', title: 'the bot handed this chat to the agents', hidden: true });
   chat.item = el('button', {
     type: 'button',
     class: 'chat-item',
@@ -177,7 +202,8 @@ function addChat(info) {
     onclick: () => select(chat),
   },
   chat.dot,
-  el('span', { class: 'ci-main' }, el('span', { class: 'ci-top' }, chat.nameNode, chat.timeNode), chat.preview),
+  el('span', { class: 'ci-main' }, el('span', { class: 'ci-top' }, chat.nameNode, chat.flag, chat.timeNode),
+    chat.preview),
   chat.badge);
 
   bindChat(chat.sub, chat.conv, {
@@ -201,7 +227,8 @@ function addChat(info) {
   chat.sub.on('error', (ctx) => console.warn('subscription', chat.channel, ctx.error));
   chat.typingSub.on('publication', (ctx) => chat.conv.typing(ctx.data));
 
-  chats.set(customer, chat);
+  chats.set(channel, chat);
+  if (info.handed_off) markHandedOff(chat);
   ui.chatList.appendChild(chat.item);
   renderItem(chat);
   resort();
@@ -229,7 +256,8 @@ function select(chat) {
   ui.paneEmpty.hidden = true;
   ui.paneChat.hidden = false;
   ui.slot.appendChild(chat.conv.list);
-  ui.selId.textContent = chat.customer;
+  ui.selId.textContent = chat.order !== null ? `${chat.customer} · order #${chat.order}` : chat.customer;
+  if (chat.order !== null) ui.orderNumber.value = String(chat.order); // the shop backend's order of this chat
   ui.selSince.textContent = `chat opened ${clock(chat.openedAt * 1000)}`;
   ui.pushResult.textContent = '';
   typingLine(chat.conv, ui.typing);
@@ -318,6 +346,17 @@ function setupRename() {
   }
 }
 
+// {type: 'handoff', channel, customer, name, order, conversation, ts} from the shop's bot: the
+// chat (added if new), flagged, with the conversation so far (the chat's history has it too).
+function handOff(d) {
+  if (typeof d.channel !== 'string' || !d.channel) return;
+  const chat = addChat({ customer: d.customer, name: d.name, chat: d.channel, typing: d.typing, order: d.order,
+    opened_at: Number(d.ts) / 1000 || undefined });
+  if (!chat) return;
+  if (Array.isArray(d.conversation)) chat.conv.loadHistory(d.conversation.map((m) => ({ data: m })));
+  markHandedOff(chat, Number(d.ts) || undefined);
+}
+
 async function loadChats() {
   try {
     const res = await session.authed('/demo/api/chats', { method: 'GET' });
@@ -346,15 +385,16 @@ async function main() {
   trackConnection(centrifuge, ui.connState);
 
   const ch = session.channels;
-  const agentsSub = centrifuge.newSubscription(ch.agents || 'agents:online', {
-    getToken: subscriptionToken,
+  const agentsSub = centrifuge.newSubscription(ch.agents || 'agents:online', subOptions({
     joinLeave: true, // ask for join/leave pushes (the namespace may not force them)
-  });
+  }));
   watchAgents(agentsSub);
 
-  const inbox = centrifuge.newSubscription(ch.inbox || 'agents:inbox', { getToken: subscriptionToken });
+  const inbox = centrifuge.newSubscription(ch.inbox || 'agents:inbox', subOptions());
   inbox.on('publication', (ctx) => {
-    if (ctx.data && ctx.data.type === 'chat_opened') addChat(ctx.data);
+    const d = ctx.data;
+    if (d && d.type === 'chat_opened') addChat(d);
+    else if (d && d.type === 'handoff') handOff(d);
   });
   // (re)subscribed: the backend's list is the truth (also covers a failed recovery)
   inbox.on('subscribed', () => loadChats());

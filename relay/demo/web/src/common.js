@@ -10,6 +10,7 @@ export const TYPING_EVERY_MS = 1500; // send at most one typing event per 1.5 s
 export const TYPING_SHOW_MS = 3000; // hide "X is typing…" 3 s after the last event
 export const RECEIPT_BATCH_MS = 40; // one receipt per burst of messages
 export const HISTORY_LIMIT = 100;
+export const BOT_NAME = 'Northwind bot';
 const STATUS_RANK = { sent: 1, delivered: 2, read: 3 };
 const STATUS_MARK = { sent: '✓', delivered: '✓✓', read: '✓✓' };
 
@@ -121,6 +122,8 @@ export async function api(path, { method = 'POST', body, token } = {}) {
 
 // Who this page is: {user, name, role, token, ws_url, channels} from POST /demo/api/token,
 // the {user, name} part kept in localStorage so a reload keeps the same chat.
+// token null: a backend that logs the page in with a cookie (examples/shop_backend --demo);
+// the browser sends the cookie with the WebSocket handshake and relay's connect hook reads it.
 export class Session {
   constructor(role, storageKey) {
     this.role = role;
@@ -130,6 +133,12 @@ export class Session {
     this.token = null;
     this.wsUrl = null;
     this.channels = {};
+    this.order = null; // the customer's order {order, status, ts}, when the backend says
+  }
+
+  // Whether relay knows this page by a connect token (else: by the backend's cookie).
+  usesTokens() {
+    return typeof this.token === 'string' && this.token !== '';
   }
 
   stored() {
@@ -162,6 +171,7 @@ export class Session {
     this.token = data.token;
     this.wsUrl = data.ws_url || this.wsUrl;
     this.channels = data.channels || this.channels;
+    this.order = data.order || this.order;
     saveJSON(this.storageKey, { user: this.user, name: this.name });
     return data;
   }
@@ -184,9 +194,9 @@ export class Session {
   }
 
   connect(options = {}) {
+    const auth = this.usesTokens() ? { token: this.token, getToken: () => this.refreshToken() } : {};
     return new Centrifuge(this.wsUrl, {
-      token: this.token,
-      getToken: () => this.refreshToken(),
+      ...auth,
       maxReconnectDelay: 5000,
       ...options,
     });
@@ -279,7 +289,9 @@ export class Conversation {
   }
 
   isOther(data) {
-    // the other party's message: not mine and not from someone of my side (a colleague agent)
+    // the other party's message: not mine and not from someone of my side (a colleague agent);
+    // the shop's bot speaks for the shop: the other side to a customer, a colleague to an agent
+    if (data.role === 'bot') return this.me.role !== 'agent';
     return data.from !== this.me.user && data.role !== this.me.role;
   }
 
@@ -330,7 +342,7 @@ export class Conversation {
     if (own) this.applyBest(entry);
     if (!own) this.stopTyping(data.from);
     if (other) {
-      this.queueReceipt('delivered', data.mid);
+      if (data.role !== 'bot') this.queueReceipt('delivered', data.mid); // the bot reads no receipts
       if (this.visible) this.markRead(entry);
     }
     if (!this.last || (Number(data.ts) || 0) >= this.lastTs) {
@@ -463,7 +475,7 @@ export class Conversation {
 
   markRead(entry, quiet) {
     entry.readByMe = true;
-    this.queueReceipt('read', entry.data.mid);
+    if (entry.data.role !== 'bot') this.queueReceipt('read', entry.data.mid);
     if (!quiet) this.onChange('unread');
   }
 
@@ -514,8 +526,9 @@ export class Conversation {
   renderMessage(entry) {
     const { data, own } = entry;
     const side = own ? 'mine' : entry.other ? 'theirs' : 'colleague';
+    const role = data.role === 'agent' || data.role === 'bot' ? data.role : 'customer';
     const attrs = {
-      class: `msg ${side} role-${data.role === 'agent' ? 'agent' : 'customer'}`,
+      class: `msg ${side} role-${role}`,
       'data-testid': 'message',
       'data-mid': data.mid,
       'data-from': data.from || '',
@@ -523,7 +536,7 @@ export class Conversation {
     entry.mark = el('span', { class: 'mark' });
     const node = el('div', attrs,
       el('div', { class: 'bubble' },
-        own ? null : el('span', { class: 'who', text: data.name || data.from || '' }),
+        own ? null : el('span', { class: 'who', text: role === 'bot' ? BOT_NAME : data.name || data.from || '' }),
         el('span', { class: 'text', text: data.text })),
       el('div', { class: 'meta' }, el('time', { text: clock(data.ts) }), own ? entry.mark : null));
     if (own) {

@@ -164,8 +164,9 @@ function showOrder(pub, live) {
   orderMark = { offset: Math.max(offset, orderMark.offset), ts: Math.max(ts, orderMark.ts) };
 
   const status = String(d.status);
+  const label = typeof d.order === 'number' ? `#${d.order}` : String(d.order); // the shop backend's ids are numbers
   ui.orderStatus.textContent = '';
-  ui.orderStatus.append('Your order ', Object.assign(document.createElement('b'), { textContent: String(d.order) }),
+  ui.orderStatus.append('Your order ', Object.assign(document.createElement('b'), { textContent: label }),
     ': ', Object.assign(document.createElement('span'), { className: 'order-state', textContent: status }));
   ui.orderCard.querySelector('.order-text').textContent = d.text ? String(d.text) : `Updated ${clock(ts)}`;
   const at = ORDER_STEPS.indexOf(status);
@@ -177,7 +178,7 @@ function showOrder(pub, live) {
   ui.orderCard.hidden = false;
   if (live && conv) {
     const extra = d.text ? ` — ${d.text}` : '';
-    conv.system(`Your order ${d.order} is now ${status}${extra}`, { kind: 'order',
+    conv.system(`Your order ${label} is now ${status}${extra}`, { kind: 'order',
       key: offset >= 0 ? `order:${offset}` : undefined });
   }
 }
@@ -299,14 +300,28 @@ async function main() {
 
   typingSub.on('publication', (ctx) => conv.typing(ctx.data));
 
+  // Order statuses: a subscription of the page's own, or a server-side one that relay made at
+  // connect (the shop backend's connect hook names the customer's orders: channel). Then the
+  // client-level events carry it, and the page's own subscribe is answered 105 (already subscribed).
+  if (session.order) showOrder({ data: session.order }, false); // what the backend said at login
   let ordersLoaded = false;
-  ordersSub.on('publication', (ctx) => showOrder(ctx, true));
-  ordersSub.on('subscribed', (ctx) => {
+  const ordersSubscribed = (ctx, history) => {
     if (ordersLoaded && !(ctx.wasRecovering && !ctx.recovered)) return;
     ordersLoaded = true;
-    ordersSub.history({ limit: 1, reverse: true })
+    history({ limit: 1, reverse: true })
       .then((res) => chronological(res.publications).forEach((p) => showOrder(p, false)))
       .catch((err) => console.warn('orders history', err));
+  };
+  ordersSub.on('publication', (ctx) => showOrder(ctx, true));
+  ordersSub.on('subscribed', (ctx) => ordersSubscribed(ctx, (opts) => ordersSub.history(opts)));
+  ordersSub.on('unsubscribed', (ctx) => {
+    if (ctx.code === 105) centrifuge.removeSubscription(ordersSub); // server-side: the client events below
+  });
+  centrifuge.on('subscribed', (ctx) => {
+    if (ctx.channel === ch.orders) ordersSubscribed(ctx, (opts) => centrifuge.history(ch.orders, opts));
+  });
+  centrifuge.on('publication', (ctx) => {
+    if (ctx.channel === ch.orders) showOrder(ctx, true);
   });
 
   let saleLoaded = false;

@@ -1,0 +1,1 @@
+"""Example applications built around relay (importable from the repository root)."""
