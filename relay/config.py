@@ -82,6 +82,12 @@ class ChannelOptions:
                                "refuse it or replace its data", default=False)
     proxy_sub_refresh: bool = _doc("when a proxied subscription's expire_at comes, ask the backend "
                                    "([proxy] sub_refresh_endpoint) to prolong it", default=False)
+    redact_cards: bool = _doc("replace payment-card numbers (13-19 digits, a card scheme's prefix, Luhn-valid) "
+                              "in client publications before anything sees them (docs/redaction.md)",
+                              default=False)
+    redact_patterns: list[str] = _doc("more regular expressions replaced in client publications",
+                                      default_factory=list)
+    redact_replacement: str = _doc("what a redacted card number or pattern match becomes", default="[redacted]")
 
 
 #: the proxy hooks, in the order of Centrifugo's documentation
@@ -339,6 +345,13 @@ class Config:
                     errs.append(f"{ns}.{op}: {getattr(opts, op)!r} is not one of {', '.join(ACCESS_MODES)}")
             if opts.force_recovery and opts.history_size == 0:
                 errs.append(f"{ns}.force_recovery: needs history_size > 0")
+            for i, pattern in enumerate(opts.redact_patterns):
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    errs.append(f"{ns}.redact_patterns[{i}]: not a regular expression ({e})")
+            if len(opts.redact_replacement) > 64:
+                errs.append(f"{ns}.redact_replacement: at most 64 characters")
         px = self.proxy
         for hook in PROXY_HOOKS:
             url = px.endpoint(hook)

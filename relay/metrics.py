@@ -145,6 +145,8 @@ class Exporter:
                                     ("hook", "kind"))
         self.proxy_in_flight = gauge("relay_proxy_in_flight", "event proxy requests in flight, by hook",
                                      ("hook",))
+        self.redactions = counter("relay_redactions", "card numbers and configured patterns replaced in client "
+                                  "publications, by kind (card, pattern)", ("kind",))
         self._seen: dict[Any, float] = {}
 
     # --- sync -------------------------------------------------------------------------------------
@@ -181,6 +183,8 @@ class Exporter:
         self._add(self.slow, "slow", stats.disconnects.get(3008, 0))
         for reason, n in list(stats.handshake_failures.items()):
             self._add(self.handshake_failures.labels(reason), ("hs", reason), n)
+        for kind, n in list(stats.redactions.items()):
+            self._add(self.redactions.labels(kind), ("redact", kind), n)
         for reason, n in list(stats.auth_failures.items()):
             self._add(self.auth_failures.labels(reason), ("auth", reason), n)
         for (method, result), n in list(stats.api_requests.items()):

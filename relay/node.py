@@ -26,6 +26,7 @@ from relay.codes import DISCONNECTS, ERRORS, Disconnect
 from relay.config import ChannelOptions, Config
 from relay.core import IMPLEMENTATION, Hub
 from relay.proxy import EventProxy
+from relay.redact import Redactor
 from relay.session import ClientSession, join_leave_channel
 
 __all__ = ["Node", "Stats"]
@@ -57,6 +58,7 @@ class Stats:
         self.commands: Counter[tuple[str, str]] = Counter()
         self.disconnects: Counter[int] = Counter()
         self.auth_failures: Counter[str] = Counter()
+        self.redactions: Counter[str] = Counter()  # "card" / "pattern": replaced in client publications
         self.handshake_failures: Counter[str] = Counter()
         self.accepted: Counter[int] = Counter()  # sessions by wire
         self.publications: Counter[str] = Counter()  # by source: client, api
@@ -101,6 +103,7 @@ class Node:
         endpoints = [px.connect_endpoint, px.refresh_endpoint, px.subscribe_endpoint, px.sub_refresh_endpoint,
                      px.publish_endpoint, px.rpc_endpoint, *px.rpc_routes.values()]
         self.proxy: EventProxy | None = EventProxy(px) if any(endpoints) else None
+        self._redactors: dict[int, Redactor | None] = {}
         self.hub: Hub = None  # type: ignore[assignment]  # created in start(), needs the loop
         self.sessions: dict[str, ClientSession] = {}
         self.users: dict[str, set[ClientSession]] = {}
@@ -289,6 +292,14 @@ class Node:
                             break
 
     # --- channels --------------------------------------------------------------------------------
+
+    def redactor(self, opts: ChannelOptions) -> Redactor | None:
+        """The redaction a namespace asks for (None: none), built once per namespace."""
+        key = id(opts)
+        if key not in self._redactors:
+            r = Redactor(opts.redact_cards, opts.redact_patterns, opts.redact_replacement)
+            self._redactors[key] = r if r else None
+        return self._redactors[key]
 
     def valid_channel(self, channel: str) -> bool:
         if not channel or len(channel.encode("utf-8")) > self.cfg.max_channel_length:

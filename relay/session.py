@@ -663,6 +663,13 @@ class ClientSession:
         if not self._publishes.take(time.monotonic()):
             raise ERRORS.TOO_MANY_REQUESTS
         data = p["data"]
+        redactor = self.node.redactor(opts)
+        if redactor is not None:  # before the publish hook, the broker, history and every subscriber
+            data, cards, matches = redactor.data(data)
+            if cards or matches:
+                red = self.node.stats.redactions
+                red["card"] += cards
+                red["pattern"] += matches
         if self.conn.wire == WIRE_TCP:
             try:
                 orjson.dumps(data)  # must reach JSON subscribers too
