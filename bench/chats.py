@@ -43,7 +43,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (GENERATOR_CPU, RelayServer, apply_run_defaults, fmt_rate, machine_description,  # noqa: E402
-                    pin_to, raise_nofile, write_result)
+                    pin_to, raise_nofile, run_worker, write_result)
 from fanout import SATURATION_P50_MS, SATURATION_P99_MS  # noqa: E402
 from loadgen import PAYLOAD_SIZE, Histogram  # noqa: E402
 from scenarios_common import (CpuWindow, Printer, WorkerPool, banner, fmt_ms, noisy_mark, per_unit,  # noqa: E402
@@ -289,14 +289,7 @@ async def _worker_async(pipe: Connection, url: str, token: str, first_chat: int,
 
 
 def worker_main(pipe: Connection, url: str, token: str, first_chat: int, chats: int) -> None:
-    import uvloop
-
-    pin_to(GENERATOR_CPU)
-    raise_nofile()
-    try:
-        uvloop.run(_worker_async(pipe, url, token, first_chat, chats))
-    except (EOFError, BrokenPipeError, KeyboardInterrupt):
-        pass
+    run_worker(_worker_async, pipe, url, token, first_chat, chats)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from relay.testing import free_port  # noqa: E402
 __all__ = [
     "ROOT", "PYTHON", "SERVER_CPU", "GENERATOR_CPU", "RELAY_SECRET", "FANOUT_CHANNEL",
     "free_port", "raise_nofile", "CpuQuota", "SERVER_CPU_QUOTA",
-    "pin_to", "proc_cpu_times", "sum_cpu_times", "proc_cpu_seconds", "cpu_stat",
+    "pin_to", "die_with_parent", "run_worker", "proc_cpu_times", "sum_cpu_times", "proc_cpu_seconds", "cpu_stat",
     "proc_rss_bytes", "apply_run_defaults",
     "ServerProcess", "RelayServer", "Peer", "PicowsPeer", "WebsocketsPeer", "NodeWsPeer", "NatsPeer", "PEERS",
     "machine_description", "write_result", "fmt_rate",
@@ -61,6 +61,34 @@ def raise_nofile() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
+
+
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent dies (prctl PR_SET_PDEATHSIG): a generator
+    worker whose benchmark was interrupted must not go on spinning on the generator core."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def run_worker(main, *args) -> None:
+    """Body of a load-generator worker process: it dies with its parent, runs pinned to the
+    generator core with the fd limit raised, and ``uvloop.run(main(*args))`` until the pipe closes."""
+    import uvloop
+
+    die_with_parent()
+    pin_to(GENERATOR_CPU)
+    raise_nofile()
+    try:
+        uvloop.run(main(*args))
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        pass
 
 
 def pin_to(cpu: int) -> None:

@@ -51,7 +51,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (GENERATOR_CPU, RELAY_SECRET, PicowsPeer, RelayServer, ServerProcess,  # noqa: E402
-                    fmt_rate, machine_description, pin_to, raise_nofile, write_result)
+                    fmt_rate, machine_description, pin_to, raise_nofile, run_worker, write_result)
 from loadgen import Histogram  # noqa: E402
 from scenarios_common import (CpuWindow, Printer, WorkerPool, banner, fmt_ms, noisy_mark, per_unit,  # noqa: E402
                               percentiles, serve_pipe, sleep_until_ns)
@@ -355,14 +355,7 @@ async def _worker_async(pipe: Connection, url: str, kind: str, worker: int) -> N
 
 
 def worker_main(pipe: Connection, url: str, kind: str, worker: int) -> None:
-    import uvloop
-
-    pin_to(GENERATOR_CPU)
-    raise_nofile()
-    try:
-        uvloop.run(_worker_async(pipe, url, kind, worker))
-    except (EOFError, BrokenPipeError, KeyboardInterrupt):
-        pass
+    run_worker(_worker_async, pipe, url, kind, worker)
 
 
 # ------------------------------------------------------------------------------------------------

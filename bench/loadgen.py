@@ -59,8 +59,8 @@ from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (FANOUT_CHANNEL, GENERATOR_CPU, pin_to, proc_cpu_seconds, sum_cpu_times,  # noqa: E402
-                    raise_nofile)
+from common import (FANOUT_CHANNEL, proc_cpu_seconds, sum_cpu_times,  # noqa: E402
+                    run_worker)
 
 __all__ = ["Target", "Histogram", "LoadGenerator", "Publisher", "Window", "make_payload",
            "nats_pub_frame", "NATS_CONNECT", "PAYLOAD_SIZE"]
@@ -457,15 +457,8 @@ async def _worker_async(pipe: Connection, target: Target, n: int, first: int) ->
 
 
 def worker_main(pipe: Connection, target: Target, n: int, first: int = 0) -> None:
-    """Entry point of a worker process: pin to the generator core, raise the fd limit, run."""
-    import uvloop
-
-    pin_to(GENERATOR_CPU)
-    raise_nofile()
-    try:
-        uvloop.run(_worker_async(pipe, target, n, first))
-    except (EOFError, BrokenPipeError, KeyboardInterrupt):
-        pass
+    """Entry point of a worker process (common.run_worker: dies with its parent, pinned, uvloop)."""
+    run_worker(_worker_async, pipe, target, n, first)
 
 
 # ------------------------------------------------------------------------------------------------
