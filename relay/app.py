@@ -43,7 +43,6 @@ class App:
         self.draining = False
         self.ports: dict[str, int] = {}
         self._metrics_task: asyncio.Task | None = None
-        self.outbox = None  # relay.outbox.OutboxConsumer when outbox_dsn is set
 
     def ssl_context(self):
         """The server TLS context when tls_cert_file is set (TLS 1.2+), else None."""
@@ -66,8 +65,8 @@ class App:
         if cfg.outbox_dsn:
             from relay.outbox import OutboxConsumer
 
-            self.outbox = self.node.outbox = OutboxConsumer(self.node, cfg)
-            await self.outbox.start()
+            self.node.outbox = OutboxConsumer(self.node, cfg)
+            await self.node.outbox.start()
         if cfg.metrics:
             from relay.metrics import Exporter
 
@@ -135,8 +134,8 @@ class App:
         messages); ``hurry`` set meanwhile disconnects the rest at once."""
         self.ready = False
         self.draining = True
-        if self.outbox is not None:
-            await self.outbox.stop()  # claims nothing more: a batch in flight commits or is abandoned
+        if self.node.outbox is not None:
+            await self.node.outbox.stop()  # claims nothing more: a batch in flight commits or is abandoned
         for srv in self.servers:
             srv.close()  # the listening sockets only: open connections stay
         if drain:

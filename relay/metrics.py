@@ -194,7 +194,7 @@ class Exporter:
         self._add(self.broker_reconnects, "brec", getattr(broker, "reconnects", 0))
         self._add(self.resyncs, "resync", stats.resyncs)
         self._add(self.log_dropped, "logdrop", logs.dropped_total())
-        outbox = getattr(node, "outbox", None)
+        outbox = node.outbox
         if outbox is not None:
             self._add(self.outbox_rows.labels("ok"), "obok", outbox.rows_done)
             self._add(self.outbox_rows.labels("failed"), "obfail", outbox.rows_failed)

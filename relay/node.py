@@ -104,6 +104,7 @@ class Node:
                      px.publish_endpoint, px.rpc_endpoint, *px.rpc_routes.values()]
         self.proxy: EventProxy | None = EventProxy(px) if any(endpoints) else None
         self._redactors: dict[int, Redactor | None] = {}
+        self.outbox: Any = None  # relay.outbox.OutboxConsumer, made by the app when outbox_dsn is set
         self.hub: Hub = None  # type: ignore[assignment]  # created in start(), needs the loop
         self.sessions: dict[str, ClientSession] = {}
         self.users: dict[str, set[ClientSession]] = {}

@@ -746,15 +746,20 @@ class ClientSession:
     def _expire_sub_at(self, channel: str, expires: float | None) -> None:
         """A subscription whose token expired and was not refreshed (sub_refresh) within the grace ends
         the connection with 3006 (subscription expired): the SDK reconnects with fresh tokens."""
+        delay = None if expires is None else max(0.0, expires - time.time()) + self.node.cfg.token_expire_grace
+        self._sub_timer(channel, delay, self._sub_expired, channel)
+
+    def _sub_timer(self, channel: str, delay: float | None, callback, *args) -> None:
+        """The one timer of ``channel``'s subscription (token expiry or proxy refresh): replaced, or
+        cancelled when ``delay`` is None."""
         timers = self._sub_timers
         if timers is None:
             timers = self._sub_timers = {}
         old = timers.pop(channel, None)
         if old is not None:
             old.cancel()
-        if expires is not None:
-            delay = max(0.0, expires - time.time()) + self.node.cfg.token_expire_grace
-            timers[channel] = asyncio.get_running_loop().call_later(delay, self._sub_expired, channel)
+        if delay is not None:
+            timers[channel] = asyncio.get_running_loop().call_later(delay, callback, *args)
 
     def _sub_expired(self, channel: str) -> None:
         if channel in self.subs:
@@ -846,15 +851,8 @@ class ClientSession:
 
     def _refresh_sub_at(self, channel: str, expires: float) -> None:
         """A proxied subscription with an expiry: at expire_at ask the sub_refresh hook to prolong it."""
-        timers = self._sub_timers
-        if timers is None:
-            timers = self._sub_timers = {}
-        old = timers.pop(channel, None)
-        if old is not None:
-            old.cancel()
-        delay = max(0.0, expires - time.time())
-        timers[channel] = asyncio.get_running_loop().call_later(
-            delay, lambda: self.node.spawn(self._proxy_sub_refresh(channel)))
+        self._sub_timer(channel, max(0.0, expires - time.time()),
+                        lambda: self.node.spawn(self._proxy_sub_refresh(channel)))
 
     async def _proxy_sub_refresh(self, channel: str) -> None:
         if self.closed or channel not in self.subs:

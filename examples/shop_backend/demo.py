@@ -39,7 +39,7 @@ from aiohttp import web
 
 from examples.shop_backend.app import (AGENTS_ONLINE, AGENTS_QUEUE, COOKIE, STATUSES, Shop, Who, create_session,
                                        order_chat, orders_channel, parse_user, set_order_status, typing_channel)
-from relay.demo import STATIC_DIR
+from relay.demo import STATIC_DIR, json_body
 
 __all__ = ["add_demo_routes", "prepare_db", "customer_channels", "agent_channels", "SALE", "DEMO_ORDER",
            "DEMO_STOCK"]
@@ -99,16 +99,6 @@ def _order_id(value: Any) -> int | None:
     return None
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.read() or b"{}")
-    except orjson.JSONDecodeError:
-        raise web.HTTPBadRequest(text='{"error": "invalid JSON"}', content_type="application/json") from None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text='{"error": "the body must be a JSON object"}', content_type="application/json")
-    return body
-
-
 class Demo:
     """The pages and ``/demo/api/*`` on top of :class:`~examples.shop_backend.app.Shop`."""
 
@@ -148,7 +138,7 @@ class Demo:
     # -- the login
 
     async def token(self, request: web.Request) -> web.Response:
-        body = await _body(request)
+        body = await json_body(request)
         role = body.get("role", "customer")
         if role not in ("customer", "agent"):
             return _fail(400, "role must be 'customer' or 'agent'")
@@ -243,7 +233,7 @@ class Demo:
 
     async def order_status(self, request: web.Request) -> web.Response:
         await self.agent_of(request)
-        body = await _body(request)
+        body = await json_body(request)
         order_id, status, customer = _order_id(body.get("order")), body.get("status"), body.get("customer")
         if order_id is None:
             return _fail(400, "order: the id of the chat's order (a number)")
@@ -266,7 +256,7 @@ class Demo:
 
     async def sale(self, request: web.Request) -> web.Response:
         await self.agent_of(request)
-        text = (await _body(request)).get("text")
+        text = (await json_body(request)).get("text")
         if not isinstance(text, str) or not 0 < len(text.strip()) <= MAX_SALE_TEXT:
             return _fail(400, f"text: 1-{MAX_SALE_TEXT} characters")
         res = await self.shop.relay.publish(SALE, {"text": text.strip(), "ts": int(time.time() * 1000)})

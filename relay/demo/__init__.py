@@ -41,7 +41,7 @@ from aiohttp import web
 
 from relay.auth import TokenExpired, TokenInvalid, make_connect_token
 
-__all__ = ["add_demo_routes", "DemoChats", "STATIC_DIR", "STATUSES"]
+__all__ = ["add_demo_routes", "json_body", "DemoChats", "STATIC_DIR", "STATUSES"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATUSES = ("paid", "packed", "shipped", "out for delivery", "delivered")
@@ -115,7 +115,8 @@ def _error(status: int, message: str) -> web.Response:
     return _json({"error": message}, status=status)
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object (an empty body is ``{}``), or 400 with a JSON error."""
     try:
         body = orjson.loads(await request.read() or b"{}")
     except orjson.JSONDecodeError:
@@ -165,7 +166,7 @@ def add_demo_routes(app: web.Application, node) -> DemoChats:
         raise web.HTTPFound("/demo/shop")
 
     async def token(request: web.Request) -> web.Response:
-        body = await _body(request)
+        body = await json_body(request)
         role = body.get("role", "customer")
         if role not in ("customer", "agent"):
             return _error(400, "role must be 'customer' or 'agent'")
@@ -188,7 +189,7 @@ def add_demo_routes(app: web.Application, node) -> DemoChats:
 
     async def subscription_token(request: web.Request) -> web.Response:
         user = agent_of(request)
-        channel = (await _body(request)).get("channel")
+        channel = (await json_body(request)).get("channel")
         if not isinstance(channel, str) or not channel.startswith(("support:", "typing:", "agents:")):
             return _error(403, "agents get subscription tokens for support:, typing: and agents: channels only")
         tok = make_connect_token(user, cfg.token_hmac_secret, ttl=SUB_TOKEN_TTL, channel=channel)
@@ -200,7 +201,7 @@ def add_demo_routes(app: web.Application, node) -> DemoChats:
 
     async def order_status(request: web.Request) -> web.Response:
         agent_of(request)
-        body = await _body(request)
+        body = await json_body(request)
         customer, order, status = body.get("customer"), body.get("order"), body.get("status")
         if not (isinstance(customer, str) and customer.startswith("c-") and _USER_ID.match(customer)):
             return _error(400, "customer: a customer user id (c-...)")
@@ -214,7 +215,7 @@ def add_demo_routes(app: web.Application, node) -> DemoChats:
 
     async def sale(request: web.Request) -> web.Response:
         agent_of(request)
-        text = (await _body(request)).get("text")
+        text = (await json_body(request)).get("text")
         if not isinstance(text, str) or not 0 < len(text.strip()) <= MAX_TEXT:
             return _error(400, f"text: 1-{MAX_TEXT} characters")
         await node.publish(SALE, {"text": text.strip(), "ts": int(time.time() * 1000)})
