@@ -12,6 +12,8 @@ from cpython.object cimport PyObject
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
+import random
+
 import msgpack
 import orjson
 
@@ -20,6 +22,7 @@ from relay.protocol.errors import ProtocolError
 __all__ = [
     "IMPLEMENTATION", "WIRE_WS", "WIRE_TCP", "Conn", "Hub", "FrameReader",
     "ws_frame", "tcp_frame", "fnv1a32",
+    "LANE_CHAT", "LANE_UPDATE", "LANE_BULK", "QUEUED", "DROPPED", "OVER_CAP", "PACE_TICK",
 ]
 
 IMPLEMENTATION = "cython"
@@ -31,9 +34,23 @@ cdef enum:
     OP_TEXT = 0x1
     OP_BINARY = 0x2
     OP_PONG = 0xA
+    _LANE_CHAT = 0
+    _LANE_UPDATE = 1
+    _LANE_BULK = 2
+    _QUEUED = 1
+    _DROPPED = -1
+    _OVER_CAP = 0
 
 WIRE_WS = _WIRE_WS
 WIRE_TCP = _WIRE_TCP
+LANE_CHAT = _LANE_CHAT
+LANE_UPDATE = _LANE_UPDATE
+LANE_BULK = _LANE_BULK
+QUEUED = _QUEUED
+DROPPED = _DROPPED
+OVER_CAP = _OVER_CAP
+cdef double _PACE_TICK = 0.01
+PACE_TICK = _PACE_TICK
 
 
 cdef object _packb = msgpack.Packer(use_bin_type=True).pack
@@ -274,18 +291,21 @@ cdef class Conn:
         self.transport = transport
         self.wire = wire
         self.cap = cap
+        self.update_limit = cap
+        self.bulk_limit = cap
         self.pending = []
         self.queued = 0
         self.paused = False
         self.dirty = False
         self.closed = False
         self.session = session
+        self.phase = random.random()
 
     cdef inline bint _enqueue(self, bytes item):
         if self.closed:
             return True
         cdef Py_ssize_t n = PyBytes_GET_SIZE(item)
-        if self.queued + n > self.cap:
+        if self.queued + n > self.cap and self.queued:  # one item always fits an empty queue
             return False
         self.pending.append(item)
         self.queued += n
@@ -294,9 +314,28 @@ cdef class Conn:
             self.hub._mark_dirty(self)
         return True
 
+    cdef inline int _offer(self, bytes item, int lane):
+        if self.closed:
+            return _QUEUED
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(item)
+        if lane and self.paused and self.queued + n > (self.bulk_limit if lane == _LANE_BULK else self.update_limit):
+            return _DROPPED
+        if self.queued + n > self.cap and self.queued:  # one item always fits an empty queue
+            return _OVER_CAP
+        self.pending.append(item)
+        self.queued += n
+        if not self.dirty:
+            self.dirty = True
+            self.hub._mark_dirty(self)
+        return _QUEUED
+
     cpdef bint send(self, bytes item):
         """Queue ``item``; False means the cap was hit and the item was dropped."""
         return self._enqueue(item)
+
+    cpdef int offer(self, bytes item, int lane):
+        """Queue ``item`` of priority ``lane``: QUEUED, DROPPED or OVER_CAP (see relay/_core_py.py)."""
+        return self._offer(item, lane)
 
     def pause_writing(self):
         self.paused = True
@@ -337,6 +376,27 @@ cdef class _Channel:
         self.n_tcp = 0
 
 
+cdef class _Round:
+    """A paced broadcast in progress on one channel (see relay/_core_py.py)."""
+
+    def __init__(self, _Channel ch, double start, double window):
+        cdef Py_ssize_t slots = max(1, <Py_ssize_t>round(window / _PACE_TICK)), k
+        cdef Conn conn
+        self.items = []
+        self.buckets = [[] for _ in range(slots)]
+        self.members = {}
+        for conn in ch.subs:
+            k = <Py_ssize_t>(conn.phase * slots)
+            if k >= slots:
+                k = slots - 1
+            (<list>PyList_GET_ITEM(self.buckets, k)).append(conn)
+            self.members[conn] = k
+        self.start = start
+        self.window = window
+        self.slot_len = window / slots
+        self.next = 0
+
+
 cdef inline bint _same(list a, list b):
     cdef Py_ssize_t n = PyList_GET_SIZE(a), i
     if n != PyList_GET_SIZE(b):
@@ -350,11 +410,12 @@ cdef inline bint _same(list a, list b):
 cdef class Hub:
     """Channels and their local subscribers, and the fan-out to them (see relay/_core_py.py)."""
 
-    def __init__(self, call_soon, on_slow, Py_ssize_t num_shards=64):
+    def __init__(self, call_soon, on_slow, Py_ssize_t num_shards=64, on_drop=None):
         if num_shards < 1:
             raise ValueError("num_shards must be >= 1")
         self._call_soon = call_soon
         self._on_slow = on_slow
+        self._on_drop = on_drop
         self.num_shards = num_shards
         self._shards = [{} for _ in range(num_shards)]
         self._dirty = []
@@ -365,6 +426,10 @@ cdef class Hub:
         self.deliveries_tcp = 0
         self.publications = 0
         self.writes = 0
+        self.drops_update = 0
+        self.drops_bulk = 0
+        self.paced = 0
+        self._pacing = {}
 
     cdef inline dict _shard(self, str channel):
         return <dict>PyList_GET_ITEM(self._shards, _fnv1a32(channel) % <uint32_t>self.num_shards)
@@ -398,6 +463,13 @@ cdef class Hub:
         if ch is None or conn not in ch.subs:
             return False
         del ch.subs[conn]
+        cdef list rounds
+        cdef _Round rnd
+        if self._pacing:
+            rounds = self._pacing.get(channel)
+            if rounds is not None:
+                for rnd in rounds:  # out of the round: a later subscribe does not bring it back
+                    rnd.members.pop(conn, None)
         self.num_subscriptions -= 1
         if conn.wire == _WIRE_TCP:
             ch.n_tcp -= 1
@@ -418,7 +490,7 @@ cdef class Hub:
         cdef _Channel ch = self._shard(channel).get(channel)
         return [] if ch is None else list(ch.subs)
 
-    cpdef Py_ssize_t broadcast(self, str channel, dict push):
+    cpdef Py_ssize_t broadcast(self, str channel, dict push, int lane=_LANE_CHAT):
         """Encode ``{"push": push}`` once per wire format and queue it for every subscriber."""
         cdef _Channel ch = self._shard(channel).get(channel)
         if ch is None:
@@ -426,34 +498,169 @@ cdef class Hub:
         envelope = {"push": push}
         ws_item = _dumps(envelope) if len(ch.subs) > ch.n_tcp else None
         tcp_item = tcp_frame(_packb(envelope)) if ch.n_tcp else None
-        return self._fanout(ch, ws_item, tcp_item)
+        if self._pacing and channel in self._pacing:
+            return self._join_round(ch, channel, ws_item, tcp_item, lane)
+        return self._fanout(ch, channel, ws_item, tcp_item, lane)
 
-    cpdef Py_ssize_t broadcast_encoded(self, str channel, object ws_item, object tcp_item):
+    cpdef Py_ssize_t broadcast_encoded(self, str channel, object ws_item, object tcp_item, int lane=_LANE_CHAT):
         """Fan out pre-encoded items (a JSON line, a TCP frame)."""
         cdef _Channel ch = self._shard(channel).get(channel)
         if ch is None:
             return 0
-        return self._fanout(ch, ws_item, tcp_item)
+        if self._pacing and channel in self._pacing:
+            return self._join_round(ch, channel, ws_item, tcp_item, lane)
+        return self._fanout(ch, channel, ws_item, tcp_item, lane)
 
-    cdef Py_ssize_t _fanout(self, _Channel ch, object ws_item, object tcp_item):
-        cdef list slow = None
+    cpdef Py_ssize_t broadcast_paced(self, str channel, dict push, int lane, double window, double now):
+        """Like ``broadcast``, spread over ``window`` seconds by each subscriber's phase (see relay/_core_py.py)."""
+        cdef _Channel ch = self._shard(channel).get(channel)
+        if ch is None:
+            return 0
+        envelope = {"push": push}
+        ws_item = _dumps(envelope) if len(ch.subs) > ch.n_tcp else None
+        tcp_item = tcp_frame(_packb(envelope)) if ch.n_tcp else None
+        cdef list rounds = self._pacing.get(channel)
+        cdef double start = now, later
+        cdef _Round last, rnd
+        cdef Py_ssize_t slots
+        if rounds:
+            last = <_Round>rounds[len(rounds) - 1]
+            slots = max(1, <Py_ssize_t>round(window / _PACE_TICK))
+            later = last.start + max(0.0, last.window - window) + window / slots
+            if later > start:
+                start = later
+        rnd = _Round(ch, start, window)
+        rnd.items.append((ws_item, tcp_item, lane))
+        if rounds:
+            rounds.append(rnd)
+        else:
+            self._pacing[channel] = [rnd]
+        self.publications += 1
+        self.paced += 1
+        return len(ch.subs)
+
+    cdef Py_ssize_t _join_round(self, _Channel ch, str channel, object ws_item, object tcp_item, int lane):
+        cdef list rounds = <list>self._pacing[channel]
+        cdef _Round rnd = <_Round>rounds[len(rounds) - 1]
+        rnd.items.append((ws_item, tcp_item, lane))
+        cdef list now_subs = []
+        cdef dict members = rnd.members
+        cdef Py_ssize_t pos = 0
+        cdef PyObject* key
+        cdef PyObject* value
+        cdef object k
+        while PyDict_Next(ch.subs, &pos, &key, &value):
+            k = members.get(<object>key, -1)
+            if <Py_ssize_t>k < rnd.next:
+                now_subs.append(<object>key)
+        return self._deliver(now_subs, channel, ws_item, tcp_item, lane, True)
+
+    cpdef double pace_tick(self, double now):
+        """Deliver every paced slot due at ``now``; the time the next one is due, or -1 if none is."""
+        cdef double nxt = -1.0, at
+        cdef Py_ssize_t due, nslots
+        cdef _Round rnd
+        cdef _Channel ch
+        cdef list bucket, conns, rounds
+        cdef str channel
+        for channel in list(self._pacing):
+            rounds = <list>self._pacing[channel]
+            ch = self._shard(channel).get(channel)
+            for rnd in rounds:
+                if now < rnd.start:
+                    continue
+                nslots = len(rnd.buckets)
+                due = <Py_ssize_t>((now - rnd.start) / rnd.slot_len + 1e-9) + 1
+                if due > nslots:
+                    due = nslots
+                while rnd.next < due:
+                    bucket = <list>PyList_GET_ITEM(rnd.buckets, rnd.next)
+                    rnd.next += 1
+                    if ch is None or not bucket:
+                        continue
+                    conns = [conn for conn in bucket if conn in rnd.members]
+                    for ws_item, tcp_item, lane in rnd.items:
+                        self._deliver(conns, channel, ws_item, tcp_item, lane, False)
+                        conns = [conn for conn in conns if conn in ch.subs]
+                while rnd.next < nslots and not <list>PyList_GET_ITEM(rnd.buckets, rnd.next):
+                    rnd.next += 1
+            rounds[:] = [r for r in rounds if (<_Round>r).next < len((<_Round>r).buckets)]
+            if not rounds:
+                del self._pacing[channel]
+                continue
+            for rnd in rounds:
+                at = rnd.start + rnd.next * rnd.slot_len
+                if nxt < 0 or at < nxt:
+                    nxt = at
+        return nxt
+
+    def pacing(self):
+        """Channels with a paced broadcast in progress."""
+        return len(self._pacing)
+
+    cdef Py_ssize_t _fanout(self, _Channel ch, str channel, object ws_item, object tcp_item, int lane):
+        cdef list slow = None, dropped = None
         cdef Py_ssize_t n = 0, n_tcp = 0, pos = 0
+        cdef int r
         cdef PyObject* key
         cdef PyObject* value
         cdef Conn conn
         while PyDict_Next(ch.subs, &pos, &key, &value):
             conn = <Conn>key
-            if conn._enqueue(<bytes>(ws_item if conn.wire == _WIRE_WS else tcp_item)):
+            r = conn._offer(<bytes>(ws_item if conn.wire == _WIRE_WS else tcp_item), lane)
+            if r == _QUEUED:
                 n += 1
                 if conn.wire != _WIRE_WS:
                     n_tcp += 1
+            elif r == _DROPPED:
+                if dropped is None:
+                    dropped = []
+                dropped.append(conn)
             else:
                 if slow is None:
                     slow = []
                 slow.append(conn)
         self.publications += 1
+        return self._settle(channel, lane, n, n_tcp, dropped, slow)
+
+    cdef Py_ssize_t _deliver(self, object conns, str channel, object ws_item, object tcp_item, int lane,
+                             bint publication):
+        """The fan-out to a list of connections (paced slots, a round's joined publications)."""
+        cdef list slow = None, dropped = None
+        cdef Py_ssize_t n = 0, n_tcp = 0
+        cdef int r
+        cdef Conn conn
+        for conn in <list>conns:
+            r = conn._offer(<bytes>(ws_item if conn.wire == _WIRE_WS else tcp_item), lane)
+            if r == _QUEUED:
+                n += 1
+                if conn.wire != _WIRE_WS:
+                    n_tcp += 1
+            elif r == _DROPPED:
+                if dropped is None:
+                    dropped = []
+                dropped.append(conn)
+            else:
+                if slow is None:
+                    slow = []
+                slow.append(conn)
+        if publication:
+            self.publications += 1
+        return self._settle(channel, lane, n, n_tcp, dropped, slow)
+
+    cdef Py_ssize_t _settle(self, str channel, int lane, Py_ssize_t n, Py_ssize_t n_tcp, list dropped, list slow):
         self.deliveries += n
         self.deliveries_tcp += n_tcp
+        # the callbacks change subscriber sets: only after the loop over them
+        cdef Conn conn
+        if dropped is not None:
+            if lane == _LANE_BULK:
+                self.drops_bulk += len(dropped)
+            else:
+                self.drops_update += len(dropped)
+            if self._on_drop is not None:
+                for conn in dropped:
+                    self._on_drop(conn, channel)
         if slow is not None:
             for conn in slow:
                 self._on_slow(conn)

@@ -13,12 +13,16 @@ What lives here is what runs per message or per delivery:
 * ``Conn`` - a connection's outbound queue. Everything queued during one loop
   iteration is written with one ``transport.write``; a queue over its byte cap
   makes ``send`` return False (the caller disconnects with 3008 "slow").
+  Priority lanes: ``offer`` refuses a ``bulk`` item past ``bulk_limit`` and an
+  ``update`` item past ``update_limit`` (dropped, the connection stays), while
+  ``chat`` items and replies go up to the cap.
 * ``FrameReader`` - RFC 6455 frame parsing and unmasking for client frames.
 * ``ws_frame`` / ``tcp_frame`` - server frame encoders.
 """
 
 from __future__ import annotations
 
+import random
 import struct
 
 import msgpack
@@ -36,12 +40,26 @@ __all__ = [
     "ws_frame",
     "tcp_frame",
     "fnv1a32",
+    "LANE_CHAT",
+    "LANE_UPDATE",
+    "LANE_BULK",
+    "QUEUED",
+    "DROPPED",
+    "OVER_CAP",
+    "PACE_TICK",
 ]
 
 IMPLEMENTATION = "python"
 
 WIRE_WS = 0  # WebSocket, JSON lines batched into text frames
 WIRE_TCP = 1  # raw TCP, 4-byte big-endian length + msgpack body per message
+
+# priority lanes of a publication (docs/lanes.md): chat is never dropped, update and bulk may be
+LANE_CHAT, LANE_UPDATE, LANE_BULK = 0, 1, 2
+# what Conn.offer did with an item
+QUEUED, DROPPED, OVER_CAP = 1, -1, 0
+# paced broadcasts: the window is cut into slots of this many seconds
+PACE_TICK = 0.01
 
 OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
@@ -208,12 +226,14 @@ class Conn:
     complete frame for raw TCP. The hub writes everything queued in a loop
     iteration with one ``transport.write``. While the transport is paused
     (kernel and transport buffers full), items stay queued; once the queue
-    would pass ``cap`` bytes, ``send`` refuses and returns False.
+    would pass ``cap`` bytes, ``send`` refuses and returns False. One item always
+    fits an empty queue, whatever its size: a subscribe reply that recovers a long
+    history is bounded by the history, not refused forever.
     """
 
     __slots__ = (
-        "hub", "transport", "wire", "cap", "pending", "queued",
-        "paused", "dirty", "closed", "session", "__weakref__",
+        "hub", "transport", "wire", "cap", "update_limit", "bulk_limit", "pending", "queued",
+        "paused", "dirty", "closed", "session", "phase", "__weakref__",
     )
 
     def __init__(self, hub: "Hub", transport, wire: int, cap: int, session=None) -> None:
@@ -221,19 +241,26 @@ class Conn:
         self.transport = transport
         self.wire = wire
         self.cap = cap
+        # priority lanes: an item of LANE_UPDATE (LANE_BULK) is refused once the queue would pass
+        # update_limit (bulk_limit); LANE_CHAT items and replies only at cap (then: slow)
+        self.update_limit = cap
+        self.bulk_limit = cap
         self.pending: list[bytes] = []
         self.queued = 0
         self.paused = False
         self.dirty = False
         self.closed = False
         self.session = session
+        # where in a paced broadcast's window this connection's delivery falls (0..1): random, and the
+        # same for every paced broadcast while the connection lives
+        self.phase = random.random()
 
     def send(self, item: bytes) -> bool:
         """Queue ``item``; False means the cap was hit and the item was dropped."""
         if self.closed:
             return True
         n = len(item)
-        if self.queued + n > self.cap:
+        if self.queued + n > self.cap and self.queued:  # one item always fits an empty queue
             return False
         self.pending.append(item)
         self.queued += n
@@ -241,6 +268,24 @@ class Conn:
             self.dirty = True
             self.hub._mark_dirty(self)
         return True
+
+    def offer(self, item: bytes, lane: int) -> int:
+        """Queue ``item`` of priority ``lane``: QUEUED, DROPPED (its lane's limit: the item is dropped,
+        the connection stays) or OVER_CAP (the hard cap: the connection is too slow)."""
+        if self.closed:
+            return QUEUED
+        n = len(item)
+        # lanes apply to a backlog (paused writes), not to a burst queued within one loop iteration
+        if lane and self.paused and self.queued + n > (self.bulk_limit if lane == LANE_BULK else self.update_limit):
+            return DROPPED
+        if self.queued + n > self.cap and self.queued:  # one item always fits an empty queue
+            return OVER_CAP
+        self.pending.append(item)
+        self.queued += n
+        if not self.dirty:
+            self.dirty = True
+            self.hub._mark_dirty(self)
+        return QUEUED
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -300,19 +345,43 @@ class _Channel:
         self.n_tcp = 0
 
 
+class _Round:
+    """A paced broadcast in progress on one channel: its subscribers at the start, bucketed by the slot
+    of the window their phase falls in, and the items (the paced publication, then the channel's later
+    ones) each of them gets, in order, when its slot comes."""
+
+    __slots__ = ("items", "buckets", "members", "start", "window", "slot_len", "next")
+
+    def __init__(self, ch: _Channel, start: float, window: float) -> None:
+        slots = max(1, round(window / PACE_TICK))
+        self.items: list[tuple] = []
+        self.buckets: list[list[Conn]] = [[] for _ in range(slots)]
+        self.members: dict[Conn, int] = {}
+        for conn in ch.subs:
+            k = min(int(conn.phase * slots), slots - 1)
+            self.buckets[k].append(conn)
+            self.members[conn] = k
+        self.start = start
+        self.window = window
+        self.slot_len = window / slots
+        self.next = 0  # the first slot not delivered yet
+
+
 class Hub:
     """Channels and their local subscribers, and the fan-out to them.
 
     ``call_soon`` schedules the end-of-iteration flush (``loop.call_soon``);
     ``on_slow(conn)`` is called after a fan-out for each subscriber whose queue
-    refused the item.
+    refused the item at its cap; ``on_drop(conn, channel)`` for each subscriber
+    whose queue refused an update or bulk item at that lane's limit.
     """
 
-    def __init__(self, call_soon, on_slow, num_shards: int = 64) -> None:
+    def __init__(self, call_soon, on_slow, num_shards: int = 64, on_drop=None) -> None:
         if num_shards < 1:
             raise ValueError("num_shards must be >= 1")
         self._call_soon = call_soon
         self._on_slow = on_slow
+        self._on_drop = on_drop
         self.num_shards = num_shards
         self._shards: list[dict[str, _Channel]] = [{} for _ in range(num_shards)]
         self._dirty: list[Conn] = []
@@ -323,6 +392,10 @@ class Hub:
         self.deliveries_tcp = 0  # of deliveries, those to raw TCP clients
         self.publications = 0
         self.writes = 0
+        self.drops_update = 0  # update items refused at a connection's update_limit
+        self.drops_bulk = 0  # bulk items refused at a connection's bulk_limit
+        self.paced = 0  # publications whose fan-out was spread over a window
+        self._pacing: dict[str, list[_Round]] = {}  # channel -> its paced rounds in progress, oldest first
 
     def shard_of(self, channel: str) -> int:
         return fnv1a32(channel) % self.num_shards
@@ -352,6 +425,9 @@ class Hub:
         if ch is None or conn not in ch.subs:
             return False
         del ch.subs[conn]
+        if self._pacing and channel in self._pacing:
+            for rnd in self._pacing[channel]:  # out of the round: a later subscribe does not bring it back
+                rnd.members.pop(conn, None)
         self.num_subscriptions -= 1
         if conn.wire == WIRE_TCP:
             ch.n_tcp -= 1
@@ -372,7 +448,7 @@ class Hub:
         ch = self._shards[fnv1a32(channel) % self.num_shards].get(channel)
         return [] if ch is None else list(ch.subs)
 
-    def broadcast(self, channel: str, push: dict) -> int:
+    def broadcast(self, channel: str, push: dict, lane: int = LANE_CHAT) -> int:
         """Encode ``{"push": push}`` once per wire format and queue it for every subscriber."""
         ch = self._shards[fnv1a32(channel) % self.num_shards].get(channel)
         if ch is None:
@@ -380,31 +456,127 @@ class Hub:
         envelope = {"push": push}
         ws_item = _dumps(envelope) if len(ch.subs) > ch.n_tcp else None
         tcp_item = tcp_frame(_packb(envelope)) if ch.n_tcp else None
-        return self._fanout(ch, ws_item, tcp_item)
+        if self._pacing and channel in self._pacing:
+            return self._join_round(ch, channel, ws_item, tcp_item, lane)
+        return self._fanout(ch, channel, ws_item, tcp_item, lane)
 
-    def broadcast_encoded(self, channel: str, ws_item, tcp_item) -> int:
+    def broadcast_encoded(self, channel: str, ws_item, tcp_item, lane: int = LANE_CHAT) -> int:
         """Fan out pre-encoded items (a JSON line, a TCP frame)."""
         ch = self._shards[fnv1a32(channel) % self.num_shards].get(channel)
         if ch is None:
             return 0
-        return self._fanout(ch, ws_item, tcp_item)
+        if self._pacing and channel in self._pacing:
+            return self._join_round(ch, channel, ws_item, tcp_item, lane)
+        return self._fanout(ch, channel, ws_item, tcp_item, lane)
 
-    def _fanout(self, ch: _Channel, ws_item, tcp_item) -> int:
-        slow = None
+    # --- paced broadcasts -------------------------------------------------------------------------
+
+    def broadcast_paced(self, channel: str, push: dict, lane: int, window: float, now: float) -> int:
+        """Like ``broadcast``, but each subscriber gets it at its phase of ``window`` seconds from ``now``
+        (slots of PACE_TICK), so the fan-out work is spread the same way; ``pace_tick`` delivers what is
+        due. While an earlier round of the channel is still on, the new round starts late enough that
+        every subscriber's moment in it comes after its moment in the earlier one: a channel's
+        publications reach each subscriber in order."""
+        ch = self._shards[fnv1a32(channel) % self.num_shards].get(channel)
+        if ch is None:
+            return 0
+        envelope = {"push": push}
+        ws_item = _dumps(envelope) if len(ch.subs) > ch.n_tcp else None
+        tcp_item = tcp_frame(_packb(envelope)) if ch.n_tcp else None
+        rounds = self._pacing.get(channel)
+        start = now
+        if rounds:
+            last = rounds[-1]
+            slots = max(1, round(window / PACE_TICK))
+            start = max(now, last.start + max(0.0, last.window - window) + window / slots)
+        rnd = _Round(ch, start, window)
+        rnd.items.append((ws_item, tcp_item, lane))
+        if rounds:
+            rounds.append(rnd)
+        else:
+            self._pacing[channel] = [rnd]
+        self.publications += 1
+        self.paced += 1
+        return len(ch.subs)
+
+    def _join_round(self, ch: _Channel, channel: str, ws_item, tcp_item, lane: int) -> int:
+        """A publication of a channel with paced rounds still on: at once for the subscribers the last
+        round has served (or that are not in it), the others at their slot of it, after its items."""
+        rnd = self._pacing[channel][-1]
+        rnd.items.append((ws_item, tcp_item, lane))
+        now_subs = [conn for conn in ch.subs if rnd.members.get(conn, -1) < rnd.next]
+        return self._deliver(now_subs, channel, ws_item, tcp_item, lane, True)
+
+    def pace_tick(self, now: float) -> float:
+        """Deliver every paced slot due at ``now``; the time the next one is due, or -1 if none is."""
+        nxt = -1.0
+        for channel in list(self._pacing):
+            rounds = self._pacing[channel]
+            ch = self._shards[fnv1a32(channel) % self.num_shards].get(channel)
+            for rnd in rounds:  # oldest first: a subscriber due in two rounds gets the older first
+                if now < rnd.start:
+                    continue
+                due = min(len(rnd.buckets), int((now - rnd.start) / rnd.slot_len + 1e-9) + 1)  # 0.3/0.01
+                while rnd.next < due:
+                    bucket = rnd.buckets[rnd.next]
+                    rnd.next += 1
+                    if ch is None or not bucket:
+                        continue
+                    members = rnd.members
+                    conns = [conn for conn in bucket if conn in members]  # those still subscribed
+                    for ws_item, tcp_item, lane in rnd.items:
+                        self._deliver(conns, channel, ws_item, tcp_item, lane, False)
+                        conns = [c for c in conns if c in ch.subs]  # a drop may have unsubscribed one
+                while rnd.next < len(rnd.buckets) and not rnd.buckets[rnd.next]:
+                    rnd.next += 1  # nobody there: the next timer is for the next slot with subscribers
+            rounds[:] = [rnd for rnd in rounds if rnd.next < len(rnd.buckets)]
+            if not rounds:
+                del self._pacing[channel]
+                continue
+            for rnd in rounds:
+                at = rnd.start + rnd.next * rnd.slot_len
+                if nxt < 0 or at < nxt:
+                    nxt = at
+        return nxt
+
+    def pacing(self) -> int:
+        """Channels with a paced broadcast in progress."""
+        return len(self._pacing)
+
+    def _fanout(self, ch: _Channel, channel: str, ws_item, tcp_item, lane: int) -> int:
+        return self._deliver(ch.subs, channel, ws_item, tcp_item, lane, True)
+
+    def _deliver(self, conns, channel: str, ws_item, tcp_item, lane: int, publication: bool) -> int:
+        slow = dropped = None
         n = n_tcp = 0
-        for conn in ch.subs:
+        for conn in conns:
             item = ws_item if conn.wire == WIRE_WS else tcp_item
-            if conn.send(item):
+            r = conn.offer(item, lane)
+            if r == QUEUED:
                 n += 1
                 if conn.wire != WIRE_WS:
                     n_tcp += 1
+            elif r == DROPPED:
+                if dropped is None:
+                    dropped = []
+                dropped.append(conn)
             else:
                 if slow is None:
                     slow = []
                 slow.append(conn)
-        self.publications += 1
+        if publication:
+            self.publications += 1
         self.deliveries += n
         self.deliveries_tcp += n_tcp
+        # the callbacks change subscriber sets: only after the loop over this one
+        if dropped:
+            if lane == LANE_BULK:
+                self.drops_bulk += len(dropped)
+            else:
+                self.drops_update += len(dropped)
+            if self._on_drop is not None:
+                for conn in dropped:
+                    self._on_drop(conn, channel)
         if slow:
             for conn in slow:
                 self._on_slow(conn)

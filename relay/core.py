@@ -11,7 +11,8 @@ import logging
 import os
 
 __all__ = ["IMPLEMENTATION", "IMPORT_ERROR", "Hub", "Conn", "FrameReader", "ws_frame", "tcp_frame",
-           "fnv1a32", "WIRE_WS", "WIRE_TCP", "FORCED_PURE"]
+           "fnv1a32", "WIRE_WS", "WIRE_TCP", "FORCED_PURE", "LANE_CHAT", "LANE_UPDATE", "LANE_BULK",
+           "LANES", "QUEUED", "DROPPED", "OVER_CAP"]
 
 log = logging.getLogger("relay.core")
 
@@ -38,3 +39,11 @@ tcp_frame = _impl.tcp_frame
 fnv1a32 = _impl.fnv1a32
 WIRE_WS: int = _impl.WIRE_WS
 WIRE_TCP: int = _impl.WIRE_TCP
+LANE_CHAT: int = _impl.LANE_CHAT
+LANE_UPDATE: int = _impl.LANE_UPDATE
+LANE_BULK: int = _impl.LANE_BULK
+#: a publication class's name (config, server API) -> its lane
+LANES: dict[str, int] = {"chat": LANE_CHAT, "update": LANE_UPDATE, "bulk": LANE_BULK}
+QUEUED: int = _impl.QUEUED
+DROPPED: int = _impl.DROPPED
+OVER_CAP: int = _impl.OVER_CAP
