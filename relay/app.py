@@ -62,6 +62,8 @@ class App:
         if core.IMPORT_ERROR:
             log.error("compiled core not loaded (%s): running the pure-Python core", core.IMPORT_ERROR)
         await self.node.start()
+        if self.node.support is not None:  # support chats: the waiting gauge and escalations (relay/support.py)
+            self.node.support.start()
         if cfg.outbox_dsn:
             from relay.outbox import OutboxConsumer
 
@@ -140,6 +142,8 @@ class App:
             srv.close()  # the listening sockets only: open connections stay
         if drain:
             await self.node.drain(self.cfg.drain_window, hurry)
+        if self.node.support is not None:
+            await self.node.support.stop()  # before the broker's connections close
         await self.node.stop()
         for srv in self.servers:
             await srv.wait_closed()

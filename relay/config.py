@@ -88,7 +88,37 @@ class ChannelOptions:
     redact_patterns: list[str] = _doc("more regular expressions replaced in client publications",
                                       default_factory=list)
     redact_replacement: str = _doc("what a redacted card number or pattern match becomes", default="[redacted]")
+    support_chat: bool = _doc("a support chat namespace: relay measures the time from a customer's message to "
+                              "the first reply by someone else (relay_first_response_seconds), counts chats "
+                              "waiting too long and can call an escalation webhook (docs/support.md)",
+                              default=False)
+    support_wait_threshold: float = _doc("seconds after which a waiting chat counts in "
+                                         "relay_support_chats_waiting", default=60.0)
+    support_escalate_after: float = _doc("seconds a chat may wait before relay POSTs it to "
+                                         "support_escalation_url, once per wait (0: never)", default=0.0)
+    support_server_replies: bool = _doc("a publication without a user (server API, outbox: the shop's backend "
+                                        "or its bot) answers a waiting chat; false: only another user's "
+                                        "message does", default=True)
+    support_wait_expire: float = _doc("seconds after which a chat still waiting, or quiet, is forgotten (the "
+                                      "customer left): no observation, no longer counted", default=86400.0)
+    support_skip_types: list[str] = _doc("publications whose data is an object with one of these 'type' values "
+                                         "(read receipts, typing events) neither start nor answer a wait",
+                                         default_factory=lambda: ["receipt", "typing"])
+    lane: str = _doc("priority lane of this namespace's publications and join/leave pushes: 'chat' (never "
+                     "dropped), 'update' (dropped past client_queue_update_limit) or 'bulk' (dropped first, past "
+                     "client_queue_bulk_limit); a dropped publication unsubscribes its channel with 2500 so the "
+                     "SDK resubscribes and recovers (docs/lanes.md); a server API publish may name its own",
+                     default="chat")
+    pace_ms: int = _doc("spread each publication's fan-out over this many milliseconds, every connection at its "
+                        "own stable moment in the window, when the channel has at least pace_min_subscribers "
+                        "on the node (docs/pacing.md); 0: at once; a server API publish may name its own",
+                        default=0)
 
+
+#: publication classes (priority lanes), most important first: relay.core.LANES maps them to the core's
+LANE_NAMES = ("chat", "update", "bulk")
+#: the longest pacing window (paced broadcasts), in milliseconds
+MAX_PACE_MS = 600_000
 
 #: the proxy hooks, in the order of Centrifugo's documentation
 PROXY_HOOKS = ("connect", "refresh", "subscribe", "sub_refresh", "publish", "rpc")
@@ -182,6 +212,16 @@ class Config:
     position_check_interval: float = _doc("seconds between checks that this node has every publication of its "
                                           "recoverable channels (Redis); a gap resyncs their subscribers",
                                           default=2.0)
+    recovery_coalesce: bool = _doc("subscribes that read one channel's stream at the same time (a reconnect storm "
+                                   "recovering) share one broker history read (docs/recovery.md); false: one "
+                                   "read per subscribe", default=True)
+    recovery_max_concurrent_reads: int = _doc("broker history reads for subscribes in flight at once on this "
+                                              "process, over all channels (the others wait their turn)",
+                                              default=32)
+    recovery_read_interval: float = _doc("with recovery_coalesce, in a storm (subscribes of one channel piling up "
+                                         "behind its read): seconds between the starts of two broker reads of that "
+                                         "channel, the subscribes meanwhile sharing the next one; a channel without "
+                                         "contention is read at once", default=0.5)
     presence_ttl: float = _doc("seconds a presence entry lives in Redis unless refreshed", default=60.0)
     idempotency_window: float = _doc("seconds a publish idempotency_key is remembered", default=300.0)
 
@@ -203,7 +243,34 @@ class Config:
     api_key: str = _doc("key for the HTTP server API (X-API-Key); empty: API refuses every call",
                         default="")
 
-    client_queue_max_size: int = _doc("bytes a connection may have queued before 3008 slow", default=1048576)
+    client_queue_max_size: int = _doc("bytes a connection may have queued before 3008 slow (chat publications "
+                                      "and replies are refused only here)", default=1048576)
+    lanes: bool = _doc("priority lanes: past the limits below a slow connection loses bulk, then update "
+                       "publications (2500 'insufficient state' for their channel) instead of its chats "
+                       "(false: every publication is chat)", default=True)
+    client_queue_update_limit: int = _doc("queued bytes past which a connection's 'update' publications are "
+                                          "dropped (0: half of client_queue_max_size)", default=0)
+    client_queue_bulk_limit: int = _doc("queued bytes past which a connection's 'bulk' publications are dropped "
+                                        "(0: a quarter of client_queue_max_size)", default=0)
+    pace_min_subscribers: int = _doc("local subscribers a channel needs before a paced publication (pace_ms) is "
+                                     "spread; smaller channels get it at once", default=1000)
+    backpressure_queue_bytes: int = _doc("bytes queued for clients that do not keep up (all of them) past which "
+                                         "the node refuses new publications: server API 429 with Retry-After, "
+                                         "client publish error 106 (docs/backpressure.md); 0: no limit",
+                                         default=268435456)
+    backpressure_memory_bytes: int = _doc("resident memory of this process past which it refuses new "
+                                          "publications (set it below the container's limit); 0: no limit",
+                                          default=0)
+    backpressure_publish_latency: float = _doc("seconds of broker publish round trip (a moving average) past "
+                                               "which the node refuses new publications; 0: no limit",
+                                               default=0.25)
+    max_publishes_in_flight: int = _doc("publications waiting for the broker at once past which the node refuses "
+                                        "new ones; 0: no limit", default=10000)
+    backpressure_retry_after: float = _doc("seconds a refused server API publisher is told to wait (Retry-After: "
+                                           "between this and twice it, whole seconds)", default=1.0)
+    client_send_buffer: int = _doc("bytes of kernel send buffer per client socket (SO_SNDBUF; the kernel doubles "
+                                   "it); 0: the kernel's autotuning, which on fast links lets megabytes wait in "
+                                   "the kernel, unseen by lanes, the queue cap and backpressure", default=0)
     client_write_high_water: int = _doc("transport buffer bytes before writes pause", default=65536)
     client_write_delay: float = _doc("seconds to hold a connection's outbound queue so more messages share one "
                                      "frame and one write (0: write at the end of each loop iteration)",
@@ -245,6 +312,12 @@ class Config:
                       "mints tokens for anyone, so never in production", default=False)
     admin: bool = _doc("serve the read-only admin page /admin on the API port (its figures need the API key "
                        "or an admin token from `relay token --admin`)", default=True)
+    support_escalation_url: str = _doc("http(s) URL relay POSTs a support chat to (JSON: channel, customer, "
+                                       "waiting_since, waited_seconds, namespace) when it has waited "
+                                       "support_escalate_after; exactly one node calls it (docs/support.md)",
+                                       default="")
+    support_escalation_timeout: float = _doc("seconds one escalation request may take; a failed one is tried "
+                                             "3 times in all", default=5.0)
 
     proxy: ProxyOptions = _doc("event proxy to the backend ([proxy] table)", default_factory=ProxyOptions)
     channel: ChannelOptions = _doc("options for channels without a namespace", default_factory=ChannelOptions)
@@ -252,6 +325,13 @@ class Config:
 
     def worker_count(self) -> int:
         return self.workers or (os.cpu_count() or 1)
+
+    def lane_limits(self) -> tuple[int, int]:
+        """Queued bytes past which (bulk, update) publications are dropped; the cap itself with lanes off."""
+        cap = self.client_queue_max_size
+        if not self.lanes:
+            return cap, cap
+        return (self.client_queue_bulk_limit or cap // 4, self.client_queue_update_limit or cap // 2)
 
     def channel_options(self, channel: str) -> ChannelOptions | None:
         """Options for ``channel``, or None when its namespace is not configured."""
@@ -302,6 +382,25 @@ class Config:
                 errs.append(f"{name}: must be > 0")
         if self.redis_unsubscribe_delay < 0:
             errs.append("redis_unsubscribe_delay: must be >= 0")
+        if not 1 <= self.recovery_max_concurrent_reads <= 10000:
+            errs.append("recovery_max_concurrent_reads: must be between 1 and 10000")
+        if not 0 <= self.recovery_read_interval <= 5:
+            errs.append("recovery_read_interval: must be between 0 and 5 seconds")
+        for name in ("backpressure_queue_bytes", "backpressure_memory_bytes", "backpressure_publish_latency",
+                     "max_publishes_in_flight"):
+            if getattr(self, name) < 0:
+                errs.append(f"{name}: must be >= 0 (0: no limit)")
+        if not 0 < self.backpressure_retry_after <= 3600:
+            errs.append("backpressure_retry_after: must be in (0, 3600] seconds")
+        if self.client_send_buffer < 0:
+            errs.append("client_send_buffer: must be >= 0 (0: the kernel's autotuning)")
+        if self.pace_min_subscribers < 0:
+            errs.append("pace_min_subscribers: must be >= 0")
+        bulk, update = self.lane_limits()
+        if self.client_queue_bulk_limit < 0 or self.client_queue_update_limit < 0 \
+                or not bulk <= update <= self.client_queue_max_size:
+            errs.append("client_queue_bulk_limit <= client_queue_update_limit <= client_queue_max_size "
+                        f"(0: the default share), got {bulk}, {update}, {self.client_queue_max_size}")
         if not 0 <= self.client_write_delay <= 1:
             errs.append("client_write_delay: must be between 0 and 1 second")
         if self.log_format not in ("auto", "json", "text"):
@@ -350,6 +449,10 @@ class Config:
                     re.compile(pattern)
                 except re.error as e:
                     errs.append(f"{ns}.redact_patterns[{i}]: not a regular expression ({e})")
+            if not 0 <= opts.pace_ms <= MAX_PACE_MS:
+                errs.append(f"{ns}.pace_ms: must be between 0 and {MAX_PACE_MS} (10 minutes)")
+            if opts.lane not in LANE_NAMES:
+                errs.append(f"{ns}.lane: {opts.lane!r} is not one of {', '.join(LANE_NAMES)}")
             if len(opts.redact_replacement) > 64:
                 errs.append(f"{ns}.redact_replacement: at most 64 characters")
         px = self.proxy
@@ -382,10 +485,46 @@ class Config:
             errs.append("outbox_poll_interval: must be > 0")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?", self.outbox_table):
             errs.append("outbox_table: a plain SQL identifier (optionally schema.table)")
+        errs += self._support_errors()
         missing = [ns for ns in DEMO_NAMESPACES if ns not in self.namespaces]
         if self.demo and missing:
             errs.append(f"demo: the shop demo needs the namespaces {', '.join(DEMO_NAMESPACES)}; missing "
                         f"{', '.join(missing)} (copy them from deploy/relay.dev.toml)")
+        return errs
+
+    def _support_errors(self) -> list[str]:
+        """The support chat keys (docs/support.md): thresholds that make sense, a webhook when one is due."""
+        errs: list[str] = []
+        defaults = ChannelOptions()
+        for ns, opts in [("channel", self.channel)] + [(f"namespaces.{k}", v) for k, v in self.namespaces.items()]:
+            if not opts.support_chat:
+                changed = [k for k in ("support_wait_threshold", "support_escalate_after", "support_server_replies",
+                                       "support_wait_expire", "support_skip_types")
+                           if getattr(opts, k) != getattr(defaults, k)]
+                if changed:
+                    errs.append(f"{ns}.{changed[0]}: only with support_chat = true")
+                continue
+            if ns == "channel":
+                errs.append("channel.support_chat: only a namespace can be a support chat (its name labels the "
+                            "metrics); use [namespaces.<name>]")
+                continue
+            if not opts.support_wait_threshold > 0:
+                errs.append(f"{ns}.support_wait_threshold: must be > 0 seconds")
+            if not opts.support_escalate_after >= 0:
+                errs.append(f"{ns}.support_escalate_after: must be >= 0 seconds (0: no escalation)")
+            elif opts.support_escalate_after > 0 and not self.support_escalation_url:
+                errs.append(f"{ns}.support_escalate_after: needs support_escalation_url (the webhook to call)")
+            if any(not t for t in opts.support_skip_types):
+                errs.append(f"{ns}.support_skip_types: empty type names")
+            longest = max(opts.support_wait_threshold, opts.support_escalate_after)
+            if not opts.support_wait_expire > longest:
+                errs.append(f"{ns}.support_wait_expire: must be longer than support_wait_threshold and "
+                            f"support_escalate_after ({longest:g} s)")
+        url = self.support_escalation_url
+        if url and not re.match(r"^https?://[^\s/]+", url):
+            errs.append(f"support_escalation_url: an http:// or https:// URL, got {url!r}")
+        if not 0 < self.support_escalation_timeout <= 60:
+            errs.append("support_escalation_timeout: must be in (0, 60] seconds")
         return errs
 
 

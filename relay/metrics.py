@@ -24,6 +24,7 @@ import platform
 from typing import TYPE_CHECKING, Any
 
 from relay import __version__, logs
+from relay.backpressure import resident_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from relay.node import Node
@@ -109,9 +110,21 @@ class Exporter:
                                 buckets=LATENCY_BUCKETS, registry=r)
         self.broker_publish = Histogram("relay_broker_publish_latency_seconds", "a broker publish (or a batch "
                                         "of them) round trip", buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_bytes = gauge("relay_outbound_queue_bytes", "bytes waiting for slow clients (relay's queues "
-                                 "and the transports' buffers of connections whose writes are paused)")
+        self.queue_bytes = gauge("relay_outbound_queue_bytes", "bytes waiting for slow clients (relay's queues, "
+                                 "the transports' buffers and the kernel's send queues of connections whose "
+                                 "writes are paused)")
         self.slow = counter("relay_slow_consumer_disconnects", "clients disconnected for not reading (3008)")
+        self.refused = counter("relay_publications_refused", "publications refused by publisher backpressure "
+                               "(server API 429, client error 106), by source", ("source",))
+        self.backpressure = gauge("relay_backpressure_active", "1 while the node refuses new publications "
+                                  "(docs/backpressure.md)", mode="livemax")
+        self.paced = counter("relay_paced_publications", "publications whose fan-out was spread over a window "
+                             "(pace_ms, docs/pacing.md)")
+        self.pacing = gauge("relay_pacing_channels", "channels with a paced broadcast in progress")
+        self.lane_drops = counter("relay_lane_drops", "publications not queued for a slow client because its "
+                                  "queue passed the lane's limit, by lane (update, bulk)", ("lane",))
+        self.lane_resyncs = counter("relay_lane_resyncs", "subscriptions dropped with 2500 (the SDK resubscribes "
+                                    "and recovers) because their update or bulk lane overflowed")
         self.disconnects = counter("relay_disconnects", "disconnects by close code", ("code",))
         self.handshake_failures = counter("relay_handshake_failures", "sockets refused before a session, "
                                           "by reason", ("reason",))
@@ -147,6 +160,25 @@ class Exporter:
                                      ("hook",))
         self.redactions = counter("relay_redactions", "card numbers and configured patterns replaced in client "
                                   "publications, by kind (card, pattern)", ("kind",))
+        self.history_reads = counter("relay_history_reads", "broker history reads made, by reason: recover and "
+                                     "position (subscribes, coalesced per channel), history (history calls)",
+                                     ("reason",))
+        self.recoveries_coalesced = counter("relay_recoveries_coalesced", "subscribe stream reads (position or "
+                                            "recovery) served by a broker read made for another subscribe too")
+        from relay.support import FIRST_RESPONSE_BUCKETS
+
+        self.first_response = Histogram("relay_first_response_seconds", "support chats: a customer's message to "
+                                        "the first reply by someone else, by namespace (each counted once, by the "
+                                        "node that accepted the reply)", ("namespace",),
+                                        buckets=FIRST_RESPONSE_BUCKETS, registry=r)
+        self.support_waiting = gauge("relay_support_chats_waiting", "support chats waiting now for longer than "
+                                     "support_wait_threshold, by namespace (the cluster's figure: every node "
+                                     "exports the same value, so aggregate with max, not sum)", ("namespace",),
+                                     "livemax")
+        self.support_escalations = counter("relay_support_escalations", "support chats sent to the escalation "
+                                           "webhook, by result (ok, failed: after 3 tries)", ("result",))
+        self.support_errors = counter("relay_support_errors", "support chat bookkeeping that failed (the "
+                                      "publications went through; their first-response figures are lost)")
         self._seen: dict[Any, float] = {}
 
     # --- sync -------------------------------------------------------------------------------------
@@ -174,6 +206,10 @@ class Exporter:
             self._add(self.deliveries.labels("tcp"), "dtcp", tcp)
             self._add(self.deliveries.labels("websocket"), "dws", hub.deliveries - tcp)
             self._add(self.writes, "writes", hub.writes)
+            self._add(self.paced, "paced", hub.paced)
+            self.pacing.set(hub.pacing())
+            self._add(self.lane_drops.labels("update"), "ldu", hub.drops_update)
+            self._add(self.lane_drops.labels("bulk"), "ldb", hub.drops_bulk)
         for (method, result), n in list(stats.commands.items()):
             self._add(self.commands.labels(method, result), ("cmd", method, result), n)
         for source, n in list(stats.publications.items()):
@@ -185,6 +221,9 @@ class Exporter:
             self._add(self.handshake_failures.labels(reason), ("hs", reason), n)
         for kind, n in list(stats.redactions.items()):
             self._add(self.redactions.labels(kind), ("redact", kind), n)
+        for reason, n in list(stats.history_reads.items()):
+            self._add(self.history_reads.labels(reason), ("hread", reason), n)
+        self._add(self.recoveries_coalesced, "coalesced", node.recovery.coalesced)
         for reason, n in list(stats.auth_failures.items()):
             self._add(self.auth_failures.labels(reason), ("auth", reason), n)
         for (method, result), n in list(stats.api_requests.items()):
@@ -193,6 +232,11 @@ class Exporter:
         self._add(self.broker_errors, "berr", getattr(broker, "errors", 0))
         self._add(self.broker_reconnects, "brec", getattr(broker, "reconnects", 0))
         self._add(self.resyncs, "resync", stats.resyncs)
+        self._add(self.lane_resyncs, "laneresync", stats.lane_resyncs)
+        bp = node.backpressure
+        for source, n in list(bp.refused.items()):
+            self._add(self.refused.labels(source), ("refused", source), n)
+        self.backpressure.set(0 if bp.reason is None else 1)
         self._add(self.log_dropped, "logdrop", logs.dropped_total())
         outbox = node.outbox
         if outbox is not None:
@@ -203,7 +247,7 @@ class Exporter:
             self.outbox_lag.set(outbox.lag_seconds)
             self.outbox_partitions.set(outbox.partitions_owned)
         self.queue_bytes.set(node.backlog_bytes())
-        self.rss.set(_resident_bytes())
+        self.rss.set(resident_bytes())
         proxy = node.proxy
         if proxy is not None:
             for name, h in proxy.hooks.items():
@@ -213,6 +257,15 @@ class Exporter:
                 self.proxy_in_flight.labels(name).set(h.in_flight)
                 for kind, n in list(h.errors.items()):
                     self._add(self.proxy_errors.labels(name, kind), ("proxy", name, kind), n)
+        support = node.support
+        if support is not None:
+            for ns, h in support.first_response.items():
+                h.flush(self.first_response.labels(ns))
+            for ns, n in list(support.waiting.items()):
+                self.support_waiting.labels(ns).set(n)
+            for result in ("ok", "failed"):
+                self._add(self.support_escalations.labels(result), ("esc", result), support.escalations[result])
+            self._add(self.support_errors, "superr", support.errors)
         stats.fanout.flush(self.fanout)
         stats.broker_publish.flush(self.broker_publish)
         if broker_up is not None:
@@ -231,17 +284,6 @@ class Exporter:
             multiprocess.MultiProcessCollector(registry, path=self.mp_dir)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _resident_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def count_worker_restart() -> None:

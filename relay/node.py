@@ -20,14 +20,17 @@ from typing import Any
 
 from relay import __version__
 from relay.auth import TokenVerifier
+from relay.backpressure import Backpressure
 from relay.brokers.base import (Broker, BrokerUnavailable, PresenceManager, PublishOptions, StreamPosition,
                                 UnrecoverablePosition)
 from relay.codes import DISCONNECTS, ERRORS, Disconnect
 from relay.config import ChannelOptions, Config
-from relay.core import IMPLEMENTATION, Hub
+from relay.core import IMPLEMENTATION, LANE_CHAT, LANES, Hub
 from relay.proxy import EventProxy
+from relay.recovery import RecoveryCoalescer
 from relay.redact import Redactor
-from relay.session import ClientSession, join_leave_channel
+from relay.session import JOIN_LEAVE_PREFIX, ClientSession, join_leave_channel
+from relay.support import SupportDesk
 
 __all__ = ["Node", "Stats"]
 
@@ -64,6 +67,8 @@ class Stats:
         self.publications: Counter[str] = Counter()  # by source: client, api
         self.api_requests: Counter[tuple[str, str]] = Counter()
         self.resyncs = 0
+        self.lane_resyncs = 0  # subscriptions dropped with 2500 after their update/bulk lane overflowed
+        self.history_reads: Counter[str] = Counter()  # broker history reads by reason (recover/position/history)
         self.fanout = LocalHistogram()
         self.broker_publish = LocalHistogram()
 
@@ -104,8 +109,21 @@ class Node:
                      px.publish_endpoint, px.rpc_endpoint, *px.rpc_routes.values()]
         self.proxy: EventProxy | None = EventProxy(px) if any(endpoints) else None
         self._redactors: dict[int, Redactor | None] = {}
+        # subscribe-time stream reads (position, recovery), one broker read per channel for many clients
+        self.recovery = RecoveryCoalescer(broker, coalesce=cfg.recovery_coalesce,
+                                          max_concurrent_reads=cfg.recovery_max_concurrent_reads,
+                                          read_interval=cfg.recovery_read_interval,
+                                          meta_ttl=cfg.history_meta_ttl, reads=self.stats.history_reads)
         self.outbox: Any = None  # relay.outbox.OutboxConsumer, made by the app when outbox_dsn is set
+        # first-response tracking (relay/support.py); None unless a namespace has support_chat
+        self.support: SupportDesk | None = SupportDesk.for_node(cfg, broker)
         self.hub: Hub = None  # type: ignore[assignment]  # created in start(), needs the loop
+        # refuses new publications while the node cannot deliver what it has (relay/backpressure.py)
+        self.backpressure = Backpressure(queue_bytes=cfg.backpressure_queue_bytes,
+                                         memory_bytes=cfg.backpressure_memory_bytes,
+                                         publish_latency=cfg.backpressure_publish_latency,
+                                         max_in_flight=cfg.max_publishes_in_flight,
+                                         retry_after=cfg.backpressure_retry_after, backlog=self.backlog_bytes)
         self.sessions: dict[str, ClientSession] = {}
         self.users: dict[str, set[ClientSession]] = {}
         self.open_sessions: set[ClientSession] = set()
@@ -133,6 +151,7 @@ class Node:
         self.backlogged: set[ClientSession] = set()  # sessions whose transport paused writing
         self._fanout_started: list[float] = []  # when each publication of this loop iteration arrived
         self._schedule: Any = None
+        self._pace_timer: asyncio.Handle | None = None  # delivers the paced broadcasts' slots as they come due
         self.metrics: Any = None  # relay.metrics.Exporter, made by the app
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -144,9 +163,10 @@ class Node:
         # iteration, or after client_write_delay to let more messages share a frame.
         schedule = loop.call_soon if delay <= 0 else functools.partial(loop.call_later, delay)
         self._schedule = schedule
-        self.hub = Hub(schedule, self._on_slow, self.cfg.hub_shards)
+        self.hub = Hub(schedule, self._on_slow, self.cfg.hub_shards, self._on_drop)
         await self.broker.start(self)
         self._ping_task = loop.create_task(self._ping_loop())
+        self.backpressure.start()
         if self.broker.lossy_delivery:
             self._position_task = loop.create_task(self._position_loop(self.cfg.position_check_interval))
         if self.presence.refresh_interval:
@@ -186,6 +206,10 @@ class Node:
             if task is not None:
                 task.cancel()
         self.draining = True
+        self.recovery.close()
+        await self.backpressure.stop()
+        if self._pace_timer is not None:
+            self._pace_timer.cancel()
         for s in list(self.open_sessions):
             s.disconnect(DISCONNECTS.SHUTDOWN)
         if self._background:
@@ -247,8 +271,20 @@ class Node:
                 if not users:
                     del self.users[s.user]
 
+    def tune_socket(self, transport: Any) -> None:
+        """A new client socket: cap the kernel's send buffer (client_send_buffer), so a client that does
+        not read shows up in relay's own queue (lanes, 3008, backpressure) instead of hiding in the
+        kernel."""
+        size = self.cfg.client_send_buffer
+        if size:
+            try:
+                transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            except (OSError, AttributeError):
+                pass
+
     def backlog_bytes(self) -> int:
-        """Bytes queued for clients whose transport paused writing (relay's queue and the transport's)."""
+        """Bytes queued for clients whose transport paused writing (relay's queue, the transport's and the
+        kernel's send queue)."""
         total = 0
         for s in list(self.backlogged):
             total += s.conn.queued + s.transport_buffered()
@@ -258,6 +294,25 @@ class Node:
         session = conn.session
         if session is not None:
             session.disconnect(DISCONNECTS.SLOW)
+
+    def _on_drop(self, conn, channel: str) -> None:
+        """A publication (or join/leave push) of an update or bulk lane did not fit the connection's queue:
+        no silent gap, the client gets 2500 for that channel, resubscribes and recovers what it missed."""
+        session = conn.session
+        if session is not None:
+            if channel.startswith(JOIN_LEAVE_PREFIX):
+                channel = channel[len(JOIN_LEAVE_PREFIX):]
+            session.lane_dropped(channel)
+
+    def lane(self, channel: str, lane: int | None = None) -> int:
+        """The priority lane a publication of ``channel`` travels in: ``lane`` (a server API publish's own
+        class) or its namespace's; always chat with lanes off."""
+        if not self.cfg.lanes:
+            return LANE_CHAT
+        if lane is not None:
+            return lane
+        opts = self.cfg.channel_options(channel)
+        return LANES[opts.lane] if opts is not None else LANE_CHAT
 
     async def _ping_loop(self) -> None:
         """Ping each connected client every ``ping_interval``, spread over the interval."""
@@ -425,7 +480,8 @@ class Node:
 
     # --- broker events (BrokerEventHandler) ------------------------------------------------------
 
-    def handle_publication(self, channel: str, pub: dict, epoch: str = "") -> None:
+    def handle_publication(self, channel: str, pub: dict, epoch: str = "", lane: int | None = None,
+                           pace_ms: int | None = None) -> None:
         boxes = self._collectors.get(channel)
         if boxes is not None:
             for box in boxes:
@@ -442,13 +498,32 @@ class Node:
                     self.resync(channel)
                     return
                 self._positions[channel] = StreamPosition(offset, epoch)
+        opts = self.cfg.channel_options(channel)
+        if pace_ms is None:
+            pace_ms = opts.pace_ms if opts is not None else 0
+        if pace_ms and self.hub.num_subscribers(channel) >= self.cfg.pace_min_subscribers:
+            self._paced(channel, pub, self.lane(channel, lane), pace_ms)
+            return
         t0 = time.perf_counter()
-        if self.hub.broadcast(channel, {"channel": channel, "pub": pub}):
+        if self.hub.broadcast(channel, {"channel": channel, "pub": pub}, self.lane(channel, lane)):
             started = self._fanout_started
             if not started:
                 # after the hub's flush, which this broadcast scheduled (or an earlier one did)
                 self._schedule(self._fanout_done)
             started.append(t0)
+
+    def _paced(self, channel: str, pub: dict, lane: int, pace_ms: int) -> None:
+        """Spread a publication's fan-out over pace_ms (docs/pacing.md): the hub delivers each subscriber's
+        slot as its moment comes, driven by one timer for every channel pacing on this node."""
+        loop = asyncio.get_running_loop()
+        self.hub.broadcast_paced(channel, {"channel": channel, "pub": pub}, lane, pace_ms / 1000, loop.time())
+        if self._pace_timer is None:
+            self._pace_timer = loop.call_soon(self._pace_tick)
+
+    def _pace_tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        nxt = self.hub.pace_tick(loop.time())
+        self._pace_timer = loop.call_at(nxt, self._pace_tick) if nxt >= 0 else None
 
     def _fanout_done(self) -> None:
         """The write pass of the publications fanned out since the last call is over: observe each one's
@@ -511,15 +586,18 @@ class Node:
                     self._behind.pop(channel, None)
 
     def handle_join(self, channel: str, info: dict) -> None:
-        self.hub.broadcast(join_leave_channel(channel), {"channel": channel, "join": {"info": info}})
+        self.hub.broadcast(join_leave_channel(channel), {"channel": channel, "join": {"info": info}},
+                           self.lane(channel))
 
     def handle_leave(self, channel: str, info: dict) -> None:
-        self.hub.broadcast(join_leave_channel(channel), {"channel": channel, "leave": {"info": info}})
+        self.hub.broadcast(join_leave_channel(channel), {"channel": channel, "leave": {"info": info}},
+                           self.lane(channel))
 
     # --- operations (client commands and the server API) -----------------------------------------
 
     def _publish_options(self, channel: str, *, info: dict | None = None, tags: dict[str, str] | None = None,
-                         skip_history: bool = False, idempotency_key: str | None = None) -> PublishOptions:
+                         skip_history: bool = False, idempotency_key: str | None = None,
+                         lane: int | None = None, pace_ms: int | None = None) -> PublishOptions:
         opts = self.cfg.channel_options(channel)
         if opts is None:
             raise ERRORS.UNKNOWN_CHANNEL
@@ -528,32 +606,48 @@ class Node:
             history_ttl=opts.history_ttl,
             history_meta_ttl=self.cfg.history_meta_ttl,
             info=info, tags=tags or None, idempotency_key=idempotency_key or None,
-            idempotency_window=self.cfg.idempotency_window,
+            idempotency_window=self.cfg.idempotency_window, lane=lane, pace_ms=pace_ms,
         )
 
     async def publish_many(self, items: list[tuple[str, Any]], *, source: str = "api", **kw: Any) -> list:
         """Publish several (channel, data) in order with one broker round trip per shard; per item
         the StreamPosition or the ClientError to answer. ``kw`` as for ``publish``."""
         batch = [(ch, data, self._publish_options(ch, **kw)) for ch, data in items]
+        bp = self.backpressure
+        if bp.refuse(source):  # the node cannot deliver what it has: refuse, never buffer (relay/backpressure.py)
+            return [ERRORS.OVERLOADED] * len(items)
         t0 = time.perf_counter()
+        bp.publish_started(len(batch))
         results = await self.broker.publish_many(batch)
-        self.stats.broker_publish.observe(time.perf_counter() - t0)
+        dt = time.perf_counter() - t0
+        bp.publish_done(dt, len(batch))
+        self.stats.broker_publish.observe(dt)
         out = [ERRORS.INTERNAL if isinstance(r, Exception) else r for r in results]
         self.stats.publications[source] += sum(1 for r in out if isinstance(r, StreamPosition))
+        if self.support is not None:  # support chat namespaces: first-response time (relay/support.py)
+            await self.support.published_many(items, out, kw.get("info"))
         return out
 
     async def publish(self, channel: str, data: Any, *, source: str = "api", **kw: Any) -> StreamPosition:
-        """Publish through the broker (kw: info, tags, skip_history, idempotency_key); ``source`` is
+        """Publish through the broker (kw: info, tags, skip_history, idempotency_key, lane); ``source`` is
         'client' or 'api' (a metric label)."""
         popts = self._publish_options(channel, **kw)
+        bp = self.backpressure
+        if bp.refuse(source):  # the node cannot deliver what it has: refuse, never buffer (relay/backpressure.py)
+            raise ERRORS.OVERLOADED
         t0 = time.perf_counter()
+        bp.publish_started()
         try:
             pos = await self.broker.publish(channel, data, popts)
         except BrokerUnavailable:
             raise ERRORS.INTERNAL from None  # never a false OK: the client retries
         finally:
-            self.stats.broker_publish.observe(time.perf_counter() - t0)
+            dt = time.perf_counter() - t0
+            bp.publish_done(dt)
+            self.stats.broker_publish.observe(dt)
         self.stats.publications[source] += 1
+        if self.support is not None:  # support chat namespaces: first-response time (relay/support.py)
+            await self.support.published(channel, data, kw.get("info"))
         return pos
 
     async def history(self, channel: str, p: dict) -> dict:
@@ -570,6 +664,7 @@ class Node:
                 pos = StreamPosition(int(since.get("offset") or 0), str(since.get("epoch") or ""))
             except (TypeError, ValueError):
                 raise ERRORS.BAD_REQUEST from None
+        self.stats.history_reads["history"] += 1
         try:
             hr = await self.broker.history(channel, since=pos, limit=limit, reverse=reverse,
                                            meta_ttl=self.cfg.history_meta_ttl)

@@ -11,9 +11,12 @@ Commands of one connection run one after another, in the order received.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import random
 import secrets
+import sys
+import termios
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -22,9 +25,9 @@ import orjson
 
 from relay import __version__
 from relay.auth import TokenExpired, TokenInvalid
-from relay.brokers.base import BrokerUnavailable, StreamPosition, UnrecoverablePosition
+from relay.brokers.base import BrokerUnavailable, StreamPosition
 from relay.codes import DISCONNECTS, ERRORS, ClientError, Disconnect
-from relay.core import WIRE_TCP
+from relay.core import LANE_BULK, WIRE_TCP
 from relay.protocol.codec import codec_for
 from relay.protocol.errors import ProtocolError
 from relay.proxy import ProxyFailure
@@ -53,9 +56,12 @@ def _method(cmd: dict) -> str | None:
     return None
 
 
+JOIN_LEAVE_PREFIX = "\x00jl\x00"
+
+
 def join_leave_channel(channel: str) -> str:
     """The hub channel whose subscribers receive join/leave pushes for ``channel``."""
-    return "\x00jl\x00" + channel
+    return JOIN_LEAVE_PREFIX + channel
 
 
 class ClientSession:
@@ -70,6 +76,7 @@ class ClientSession:
         self.transport = transport
         self.codec = codec_for(wire)
         self.conn = node.hub.conn(raw_transport, wire, node.cfg.client_queue_max_size, self)
+        self.conn.bulk_limit, self.conn.update_limit = node.cfg.lane_limits()
         self.client_id = ""
         self.user = ""
         self.conn_info: Any = None
@@ -261,10 +268,19 @@ class ClientSession:
         self.conn.resume_writing()
 
     def transport_buffered(self) -> int:
+        """Bytes written to this client and not sent yet: the transport's buffer and the kernel's send
+        queue (SIOCOUTQ), which on a fast link can hold megabytes that no process memory figure shows."""
+        transport = self.conn.transport
         try:
-            return self.conn.transport.get_write_buffer_size()
+            n = transport.get_write_buffer_size()
         except Exception:
             return 0
+        try:
+            out = fcntl.ioctl(transport.get_extra_info("socket").fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+            n += int.from_bytes(out, sys.byteorder)
+        except Exception:  # not a socket (tests), or closed meanwhile
+            pass
+        return n
 
     def send(self, obj: dict) -> None:
         if not self.conn.send(self.codec.encode(obj)):
@@ -482,6 +498,12 @@ class ClientSession:
         opts = node.cfg.channel_options(channel)
         if opts is None:
             raise ERRORS.UNKNOWN_CHANNEL
+        lane = node.lane(channel)
+        conn = self.conn
+        if lane and conn.paused and conn.queued > (conn.bulk_limit if lane == LANE_BULK else conn.update_limit) // 2:
+            # still behind on what its lane lost (lane_dropped): the SDK retries with backoff, and the
+            # recovery then comes once the queue has drained rather than onto the backlog
+            raise ERRORS.CATCHING_UP
         token = p.get("token")
         sub_expires: float | None = None
         proxied: dict | None = None
@@ -549,6 +571,13 @@ class ClientSession:
             self.node.track_position(channel, StreamPosition(result["offset"], result["epoch"]))
         await self.node.add_subscription(self, channel, join_leave, opts)
 
+    def lane_dropped(self, channel: str) -> None:
+        """A publication of ``channel`` in the update or bulk lane did not fit this connection's queue: the
+        channel is dropped with 2500, as for a gap, so the SDK resubscribes and recovers (once caught up)."""
+        if channel in self.subs or channel in self._server_subs:
+            self.node.stats.lane_resyncs += 1
+            self.resync(channel)
+
     def resync(self, channel: str) -> None:
         """Drop ``channel`` with Centrifugo's 'insufficient state' (2500): the SDK resubscribes and recovers.
         A server-side subscription cannot be resubscribed by the client: it reconnects (3010) and recovers
@@ -604,30 +633,20 @@ class ClientSession:
             await asyncio.sleep(0.002)
 
     async def _recover(self, channel: str, p: dict, opts) -> tuple[StreamPosition, list, bool]:
-        broker = self.node.broker
-        meta_ttl = self.node.cfg.history_meta_ttl
-        if not p.get("recover"):
+        """The stream position and, when the client asks to recover, what it missed since its offset:
+        (position, publications, recovered). The read goes through the node's RecoveryCoalescer, which
+        serves every subscribe of the channel waiting at that moment with one broker read, and never with a
+        read issued before this call (so before this subscribe's collector existed: see _prepare)."""
+        since = None
+        if p.get("recover"):
             try:
-                hr = await broker.history(channel, since=None, limit=0, reverse=False, meta_ttl=meta_ttl)
-            except BrokerUnavailable:
-                raise ERRORS.INTERNAL from None
-            return hr.position, [], False
+                since = StreamPosition(int(p.get("offset") or 0), str(p.get("epoch") or ""))
+            except (TypeError, ValueError):
+                raise ERRORS.BAD_REQUEST from None
         try:
-            since = StreamPosition(int(p.get("offset") or 0), str(p.get("epoch") or ""))
-        except (TypeError, ValueError):
-            raise ERRORS.BAD_REQUEST from None
-        try:
-            hr = await broker.history(channel, since=since, limit=-1, reverse=False, meta_ttl=meta_ttl)
+            return await self.node.recovery.read(channel, since)
         except BrokerUnavailable:
             raise ERRORS.INTERNAL from None
-        except UnrecoverablePosition:
-            hr = await broker.history(channel, since=None, limit=0, reverse=False, meta_ttl=meta_ttl)
-            return hr.position, [], False
-        pubs = hr.publications
-        top = hr.position.offset
-        recovered = since.offset == top or (since.offset < top and bool(pubs)
-                                            and pubs[0].get("offset") == since.offset + 1)
-        return hr.position, (pubs if recovered else []), recovered
 
     async def _cmd_unsubscribe(self, p: dict, cmd_id: int) -> dict:
         channel = self._channel(p)

@@ -122,3 +122,44 @@ def test_proxy_table_file_and_env_and_every_bad_value(tmp_path):
     with pytest.raises(ConfigError) as e:
         load(write(tmp_path, 'token_hmac_secret = "s"\n[proxy]\nwho = 1\n'), environ={})
     assert e.value.errors == ["proxy.who: unknown key"]
+
+
+def test_lane_limits_default_to_shares_of_the_cap_and_are_checked():
+    base = {"allow_anonymous_connect": True}
+    cfg = from_mapping({**base, "client_queue_max_size": 4000})
+    assert cfg.lane_limits() == (1000, 2000)
+    assert from_mapping({**base, "client_queue_bulk_limit": 10, "client_queue_update_limit": 20}).lane_limits() \
+        == (10, 20)
+    assert from_mapping({**base, "lanes": False, "client_queue_max_size": 4000}).lane_limits() == (4000, 4000)
+    with pytest.raises(ConfigError) as e:
+        from_mapping({**base, "client_queue_max_size": 4000, "client_queue_bulk_limit": 3000,
+                      "client_queue_update_limit": 2000})
+    assert ("client_queue_bulk_limit <= client_queue_update_limit <= client_queue_max_size (0: the default "
+            "share), got 3000, 2000, 4000") in e.value.errors
+    with pytest.raises(ConfigError) as e:
+        from_mapping({**base, "namespaces": {"prices": {"lane": "urgent"}}})
+    assert "namespaces.prices.lane: 'urgent' is not one of chat, update, bulk" in e.value.errors
+    assert from_mapping({**base, "namespaces": {"prices": {"lane": "bulk"}}}).namespaces["prices"].lane == "bulk"
+
+
+def test_backpressure_keys_are_checked():
+    base = {"allow_anonymous_connect": True}
+    cfg = from_mapping(base)
+    assert (cfg.backpressure_queue_bytes, cfg.backpressure_memory_bytes, cfg.max_publishes_in_flight) \
+        == (268435456, 0, 10000)
+    with pytest.raises(ConfigError) as e:
+        from_mapping({**base, "backpressure_queue_bytes": -1, "max_publishes_in_flight": -5,
+                      "backpressure_retry_after": 0})
+    assert "backpressure_queue_bytes: must be >= 0 (0: no limit)" in e.value.errors
+    assert "max_publishes_in_flight: must be >= 0 (0: no limit)" in e.value.errors
+    assert "backpressure_retry_after: must be in (0, 3600] seconds" in e.value.errors
+
+
+def test_pacing_keys_are_checked():
+    base = {"allow_anonymous_connect": True}
+    cfg = from_mapping({**base, "namespaces": {"sale": {"pace_ms": 5000}}})
+    assert cfg.namespaces["sale"].pace_ms == 5000 and cfg.pace_min_subscribers == 1000
+    with pytest.raises(ConfigError) as e:
+        from_mapping({**base, "pace_min_subscribers": -1, "namespaces": {"sale": {"pace_ms": 600001}}})
+    assert "namespaces.sale.pace_ms: must be between 0 and 600000 (10 minutes)" in e.value.errors
+    assert "pace_min_subscribers: must be >= 0" in e.value.errors

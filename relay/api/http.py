@@ -18,6 +18,8 @@ import orjson
 from aiohttp import web
 
 from relay.codes import DISCONNECTS, ERRORS, ClientError, Disconnect
+from relay.config import MAX_PACE_MS
+from relay.core import LANES
 
 __all__ = ["build_api_app", "API_METHODS"]
 
@@ -58,7 +60,14 @@ def _publish_args(p: dict) -> dict:
     key = p.get("idempotency_key") or None
     if key is not None and not isinstance(key, str):
         raise ERRORS.BAD_REQUEST
-    return {"tags": tags, "skip_history": bool(p.get("skip_history", False)), "idempotency_key": key}
+    lane = p.get("lane")  # relay's extension: this publication's priority lane (docs/lanes.md)
+    if lane is not None and lane not in LANES:
+        raise ClientError(107, f"bad request: lane must be one of {', '.join(LANES)}")
+    pace = p.get("pace_ms")  # relay's extension: spread this publication's fan-out (docs/pacing.md)
+    if pace is not None and (type(pace) is not int or not 0 <= pace <= MAX_PACE_MS):
+        raise ClientError(107, f"bad request: pace_ms must be an integer between 0 and {MAX_PACE_MS}")
+    return {"tags": tags, "skip_history": bool(p.get("skip_history", False)), "idempotency_key": key,
+            "lane": None if lane is None else LANES[lane], "pace_ms": pace}
 
 
 async def api_publish(node, p: dict) -> dict:
@@ -84,6 +93,8 @@ async def api_broadcast(node, p: dict) -> dict:
             responses.append({"error": e.to_dict()})
     # one broker round trip per shard for the whole broadcast
     results = await node.publish_many([(ch, p["data"]) for _, ch in valid], **args)
+    if results and all(r is ERRORS.OVERLOADED for r in results):
+        raise ERRORS.OVERLOADED  # 429 with Retry-After, like publish
     for (i, _), res in zip(valid, results, strict=True):
         if isinstance(res, ClientError):
             responses[i] = {"error": res.to_dict()}
@@ -207,6 +218,10 @@ def build_api_app(node, readiness: Callable[[], Awaitable[str]]) -> web.Applicat
         try:
             return _json({"result": await handler(node, params)}), "ok"
         except ClientError as e:
+            if e is ERRORS.OVERLOADED:  # publisher backpressure: come back later, nothing was accepted
+                response = _json({"error": e.to_dict()}, status=429)
+                response.headers["Retry-After"] = node.backpressure.retry_after_header()
+                return response, "overloaded"
             return _json({"error": e.to_dict()}), "error"
         except Exception:
             log.exception("server API method %s failed", name)

@@ -36,6 +36,8 @@ class PublishOptions:
     tags: dict[str, str] | None = None
     idempotency_key: str | None = None
     idempotency_window: float = 300.0
+    lane: int | None = None  # priority lane (relay.core.LANES) for this publication; None: its namespace's
+    pace_ms: int | None = None  # spread its fan-out over this window (paced broadcast); None: its namespace's
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -57,8 +59,11 @@ class UnrecoverablePosition(Exception):
 class BrokerEventHandler(Protocol):
     """What a broker calls back into (the node)."""
 
-    def handle_publication(self, channel: str, pub: dict, epoch: str = "") -> None:
-        """A publication for ``channel``; ``epoch`` is its stream's epoch when it has an offset."""
+    def handle_publication(self, channel: str, pub: dict, epoch: str = "", lane: int | None = None,
+                           pace_ms: int | None = None) -> None:
+        """A publication for ``channel``; ``epoch`` is its stream's epoch when it has an offset; ``lane`` and
+        ``pace_ms`` the publisher's own priority lane and pacing window, if it named them (None: the
+        namespace's)."""
 
     def handle_join(self, channel: str, info: dict) -> None: ...
 

@@ -100,7 +100,7 @@ class MemoryBroker(Broker):
         if opts.idempotency_key:
             self._idempotent[(channel, opts.idempotency_key)] = (now + opts.idempotency_window, pos)
         if self._handler is not None:
-            self._handler.handle_publication(channel, pub, epoch)
+            self._handler.handle_publication(channel, pub, epoch, opts.lane, opts.pace_ms)
         return pos
 
     async def publish_join(self, channel: str, info: dict) -> None:

@@ -69,12 +69,21 @@ def _key_hash(channel: str) -> int:
     return (zlib.crc32(data) << 32) | zlib.adler32(data)
 
 
+def _kind(opts: PublishOptions) -> str:
+    """The pub/sub message kind of a publication: "p", or "P<lane>,<pace_ms>;" when the publisher named
+    its priority lane or pacing window (nodes then apply those, not the namespace's)."""
+    if opts.lane is None and opts.pace_ms is None:
+        return "p"
+    return f"P{'-' if opts.lane is None else opts.lane},{'-' if opts.pace_ms is None else opts.pace_ms};"
+
+
 PUBLISH_LUA = """
 local meta, hist, idem = KEYS[1], KEYS[2], KEYS[3]
 local body, size, ttl_ms, meta_ttl_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local expire_ms, new_epoch, channel, idem_ms = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
 local publish_cmd = ARGV[9]  -- "publish", or "spublish" (sharded pub/sub) on a Redis Cluster
 if ARGV[10] ~= "1" then idem = "" end  -- KEYS[3] is always given: one slot for all keys on a cluster
+local kind = ARGV[11]  -- "p", or "P<lane>,<pace_ms>;" when the publisher named either ("-": not named)
 if idem ~= "" then
   local seen = redis.call("get", idem)
   if seen then return {seen, 1} end
@@ -92,7 +101,7 @@ if size > 0 then
   redis.call("ltrim", hist, -size, -1)
   redis.call("pexpire", hist, ttl_ms)
 end
-redis.call(publish_cmd, channel, "p" .. offset .. ":" .. epoch .. ":" .. body)
+redis.call(publish_cmd, channel, kind .. offset .. ":" .. epoch .. ":" .. body)
 local result = offset .. ":" .. epoch
 if idem ~= "" then redis.call("set", idem, result, "px", idem_ms) end
 return {result, 0}
@@ -413,13 +422,20 @@ class RedisBroker(Broker):
         self.messages_in += 1
         channel = ps_channel[self._ps_prefix_len:-1].decode()
         kind = data[:1]
-        if kind == b"p":
-            off, epoch, body = data[1:].split(b":", 2)
+        if kind == b"p" or kind == b"P":
+            lane = pace = None
+            rest = data[1:]
+            if kind == b"P":  # the publisher named its lane or pacing window: "P<lane>,<pace_ms>;"
+                head, rest = rest.split(b";", 1)
+                lane_s, pace_s = head.split(b",")
+                lane = None if lane_s == b"-" else int(lane_s)
+                pace = None if pace_s == b"-" else int(pace_s)
+            off, epoch, body = rest.split(b":", 2)
             pub = msgpack.unpackb(body, raw=False)
             offset = int(off)
             if offset:
                 pub["offset"] = offset
-            handler.handle_publication(channel, pub, epoch.decode())
+            handler.handle_publication(channel, pub, epoch.decode(), lane, pace)
         elif kind == b"j":
             handler.handle_join(channel, msgpack.unpackb(data[1:], raw=False))
         elif kind == b"l":
@@ -439,7 +455,7 @@ class RedisBroker(Broker):
                 max(1, int(max(opts.history_meta_ttl, opts.history_ttl) * 1000)),
                 str(int((time.time() + opts.history_ttl) * 1000)), secrets.token_hex(4), self._ps(channel),
                 max(1, int(opts.idempotency_window * 1000)), self._publish_cmd,
-                "1" if opts.idempotency_key else "0"]
+                "1" if opts.idempotency_key else "0", _kind(opts)]
         return keys, args
 
     @staticmethod

@@ -28,6 +28,7 @@ class TcpProtocol(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if peer else ""
+        self.node.tune_socket(transport)
         refused = self.node.admit(self.remote)
         if refused is not None:
             d = DISCONNECTS.SERVER_FULL if refused == "full" else DISCONNECTS.CONNECTION_LIMIT

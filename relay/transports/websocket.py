@@ -41,6 +41,7 @@ class WebSocketProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=cfg.client_write_high_water)
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if peer else ""
+        self.node.tune_socket(transport)
         refused = self.node.admit(self.remote)
         if refused is not None:
             self._refuse(HandshakeError(503, "server full") if refused == "full" else

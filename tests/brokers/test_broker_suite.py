@@ -14,10 +14,14 @@ from relay.brokers.redis import RedisBroker, RedisPresenceManager
 class Handler:
     def __init__(self):
         self.events = []
+        self.lanes = []  # the lane each publication arrived with (None: the namespace's)
+        self.paces = []  # the pacing window each arrived with (None: the namespace's)
         self.changed = asyncio.Event()
 
-    def handle_publication(self, channel, pub, epoch=""):
+    def handle_publication(self, channel, pub, epoch="", lane=None, pace_ms=None):
         self.events.append(("pub", channel, pub))
+        self.lanes.append(lane)
+        self.paces.append(pace_ms)
         self.changed.set()
 
     def handle_join(self, channel, info):
@@ -76,6 +80,20 @@ async def test_publish_delivers_with_offsets_to_subscribed_node(broker):
     assert [p["data"]["i"] for p in pubs] == [0, 1, 2]
     assert [p["offset"] for p in pubs] == [1, 2, 3]
     assert pubs[0]["info"] == {"user": "u"} and pubs[0]["tags"] == {"k": "v"}
+
+
+async def test_a_publishers_lane_and_pace_travel_with_the_publication(broker):
+    c = ch()
+    await broker.subscribe(c)
+    for lane in (None, 2, 1, 0, None):
+        await broker.publish(c, {"lane": lane}, opts(lane=lane))
+    await broker.publish_many([(c, "many", opts(lane=2, pace_ms=1500)), (c, "many", opts(pace_ms=0))])
+    await broker.h.until(lambda: len(broker.h.pubs(c)) == 7)
+    assert broker.h.lanes == [None, 2, 1, 0, None, 2, None]
+    assert broker.h.paces == [None] * 5 + [1500, 0]
+    assert [p["data"] for p in broker.h.pubs(c)][:5] == [{"lane": x} for x in (None, 2, 1, 0, None)]
+    h = await broker.history(c, since=None, limit=-1, reverse=False, meta_ttl=600)
+    assert "lane" not in str(h.publications[-1])  # the lane is delivery, not data: history has none
 
 
 async def test_history_semantics(broker):

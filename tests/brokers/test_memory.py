@@ -18,7 +18,7 @@ class Handler:
     def __init__(self):
         self.pubs = []
 
-    def handle_publication(self, channel, pub, epoch=""):
+    def handle_publication(self, channel, pub, epoch="", lane=None, pace_ms=None):
         self.pubs.append((channel, pub))
 
     def handle_join(self, channel, info):

@@ -63,6 +63,20 @@ CONTRACT = {
     "relay_api_requests": "counter",
     "relay_worker_restarts": "counter",
     "relay_ready": "gauge",
+    # issue 11, first-response time of support chats (docs/support.md)
+    "relay_first_response_seconds": "histogram",
+    "relay_support_chats_waiting": "gauge",
+    "relay_support_escalations": "counter",
+    "relay_support_errors": "counter",
+    # issue 11, priority lanes, publisher backpressure, paced broadcasts (docs/lanes.md, backpressure.md, pacing.md)
+    "relay_lane_drops": "counter",
+    "relay_lane_resyncs": "counter",
+    "relay_backpressure_active": "gauge",
+    "relay_publications_refused": "counter",
+    "relay_paced_publications": "counter",
+    "relay_pacing_channels": "gauge",
+    "relay_history_reads": "counter",
+    "relay_recoveries_coalesced": "counter",
 }
 # the suffixes a sample of each metric type may carry in a query
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
@@ -516,7 +530,7 @@ def test_alert_rules_cover_the_issue():
     rules = alert_rules()
     names = {r["alert"] for r in rules}
     assert {"RelayNodeDown", "RelayNotReady", "RelayWorkerRestarting", "RelayBrokerErrors", "RelayConnectionsNearCap",
-            "RelayFanoutLatencyHigh", "RelaySlowConsumerDisconnects"} <= names
+            "RelayFanoutLatencyHigh", "RelaySlowConsumerDisconnects", "RelayRefusingPublications"} <= names
     docs = DOCS.read_text()
     for r in rules:
         assert r["labels"]["severity"] in ("critical", "warning"), r["alert"]
@@ -545,10 +559,16 @@ def test_dashboard_structure():
     for words in ("connections by transport", "connections vs cap", "publications/s by source",
                   "deliveries/s by transport", "fan-out latency", "broker publish latency", "outbound queue bytes",
                   "slow-consumer", "disconnects by code", "handshake and auth failures", "broker errors",
-                  "broker up", "client commands by method and result", "active core", "build info"):
+                  "broker up", "client commands by method and result", "active core", "build info",
+                  "first-response time p50 / p90", "support chats waiting", "support escalations",
+                  "lane drops/s by lane", "publisher backpressure", "paced broadcasts",
+                  "history reads/s by reason"):
         assert words in titles, words
     exprs = " ".join(dashboard_exprs())
     assert "histogram_quantile(0.5," in exprs and "histogram_quantile(0.99," in exprs
+    # every node exports the cluster's waiting figure: a sum would count each chat once per node
+    assert "max by (namespace) (relay_support_chats_waiting{" in exprs
+    assert "sum(relay_support_chats_waiting" not in exprs
 
 
 def test_queries_use_only_contract_metrics():
