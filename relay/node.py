@@ -11,6 +11,7 @@ import asyncio
 import fnmatch
 import functools
 import logging
+import math
 import random
 import re
 import socket
@@ -132,6 +133,9 @@ class Node:
         self.per_ip: Counter[str] = Counter()
         self.max_connections = cfg.max_connections or connection_cap()
         self._ping_task: asyncio.Task | None = None
+        # the ping timing wheel: slots of at most 0.1 s over ping_interval, each connected session in one
+        self._ping_wheel: list[set[ClientSession]] = [set() for _ in range(max(1, math.ceil(cfg.ping_interval / 0.1)))]
+        self._ping_slot: dict[ClientSession, int] = {}
         self._presence_task: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         # sessions subscribed or subscribing per channel: the node's interest in the broker
@@ -257,11 +261,17 @@ class Node:
 
     def register(self, s: ClientSession) -> None:
         self.sessions[s.client_id] = s
+        slot = random.randrange(len(self._ping_wheel))
+        self._ping_slot[s] = slot
+        self._ping_wheel[slot].add(s)
         self.users.setdefault(s.user, set()).add(s)
         self.connected_by_wire[s.conn.wire] += 1
 
     def unregister(self, s: ClientSession) -> None:
         self.open_sessions.discard(s)
+        slot = self._ping_slot.pop(s, None)
+        if slot is not None:
+            self._ping_wheel[slot].discard(s)
         self.backlogged.discard(s)
         if self.sessions.pop(s.client_id, None) is not None:
             self.connected_by_wire[s.conn.wire] -= 1
@@ -315,24 +325,18 @@ class Node:
         return LANES[opts.lane] if opts is not None else LANE_CHAT
 
     async def _ping_loop(self) -> None:
-        """Ping each connected client every ``ping_interval``, spread over the interval."""
-        interval = self.cfg.ping_interval
-        tick = min(1.0, interval / 4)
-        next_ping: dict[ClientSession, float] = {}
+        """Ping each connected client every ``ping_interval``. Clients sit on a timing wheel, each in a
+        random slot of the interval: a tick pings one slot, so clients that connected together (a
+        reconnect storm) are not pinged, and do not answer, together, and no tick walks every session."""
+        wheel = self._ping_wheel
+        tick = self.cfg.ping_interval / len(wheel)
+        k = 0
         while True:
             await asyncio.sleep(tick)
+            k = (k + 1) % len(wheel)
             now = time.monotonic()
-            for s in list(self.sessions.values()):
-                due = next_ping.get(s)
-                if due is None:
-                    # first ping one interval after connect; the hash spreads clients over the tick
-                    next_ping[s] = now + interval - (hash(s) % 1000) * tick / 1000
-                elif now >= due:
-                    next_ping[s] = now + interval
-                    s.ping(now)
-            if len(next_ping) > len(self.sessions):
-                for s in [s for s in next_ping if s.closed]:
-                    del next_ping[s]
+            for s in list(wheel[k]):
+                s.ping(now)
 
     async def _presence_loop(self, interval: float) -> None:
         """Keep live connections' presence from expiring (brokers whose entries expire)."""
