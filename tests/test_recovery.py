@@ -283,7 +283,7 @@ async def test_storm_reads_once_per_interval(broker):
         return asked_top, loop.time() - t0, res
 
     results = await asyncio.gather(*(one(k) for k in range(90)))
-    assert 2 <= rc.reads["recover"] <= 6, rc.reads
+    assert 2 <= rc.reads["recover"] <= 10, rc.reads  # ~4 at 0.3 s; a loaded machine stretches it, 30 bursts
     for asked_top, _, (pos, pubs, recovered) in results:
         assert recovered and pos.offset >= asked_top
         assert offsets(pubs) == list(range(2, pos.offset + 1))
