@@ -18,11 +18,12 @@ RSA_PUB = RSA_KEY.public_key().public_bytes(serialization.Encoding.PEM,
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
 EC_PUB = EC_KEY.public_key().public_bytes(serialization.Encoding.PEM,
                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-NOW = int(time.time())
+NOW = int(time.time())  # at collection: the suite can run for many minutes before these tests do
+VALID = 86400  # so valid tokens expire a day after NOW, not during the run
 
 
 def claims(**kw):
-    c = {"sub": "alice", "exp": NOW + 600, "iat": NOW - 5, "aud": "shop", "iss": "https://auth.shop"}
+    c = {"sub": "alice", "exp": NOW + VALID, "iat": NOW - 5, "aud": "shop", "iss": "https://auth.shop"}
     c.update(kw)
     return {k: v for k, v in c.items() if v is not None}
 
@@ -45,7 +46,7 @@ def test_each_allowed_algorithm_verifies():
     assert v.verify(jwt.encode(claims(), RSA_KEY, algorithm="RS256")).user == "alice"
     c = v.verify(jwt.encode(claims(channels=["#alice", "orders:alice"], info={"name": "Al"}), EC_KEY,
                             algorithm="ES256"))
-    assert c.channels == ("#alice", "orders:alice") and c.info == {"name": "Al"} and c.expire_at == NOW + 600
+    assert c.channels == ("#alice", "orders:alice") and c.info == {"name": "Al"} and c.expire_at == NOW + VALID
 
 
 @pytest.mark.parametrize("name,token,error", [
@@ -53,8 +54,8 @@ def test_each_allowed_algorithm_verifies():
     ("HS256 signed with the RSA public key (confusion)", "confusion", TokenInvalid),
     ("algorithm not in the allowed list", jwt.encode(claims(), "k" * 64, algorithm="HS512"), TokenInvalid),
     ("expired", jwt.encode(claims(exp=NOW - 10), SECRET, algorithm="HS256"), TokenExpired),
-    ("not yet valid (nbf)", jwt.encode(claims(nbf=NOW + 600), SECRET, algorithm="HS256"), TokenInvalid),
-    ("issued in the future (iat)", jwt.encode(claims(iat=NOW + 600), SECRET, algorithm="HS256"), TokenInvalid),
+    ("not yet valid (nbf)", jwt.encode(claims(nbf=NOW + VALID), SECRET, algorithm="HS256"), TokenInvalid),
+    ("issued in the future (iat)", jwt.encode(claims(iat=NOW + VALID), SECRET, algorithm="HS256"), TokenInvalid),
     ("wrong audience", jwt.encode(claims(aud="other-shop"), SECRET, algorithm="HS256"), TokenInvalid),
     ("missing audience", jwt.encode(claims(aud=None), SECRET, algorithm="HS256"), TokenInvalid),
     ("wrong issuer", jwt.encode(claims(iss="https://evil"), SECRET, algorithm="HS256"), TokenInvalid),
