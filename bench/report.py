@@ -11,7 +11,8 @@ line, and writes one Markdown report with
 * one table per scenario with relay and every peer side by side;
 * plots (matplotlib, Agg): latency against offered load, CPU per delivery, idle memory.
 
-Kinds: ``fanout``, ``idle``, ``latency``, ``chats``, ``connrate``, ``redis``. The result
+Kinds: ``fanout``, ``idle``, ``latency``, ``chats``, ``connrate``, ``redis``, ``recovery``, ``lanes``,
+``backpressure``, ``pacing``. The result
 files are written by different scripts and their shapes evolve, so every kind is read by a
 small ``extract_<kind>`` function that looks keys up by a few accepted names; a kind that
 is missing or cannot be read becomes "not measured in this run", never a crash.
@@ -42,13 +43,18 @@ RESULTS_DIR = ROOT / "bench" / "results"
 DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
 
 #: every kind of result, in report order, with its script and section title
-KINDS = ("fanout", "latency", "latency-quota", "chats", "connrate", "idle", "redis")
+KINDS = ("fanout", "latency", "latency-quota", "chats", "connrate", "idle", "redis", "recovery", "lanes",
+         "backpressure", "pacing")
 SCRIPTS = {"fanout": "fanout.py", "idle": "idle.py", "latency": "latency.py", "latency-quota": "latency.py",
-           "chats": "chats.py", "connrate": "connrate.py", "redis": "redis_scaling.py"}
+           "chats": "chats.py", "connrate": "connrate.py", "redis": "redis_scaling.py", "recovery": "recovery.py",
+           "lanes": "lanes.py", "backpressure": "backpressure.py", "pacing": "pacing.py"}
 TITLES = {"fanout": "Fan-out", "latency": "Latency against offered load",
           "latency-quota": "Saturation on the same CPU budget (every server capped at a share of one core)",
           "chats": "Many 1:1 chats", "connrate": "Connection rate", "idle": "Idle memory per connection",
-          "redis": "relay on Redis"}
+          "redis": "relay on Redis", "recovery": "Reconnect storm: coalesced recovery",
+          "lanes": "Priority lanes: chats under a bulk flood, 5 % slow clients",
+          "backpressure": "Publisher backpressure: a publish flood at several times capacity",
+          "pacing": "Paced broadcasts: 1:1 chats during a broadcast to a very large channel"}
 
 RELAY = "relay"
 #: servers in the order their columns appear; others follow in order of appearance
@@ -497,9 +503,66 @@ def extract_redis(data: dict[str, Any]) -> dict[str, Any] | None:
     return {"steps": steps} if steps and any(s.deliveries_per_s for s in steps) else None
 
 
+def extract_recovery(data: dict[str, Any]) -> dict[str, Any] | None:
+    """Modes of ``recovery.py`` (coalesced, baseline): history reads per recovering client, time to recover all."""
+    rows = []
+    for r in result_rows(data):
+        per = pnum(r, "history_reads_per_client", "reads_per_client")
+        if per is None:
+            continue
+        reads = r.get("history_reads") if isinstance(r.get("history_reads"), dict) else {}
+        rows.append({"mode": str(pick(r, "mode", default="?")), "coalesce": r.get("recovery_coalesce"),
+                     "clients": pnum(r, "clients"), "channels": pnum(r, "channels"), "reads_per_client": per,
+                     "reads": sum(v for k, v in reads.items() if k in ("recover", "position") and num(v) is not None),
+                     "all_s": pnum(r, "all_recovered_s"), "p50": pnum(r, "recovery_ms.p50"),
+                     "p99": pnum(r, "recovery_ms.p99"), "cpu_us": pnum(r, "server_cpu_us_per_recovery"),
+                     "ok": pnum(r, "recovered_ok"),
+                     "bad": sum(pnum(r, k) or 0 for k in ("not_recovered", "wrong", "failed"))})
+    if not any(x["coalesce"] is True for x in rows):
+        return None
+    return {"rows": rows, "goal": pnum(data, "summary.goal_reads_per_client") or 0.01}
+
+
+def extract_lanes(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The two modes of ``lanes.py`` (lanes on, lanes off) and its own comparison."""
+    modes = []
+    for r in result_rows(data):
+        fast, slow = r.get("fast"), r.get("slow")
+        if not isinstance(fast, dict) or not isinstance(slow, dict) or not isinstance(r.get("lanes"), bool):
+            continue
+        modes.append(r)
+    if not any(m["lanes"] for m in modes):
+        return None
+    return {"modes": sorted(modes, key=lambda m: not m["lanes"]),
+            "summary": data.get("summary") if isinstance(data.get("summary"), dict) else {}}
+
+
+def extract_backpressure(data: dict[str, Any]) -> dict[str, Any] | None:
+    """Runs of ``backpressure.py``: per flood case, backpressure on and off (the baseline)."""
+    rows = [r for r in result_rows(data) if r.get("mode") in ("on", "off") and num(r.get("rss_peak_bytes"))]
+    if not any(r["mode"] == "on" for r in rows):
+        return None
+    return {"rows": rows, "capacity": pick(data, "summary.capacity_per_s"),
+            "ceiling": pick(data, "summary.ceiling_bytes"), "queue_limit": pick(data, "summary.queue_limit_bytes")}
+
+
+def extract_pacing(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The two runs of ``pacing.py`` (unpaced, paced): chat latency per window, arrival spread and histogram."""
+    runs = {r.get("mode"): r for r in result_rows(data) if isinstance(r.get("chat_ms"), dict)
+            and isinstance(r.get("bins"), list)}
+    if "paced" not in runs or "unpaced" not in runs:
+        return None
+    return {"runs": [runs["unpaced"], runs["paced"]],
+            "summary": data.get("summary") if isinstance(data.get("summary"), dict) else {},
+            "capped": data.get("subscribers_capped_by"),
+            # results before relay workers were added ran one process on the memory broker
+            "workers": int(num(data.get("relay_workers")) or 1), "broker": data.get("broker") or "memory"}
+
+
 EXTRACT: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
     "fanout": extract_fanout, "latency": extract_latency, "latency-quota": extract_latency, "chats": extract_chats,
-    "connrate": extract_connrate, "idle": extract_idle, "redis": extract_redis,
+    "connrate": extract_connrate, "idle": extract_idle, "redis": extract_redis, "recovery": extract_recovery,
+    "lanes": extract_lanes, "backpressure": extract_backpressure, "pacing": extract_pacing,
 }
 
 
@@ -886,9 +949,212 @@ def section_redis(run: Run, f: dict[str, Any]) -> list[str]:
     return out
 
 
+def section_recovery(run: Run, f: dict[str, Any]) -> list[str]:
+    rows = f["rows"]
+    out = [_notes(run), "",
+           "Every client cut at once, publications made while they are away, then all reconnect together and "
+           "recover (relay on Redis). The baseline is the same storm with `recovery_coalesce = false`, in the same "
+           "run.", ""]
+    body = [[r["mode"], f"{r['clients']:,.0f} / {r['channels']:,.0f}", f"{r['reads']:,.0f}",
+             f"{r['reads_per_client']:.4f}", "–" if r["all_s"] is None else f"{r['all_s']:.2f} s",
+             f"{fmt_ms(r['p50'])} / {fmt_ms(r['p99'])} ms", fmt_us(r["cpu_us"]),
+             f"{r['ok']:,.0f}" + (f" ({r['bad']:,.0f} NOT)" if r["bad"] else "")] for r in rows]
+    out += table(["mode", "clients / channels", "broker history reads", "reads per recovering client",
+                  "all recovered in", "recovery p50 / p99", "relay CPU per client (µs)",
+                  "recovered every missed publication"], body) + [""]
+    co = next(r for r in rows if r["coalesce"] is True)  # extract_recovery guarantees one
+    base = next((r for r in rows if r["coalesce"] is False), None)
+    goal = f["goal"]
+    verdict = PASS if co["reads_per_client"] <= goal and not co["bad"] else FAIL
+    line = (f"Goal (issue 11): at most {goal:g} broker history reads per recovering client with coalescing: "
+            f"**{verdict}** ({co['reads_per_client']:.4f}")
+    if base and co["reads_per_client"]:
+        line += (f"; {base['reads_per_client']:.4f} without, {base['reads_per_client'] / co['reads_per_client']:.0f}× "
+                 "more, in the same run")
+    return out + [line + ").", ""] + summary_lines(run.data or {})
+
+
+def section_lanes(run: Run, f: dict[str, Any]) -> list[str]:
+    data = run.data or {}
+    a = run.args
+    modes = f["modes"]
+    out = [_notes(run), ""]
+    if a:
+        out += [f"{a.get('clients', 0):,} clients, {a.get('slow_fraction', 0):.0%} of them behind a proxy that "
+                f"passes {num(a.get('slow_rate')) or 0:,.0f} B/s toward each; a flood of {a.get('bulk_rate')} bulk "
+                f"publications/s × {a.get('bulk_size')} B to every client (`prices`, lane bulk) and "
+                f"{a.get('chat_rate')} chat/s to each client's own channel (`chat`, history and recovery). "
+                f"Queue cap {(num(a.get('queue_max')) or 0) / 1024:.0f} KiB, bulk limit "
+                f"{(num(a.get('bulk_limit')) or 0) / 1024:.0f} KiB. Slow clients behave like an SDK: resubscribe "
+                "after 2500, retry after 111, reconnect and recover their chat after a close. Lanes off is the "
+                "baseline, in the same run.", ""]
+
+    def lat(d: Any) -> str:
+        d = d if isinstance(d, dict) else {}
+        return f"{fmt_ms(pnum(d, 'p50'))} / {fmt_ms(pnum(d, 'p99'))} / {fmt_ms(pnum(d, 'max'))} ms"
+
+    def loss(c: dict[str, Any]) -> str:
+        lost, pub = pnum(c, "chats_lost"), pnum(c, "chats_published_in_window")
+        if lost is None or not pub:
+            return "–"
+        return f"{lost:,.0f} of {pub:,.0f}" + (f" ({lost / pub:.2%})" if lost else "")
+
+    def row(label: str, cell: Callable[[dict[str, Any]], str]) -> list[str]:
+        return [label] + [cell(m) for m in modes]
+
+    rows = [
+        row("fast clients: chat latency p50 / p99 / max", lambda m: lat(m["fast"].get("chat_latency_ms"))),
+        row("fast clients: chats lost", lambda m: loss(m["fast"])),
+        row("slow clients: **chats lost**", lambda m: loss(m["slow"])),
+        row("slow clients: chats recovered after a reconnect",
+            lambda m: f"{pnum(m['slow'], 'chats_recovered') or 0:,.0f}"),
+        row("slow clients: live chat latency p50 / p99 / max", lambda m: lat(m["slow"].get("chat_latency_ms"))),
+        row("slow clients: recovered chat latency p50 / p99 / max",
+            lambda m: lat(m["slow"].get("recovered_chat_latency_ms"))),
+        row("slow clients: disconnected (relay's 3008 slow)",
+            lambda m: f"{pnum(m['slow'], 'disconnects', 'closes_3008') or 0:,.0f} "
+                      f"({pnum(m, 'relay_metrics.run.relay_slow_consumer_disconnects_total') or 0:,.0f})"),
+        row("slow clients: 2500 unsubscribes / 111 replies",
+            lambda m: f"{pnum(m['slow'], 'unsub_2500') or 0:,.0f} / {pnum(m['slow'], 'err_111') or 0:,.0f}"),
+        row("bulk per client per second: fast / slow",
+            lambda m: f"{_value(pnum(m['fast'], 'bulk_per_client_per_s'))} / "
+                      f"{_value(pnum(m['slow'], 'bulk_per_client_per_s'))}"),
+        row("relay CPU per delivery", lambda m: f"{fmt_us(pnum(m, 'server_cpu_us_per_delivery'))} µs"),
+        row("relay_lane_drops_total", lambda m: f"{pnum(m, 'relay_metrics.run.relay_lane_drops_total') or 0:,.0f}"),
+        row("relay_outbound_queue_bytes, highest seen",
+            lambda m: f"{(pnum(m, 'relay_metrics.outbound_queue_bytes_max') or 0) / 1024:,.0f} KiB"),
+        row("marks", lambda m: " ".join(str(x).split("(")[0] for x in m.get("marks") or []) or "–"),
+    ]
+    out += table([""] + [str(m.get("mode", "?")) for m in modes], rows) + [""]
+    s = f["summary"]
+    if "goal_slow_chat_loss_zero_with_lanes" in s:
+        out += [f"Goal (issue 11): slow clients lose no chat with lanes on: "
+                f"**{PASS if s['goal_slow_chat_loss_zero_with_lanes'] else FAIL}**.", ""]
+    notes = data.get("notes")
+    if isinstance(notes, list):
+        out += [f"* {n}" for n in notes] + [""]
+    return out
+
+
+def section_backpressure(run: Run, f: dict[str, Any]) -> list[str]:
+    a, rows = run.args, f["rows"]
+    mib = 1 << 20
+    ceiling = num(f.get("ceiling"))
+    out = [_notes(run), ""]
+    out += [f"{a.get('subscribers', 0):,} WebSocket subscribers on {a.get('channels', '?')} channels read as fast "
+            f"as they can (\"stalled\" cases: they stop reading during the flood and catch up after it); one "
+            f"publisher, {a.get('conns', '?')} keep-alive HTTP connections, `{a.get('method', '?')}` of "
+            f"{a.get('payload', '?')} B, honouring 429 Retry-After per connection. Capacity (backpressure off, the "
+            f"highest rate the subscribers kept up with): {_value(num(f.get('capacity')))} requests/s. On: "
+            f"`backpressure_queue_bytes` {(num(f.get('queue_limit')) or 0) / mib:.0f} MiB and "
+            f"`backpressure_memory_bytes` {(ceiling or 0) / mib:.0f} MiB (the ceiling); off: every limit 0. A fresh "
+            "relay per run, `client_queue_max_size` 1 GiB in both. Kernel send queues: bytes in relay's TCP send "
+            "queues (/proc/net/tcp), which relay's RSS does not show.", ""]
+    body = []
+    for r in rows:
+        rss = f"{r['rss_peak_bytes'] / mib:,.0f}"
+        if r["mode"] == "on" and r.get("ceiling_bytes"):
+            rss += " (under)" if r.get("under_ceiling") else " (**OVER**)"
+        drain = r.get("drain_s")
+        body.append([str(r.get("case", "?")), r["mode"], f"{fmt_rate(num(r.get('offered_per_s')))}/s",
+                     f"{fmt_rate(num(r.get('accepted_per_s')))}/s", f"{fmt_rate(num(r.get('refused_per_s')))}/s",
+                     rss, f"{(num(r.get('kernel_send_queue_peak_bytes')) or 0) / mib:,.0f}",
+                     f"{r.get('deliveries', 0):,}",
+                     f"{r.get('missing')} / {r.get('duplicates')} / {r.get('unexpected')}",
+                     "timeout" if drain is None else f"{drain:.2f} s", str(r.get("slow_disconnects_3008", "–")),
+                     f"{num(r.get('relay_cpu_pct_flood')) or 0:.0f} %",
+                     f"{num(r.get('generator_cpu_pct')) or 0:.0f} %"])
+    out += table(["case", "backpressure", "offered req/s", "accepted", "refused (429)", "peak RSS (MiB)",
+                  "kernel send queues (MiB)", "deliveries", "missing / dup / unexpected", "drain", "3008",
+                  "relay CPU", "gen CPU"], body) + [""]
+    on = [r for r in rows if r["mode"] == "on"]
+    ok = all(r.get("under_ceiling") for r in on) and not any(r.get("missing") for r in rows)
+    out += [f"Goal (issue 11): with backpressure on, peak RSS under the ceiling and every accepted publication "
+            f"delivered: **{PASS if ok else FAIL}**.", ""]
+    return out + summary_lines(run.data or {})
+
+
+def _histogram_rows(bins: list[Any], bin_ms: float, rows: int = 20, width: int = 40) -> list[str]:
+    """A ``bin_ms`` arrival histogram as at most ``rows`` text rows (merged bins; the highest bin of each row)."""
+    counts = [int(num(b) or 0) for b in bins]
+    if not counts or not max(counts):
+        return []
+    per, top = max(1, math.ceil(len(counts) / rows)), max(counts)
+    out = []
+    for i in range(0, len(counts), per):
+        chunk = counts[i:i + per]
+        out.append(f"{i * bin_ms / 1000:5.1f}–{(i + len(chunk)) * bin_ms / 1000:<5.1f} s {sum(chunk):>8,}  "
+                   f"max {max(chunk):>7,}  " + "#" * max(1 if max(chunk) else 0, round(width * max(chunk) / top)))
+    return out
+
+
+def section_pacing(run: Run, f: dict[str, Any]) -> list[str]:
+    a, (un, pa) = run.args, f["runs"]
+    n = int(num(pa.get("subscribers")) or 0)
+    bin_ms = num(pa.get("bin_ms")) or 100.0
+    out = [_notes(run), ""]
+    w = f.get("workers", 1)
+    where = (f"one relay process (CPU 0, {f.get('broker', 'memory')} broker)" if w == 1 else
+             f"one relay node with {w} worker processes on one core (CPU 0, SO_REUSEPORT, Redis broker with "
+             f"redis-server on the same core; each worker paces its own subscribers)")
+    out += [f"{n:,} WebSocket subscribers of one channel and {a.get('chats', '?')} 1:1 chats "
+            f"({_value(num(a.get('chat_rate')))} msg/s in all, client publishes) on {where}; one broadcast "
+            f"through the server API at once, then one paced over "
+            f"{int(num(pa.get('pace_ms')) or 0):,} ms, same connections. Chat latency per window relative to the "
+            f"publish: before ({_value(num(a.get('quiet')))} s), during (the window + 1 s, both runs), after."
+            + (f" **Not 100,000 subscribers**: capped by the {f['capped']}." if f.get("capped") else ""), ""]
+
+    def lat(r: dict[str, Any], w: str) -> str:
+        d = r["chat_ms"].get(w) if isinstance(r["chat_ms"].get(w), dict) else {}
+        return f"{fmt_ms(pnum(d, 'p50'))} / {fmt_ms(pnum(d, 'p99'))} / {fmt_ms(pnum(d, 'max'))} ms"
+
+    def arr(r: dict[str, Any]) -> str:
+        return " / ".join(fmt_ms(pnum(r, f"arrival_ms.{k}")) for k in ("p1", "p50", "p99", "max")) + " ms"
+
+    def gc(r: dict[str, Any]) -> str:
+        g = r.get("relay_gc")
+        if not isinstance(g, dict):
+            return "not logged"
+        long = [x for w in ("during",) for x in (g.get(w) or {}).get("long") or []]
+        return ", ".join(f"gen{x[1]} {x[2]:.0f} ms" for x in long) or "none ≥ 10 ms"
+
+    rows = [["chat p50 / p99 / max, before", lat(un, "before"), lat(pa, "before")],
+            ["chat p50 / p99 / max, **during**", lat(un, "during"), lat(pa, "during")],
+            ["chat p50 / p99 / max, after", lat(un, "after"), lat(pa, "after")],
+            ["arrival p1 / p50 / p99 / max", arr(un), arr(pa)],
+            [f"**peak arrivals per {bin_ms:g} ms**", f"{pnum(un, 'peak_per_bin') or 0:,.0f}",
+             f"{pnum(pa, 'peak_per_bin') or 0:,.0f}"],
+            ["got it exactly once", *(f"{pnum(r, 'received_once') or 0:,.0f} of {n:,}"
+                                      + ("" if r.get("every_subscriber_once") else " (**NOT all**)")
+                                      for r in (un, pa))],
+            ["relay deliveries" + (" (all workers)" if w > 1 else ""),
+             *(f"{pnum(r, 'relay_deliveries_broadcast') or 0:,.0f}"
+               + (f" ± {pnum(r, 'relay_deliveries_tolerance'):,.0f}" if pnum(r, 'relay_deliveries_tolerance') else "")
+               for r in (un, pa))],
+            ["relay CPU in the during window", *(f"{pnum(r, 'relay_cpu_during_s') or 0:.2f} s"
+                                                 + (f" (+ redis {pnum(r, 'redis_cpu_during_s'):.2f} s)"
+                                                    if pnum(r, 'redis_cpu_during_s') is not None else "")
+                                                 for r in (un, pa))],
+            ["relay GC pauses during", gc(un), gc(pa)],
+            ["marks", *(" ".join(str(m).split("(")[0] for m in r.get("marks") or []) or "–" for r in (un, pa))]]
+    out += table(["", "unpaced", f"paced ({int(num(pa.get('pace_ms')) or 0):,} ms)"], rows) + [""]
+    for r in (un, pa):
+        hist = _histogram_rows(r["bins"], bin_ms)
+        if hist:
+            out += [f"Arrivals of the {r['mode']} broadcast, per {bin_ms:g} ms from the publish (rows merge bins; "
+                    "max = the highest bin in the row):", "", "```"] + hist + ["```", ""]
+    s = f["summary"]
+    if "paced_spread_over_half_window" in s:
+        out += [f"Claim (issue 11): the paced arrivals spread over more than half the window: "
+                f"**{PASS if s['paced_spread_over_half_window'] else FAIL}**; every subscriber got each broadcast "
+                f"once: **{PASS if s.get('every_subscriber_once') else FAIL}**.", ""]
+    return out
+
+
 SECTIONS: dict[str, Callable[[Run, dict[str, Any]], list[str]]] = {
     "fanout": section_fanout, "latency": section_latency, "latency-quota": section_latency, "chats": section_chats,
-    "connrate": section_connrate, "idle": section_idle, "redis": section_redis,
+    "connrate": section_connrate, "idle": section_idle, "redis": section_redis, "recovery": section_recovery,
+    "lanes": section_lanes, "backpressure": section_backpressure, "pacing": section_pacing,
 }
 
 _MACHINE_ROWS = (("CPU", ("cpu_model",)), ("cores", ("cpus",)), ("kernel", ("kernel",)),

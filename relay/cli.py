@@ -151,7 +151,9 @@ def cmd_outbox_init(args) -> int:
 BENCHMARKS = {"fanout": ("fanout.py",), "idle": ("idle.py",), "latency": ("latency.py",),
               # every server capped at a quarter of a core, so one generator core can saturate them
               "latency-quota": ("latency.py", "--cpu-quota", "0.25", "--start-rate", "30"),
-              "chats": ("chats.py",), "connrate": ("connrate.py",), "redis": ("redis_scaling.py",)}
+              "chats": ("chats.py",), "connrate": ("connrate.py",), "redis": ("redis_scaling.py",),
+              "recovery": ("recovery.py",), "lanes": ("lanes.py",), "backpressure": ("backpressure.py",),
+              "pacing": ("pacing.py",)}
 
 
 def _cpu_quota_unavailable(bench) -> str | None:
@@ -193,9 +195,10 @@ def cmd_bench(args) -> int:
             return 2
     else:
         names = available
-        if "redis" in names and shutil.which("redis-server") is None:
-            print("relay bench: skipping redis (no redis-server on PATH)", flush=True)
-            names.remove("redis")
+        for name in ("redis", "recovery"):
+            if name in names and shutil.which("redis-server") is None:
+                print(f"relay bench: skipping {name} (no redis-server on PATH)", flush=True)
+                names.remove(name)
         if "latency-quota" in names:
             why = _cpu_quota_unavailable(bench)
             if why:

@@ -151,3 +151,107 @@ def test_redis_scaling_quick():
     data, out = run("redis_scaling.py", "--quick", "--cases", "ingest", "--servers", "redis-w1")
     rows = [r for r in data["results"] if r.get("deliveries_per_s")]
     assert rows and all(r["loss"] == 0 for r in rows), out
+
+
+def test_recovery_quick():
+    """The reconnect storm: every client recovers exactly what it missed in both modes; coalescing reads the
+    broker far less often than once per client, the baseline exactly once per client."""
+    from tests.conftest import need_redis_server
+
+    need_redis_server()
+    data, out = run("recovery.py", "--quick", "--clients", "300", "--channels", "3", "--workers", "1")
+    co, base = data["results"]
+    assert (co["mode"], base["mode"]) == ("coalesced", "baseline")
+    for r in (co, base):
+        assert r["recovered_ok"] == 300 and r["wrong"] == r["not_recovered"] == r["failed"] == 0, out
+        assert r["all_recovered_s"] > 0 and r["server_alive"]
+    assert base["history_reads_per_client"] == 1.0
+    assert co["history_reads_per_client"] <= 0.1 and co["coalesced"] >= 300 - 30, out
+    assert data["machine"]["relay_core"] == "cython"
+    assert "same run: coalescing makes" in out
+
+
+def test_lanes_quick():
+    """Priority lanes under a bulk flood, lanes on and off in one run: the figures are there, relay saw a
+    backlog, and with lanes on the slow clients lost no chat (the feature's claim; timings are not asserted)."""
+    data, out = run("lanes.py", "--quick", "--clients", "60", "--duration", "6", "--warmup", "2", "--bulk-rate", "80",
+                    "--drain-timeout", "45")
+    on, off = data["results"]
+    assert (on["mode"], off["mode"]) == ("lanes on", "lanes off")
+    assert data["machine"]["relay_core"] == "cython" and on["relay_core"] == off["relay_core"] == "cython"
+    for r in (on, off):
+        assert r["server_alive"] and r["slow_clients"] == 3, out
+        assert r["slow"]["chats_published_in_window"] > 0, out
+        assert r["fast"]["chats_published_in_window"] > 0 and r["fast"]["chat_latency_ms"]["samples"] > 0, out
+        assert r["fast"]["chats_lost"] == 0 and r["fast"]["bulk_delivery_ratio"] == 1.0, out
+        assert r["server_cpu_us_per_delivery"] > 0
+        # the proxy made relay's writes pause (else nothing here would be about lanes)
+        assert r["backlog_seen"], out
+    assert on["slow"]["chats_lost"] == 0 and on["slow"]["closes_3008"] == 0, out
+    assert on["slow"]["chats_delivered"] == on["slow"]["chats_published_in_window"], out
+    assert data["summary"]["goal_slow_chat_loss_zero_with_lanes"] is True
+    assert "lanes on vs off (same run):" in out
+
+
+
+def test_backpressure_quick():
+    """A publish flood while the subscribers stall, backpressure on and off in one run: the figures are there,
+    with backpressure on some publications were refused with 429 and no accepted one went missing (the
+    feature's claim; timings and RSS are not asserted)."""
+    data, out = run("backpressure.py", "--quick", "--subscribers", "100", "--steps", "2", "--step-duration", "1",
+                    "--duration", "2", "--payload", "4096", "--queue-limit", "8")
+    on, off = data["results"]
+    assert (on["mode"], off["mode"]) == ("on", "off") and on["stall"] and off["stall"]
+    assert data["machine"]["relay_core"] == "cython"
+    for r in (on, off):
+        assert r["server_alive"] and r["subscribers"] == 100 and r["accepted"] > 0, out
+        assert r["duplicates"] == 0 and r["unexpected"] == 0 and r["rss_peak_bytes"] > 0, out
+    # on: refused with 429, and everything accepted reached every subscriber of its channel, once
+    assert on["refused"] > 0 and on["metrics_end"]["refused_api"] == on["refused"], out
+    assert on["missing"] == 0 and on["deliveries"] == on["expected_deliveries"] > 0 and on["drained"], out
+    assert on["slow_disconnects_3008"] == 0 and on["lost_connections"] == 0, out
+    # off (the baseline) accepts everything; its backlog may outlive the drain timeout (not asserted)
+    assert off["refused"] == 0 and off["errors"] == 0, out
+    assert "comparison (on vs off, same flood):" in out
+
+
+def test_pacing_quick():
+    """A broadcast to 300 subscribers at once, then paced over 1 s, with 1:1 chats beside it: the figures are
+    there, every subscriber got each broadcast exactly once, and the paced arrivals spread over more than half
+    the window (the feature's claim; latencies are not asserted)."""
+    data, out = run("pacing.py", "--quick", "--subscribers", "300", "--pace-ms", "1000", "--workers", "1",
+                    "--chats", "5", "--quiet", "1")
+    un, pa = data["results"]
+    assert (un["mode"], pa["mode"]) == ("unpaced", "paced") and (un["pace_ms"], pa["pace_ms"]) == (0, 1000)
+    assert data["machine"]["relay_core"] == "cython" and un["relay_core"] == pa["relay_core"] == "cython"
+    for r in (un, pa):
+        assert r["server_alive"] and r["subscribers"] == 300, out
+        assert r["received_once"] == 300 and r["never"] == r["received_more"] == r["duplicates"] == 0, out
+        assert r["every_subscriber_once"] and r["count"] == 300 and sum(r["bins"]) == 300, out
+        assert r["peak_per_bin"] > 0 and r["arrival_ms"]["p99"] is not None, out
+        for w in ("before", "during", "after"):
+            assert r["chat_ms"][w]["samples"] > 0 and r["chat_ms"][w]["p99"] is not None, out
+        assert r["relay_cpu_during_s"] > 0 and "relay_gc" in r
+    assert pa["relay_metrics"]["paced"] == 1 and un["relay_metrics"]["paced"] == 0, out
+    assert pa["spread_p1_p99_ms"] > 500 and data["summary"]["paced_spread_over_half_window"] is True, out
+    assert data["summary"]["every_subscriber_once"] is True
+    assert "paced vs unpaced (same run, same connections):" in out
+    assert data["relay_workers"] == 1 and data["broker"] == "memory"
+
+
+def test_pacing_relay_workers_quick():
+    """The same with relay as one node of 2 worker processes over Redis (the 100,000-subscriber mode): every
+    subscriber got each broadcast once, each worker paced its own, and the deliveries sum both workers."""
+    from tests.conftest import need_redis_server
+
+    need_redis_server()
+    data, out = run("pacing.py", "--quick", "--subscribers", "300", "--pace-ms", "1000", "--workers", "1",
+                    "--relay-workers", "2", "--chats", "5", "--quiet", "1")
+    un, pa = data["results"]
+    assert data["relay_workers"] == 2 and data["broker"] == "redis" and len(data["setup"]["relay_worker_fds"]) == 2
+    for r in (un, pa):
+        assert r["server_alive"] and r["every_subscriber_once"] and r["received_once"] == 300, out
+        assert abs(r["relay_deliveries_broadcast"] - 300) <= r["relay_deliveries_tolerance"], out
+    assert pa["relay_metrics"]["paced"] == 2 and un["relay_metrics"]["paced"] == 0, out
+    assert data["summary"]["paced_spread_over_half_window"] is True, out
+    assert "one node with 2 worker processes on one core" in out

@@ -160,8 +160,66 @@ def latency_quota_data(relay_sat=1_150_000, nats_sat=102_000):
     return data
 
 
+def recovery_data():
+    rows = [{"server": "relay", "mode": m, "recovery_coalesce": c, "clients": 10000, "channels": 10,
+             "history_reads": {"recover": n, "position": 0, "history": 0}, "history_reads_per_client": n / 10000,
+             "all_recovered_s": t, "recovery_ms": _lat(900.0, 2000.0), "server_cpu_us_per_recovery": cpu,
+             "recovered_ok": 10000, "not_recovered": 0, "wrong": 0, "failed": 0}
+            for m, c, n, t, cpu in (("coalesced", True, 50, 7.5, 540.0), ("baseline", False, 10000, 11.6, 925.0))]
+    return {"machine": MACHINE, "args": {"clients": 10000, "channels": 10, "quick": False}, "scenario": "recovery",
+            "results": rows, "summary": {"goal_reads_per_client": 0.01, "goal_met": True}}
+
+
+def lanes_data():
+    def cls(n, p99, lost, rec, c3008, u2500):
+        return {"clients": n, "chats_published_in_window": 40 * n, "chats_delivered": 40 * n - lost,
+                "chats_lost": lost, "chats_recovered": rec, "chat_latency_ms": _lat(3.0, p99),
+                "recovered_chat_latency_ms": _lat(9000.0, 15000.0) if rec else {"p50": None, "p99": None, "max": None},
+                "closes_3008": c3008, "unsub_2500": u2500, "err_111": u2500 // 2, "bulk_per_client_per_s": 50.0}
+
+    rows = [{"mode": f"lanes {m}", "lanes": m == "on", "server": "relay", "fast": cls(950, fp99, 0, 0, 0, 0),
+             "slow": cls(50, 9000.0, 0, rec, c3008, u2500), "server_cpu_us_per_delivery": 3.5,
+             "relay_metrics": {"run": {"relay_lane_drops_total": u2500, "relay_slow_consumer_disconnects_total": c3008},
+                               "outbound_queue_bytes_max": 2e6},
+             "marks": []}
+            for m, fp99, rec, c3008, u2500 in (("on", 12.0, 0, 0, 120), ("off", 30.0, 700, 90, 0))]
+    return {"machine": MACHINE, "args": {"clients": 1000, "slow_fraction": 0.05, "slow_rate": 8192.0,
+                                         "bulk_rate": 50.0, "bulk_size": 400, "chat_rate": 1.0,
+                                         "queue_max": 262144, "bulk_limit": 32768, "quick": False},
+            "scenario": "lanes", "results": rows, "summary": {"goal_slow_chat_loss_zero_with_lanes": True}}
+
+
+def backpressure_data():
+    def row(mode, peak, refused):
+        return {"mode": mode, "case": "5x", "factor": 5.0, "stall": False, "offered_per_s": 2500.0,
+                "accepted_per_s": 400.0, "refused_per_s": refused, "rss_peak_bytes": peak,
+                "ceiling_bytes": 160 << 20 if mode == "on" else None, "under_ceiling": peak < 160 << 20 if mode == "on"
+                else None, "kernel_send_queue_peak_bytes": 1 << 28, "deliveries": 1000, "missing": 0,
+                "duplicates": 0, "unexpected": 0, "drain_s": 1.5, "slow_disconnects_3008": 0,
+                "relay_cpu_pct_flood": 97.0, "generator_cpu_pct": 80.0}
+    return {"machine": MACHINE, "kind": "backpressure",
+            "args": {"subscribers": 1000, "channels": 4, "conns": 32, "method": "broadcast", "payload": 512},
+            "results": [row("on", 80 << 20, 50.0), row("off", 900 << 20, 0.0)],
+            "summary": {"capacity_per_s": 500.0, "ceiling_bytes": 160 << 20, "queue_limit_bytes": 32 << 20}}
+
+
+def pacing_data():
+    def row(mode, pace, bins, p99):
+        return {"mode": mode, "pace_ms": pace, "subscribers": 1000, "bin_ms": 100.0, "bins": bins,
+                "peak_per_bin": max(bins), "arrival_ms": {"p1": 5.0, "p50": 50.0 + pace / 2, "p99": 90.0 + pace,
+                                                          "max": 95.0 + pace},
+                "chat_ms": {w: _lat(1.0, p99 if w == "during" else 3.0) for w in ("before", "during", "after")},
+                "received_once": 1000, "every_subscriber_once": True, "relay_deliveries_broadcast": 1000,
+                "relay_cpu_during_s": 0.2, "relay_gc": {w: {"count": 0, "max_ms": 0.0, "long": []}
+                                                        for w in ("before", "during", "after")}, "marks": []}
+    return {"machine": MACHINE, "kind": "pacing", "args": {"chats": 40, "chat_rate": 50.0, "quiet": 5.0},
+            "results": [row("unpaced", 0, [1000], 120.0), row("paced", 1000, [100] * 10, 2.0)],
+            "summary": {"paced_spread_over_half_window": True, "every_subscriber_once": True}}
+
+
 ALL = {"fanout": fanout_data, "latency": latency_data, "latency-quota": latency_quota_data, "chats": chats_data,
-       "connrate": connrate_data, "idle": idle_data, "redis": redis_data}
+       "connrate": connrate_data, "idle": idle_data, "redis": redis_data, "recovery": recovery_data,
+       "lanes": lanes_data, "backpressure": backpressure_data, "pacing": pacing_data}
 
 
 def write(results: Path, kind: str, data, stamp: str = "20261126-120000") -> Path:
@@ -222,6 +280,10 @@ def test_every_section_and_plot(tmp_path):
     assert "c: 1.0k msg/s, 20/frame | 0.07×" in md
     assert "relay ÷ nats" in md and "2.50×" in md  # 2 M vs 800 k deliveries/s at saturation
     assert "Idle RSS per connection:** relay ÷ picows 0.14×" in md
+    assert "| coalesced | 10,000 / 10 | 50 | 0.0050 | 7.50 s |" in md
+    assert "with coalescing: **PASS** (0.0050; 1.0000 without, 200× more, in the same run)" in md
+    assert "| slow clients: disconnected (relay's 3008 slow) | 0 (0) | 90 (90) |" in md
+    assert "slow clients lose no chat with lanes on: **PASS**" in md
     # plots written as PNGs and linked relative to the report
     for name in report.PLOT_NAMES:
         png = out.parent / "benchmarks" / f"{name}.png"
