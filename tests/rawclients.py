@@ -7,6 +7,7 @@ import asyncio
 import base64
 import collections
 import os
+import socket
 
 import msgpack
 import orjson
@@ -27,8 +28,18 @@ class RawWS:
         self._id = 0
 
     @classmethod
-    async def open(cls, port: int, path: str = "/connection/websocket", extra: str = "") -> "RawWS":
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def open(cls, port: int, path: str = "/connection/websocket", extra: str = "",
+                   rcvbuf: int = 0) -> "RawWS":
+        """``rcvbuf``: a small kernel receive buffer (SO_RCVBUF), so a client that stops reading backs up
+        into relay quickly instead of into megabytes of loopback buffers."""
+        if rcvbuf:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: the window
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+            reader, writer = await asyncio.open_connection(sock=sock)
+        else:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
         key = base64.b64encode(os.urandom(16)).decode()
         writer.write((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
                       f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
@@ -120,8 +131,8 @@ class RawWS:
         self.writer.close()
 
 
-async def ws_connected(port: int, token: str) -> RawWS:
-    ws = await RawWS.open(port)
+async def ws_connected(port: int, token: str, rcvbuf: int = 0) -> RawWS:
+    ws = await RawWS.open(port, rcvbuf=rcvbuf)
     reply = await ws.call("connect", {"token": token})
     assert "connect" in reply, reply
     return ws

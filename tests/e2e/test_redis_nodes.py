@@ -114,13 +114,17 @@ async def test_batched_publishes_keep_sharing_frames_on_redis(two_nodes):
     assert [orjson.loads(x)["push"]["pub"]["data"] for x in got] == list(range(20))
 
 
-async def test_concurrent_subscribes_to_one_channel(two_nodes):
+async def test_concurrent_subscribes_to_one_channel(redis_server, relay_factory):
     """Many clients subscribing to one channel at the same moment, while it is being published to, all get
     in and each gets every publication after its subscribe position (each subscribe keeps its own
     collector while its history read is in flight)."""
     import urllib.request
 
-    a_node, _ = two_nodes
+    # history for all 150 publications: a client resynced (2500) reads its pushes only after the publisher
+    # is done, and must still be able to recover from where it was
+    a_node = relay_factory({"broker": "redis", "redis_urls": [redis_server.url],
+                            "redis_prefix": f"n{uuid.uuid4().hex[:6]}",
+                            "namespaces": {"news": {"history_size": 200}}})
     ch = f"news:{uuid.uuid4().hex[:8]}"  # recoverable: offsets, and a history read per subscribe
     clients = [await ws_connected(a_node.ws_port, a_node.token(f"c{i}")) for i in range(40)]
     total = 150
