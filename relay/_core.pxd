@@ -20,7 +20,6 @@ cdef class Conn:
     cdef public double phase
     cdef object __weakref__
 
-    cdef inline bint _enqueue(self, bytes item)
     cdef inline int _offer(self, bytes item, int lane)
     cpdef bint send(self, bytes item)
     cpdef int offer(self, bytes item, int lane)

@@ -301,19 +301,6 @@ cdef class Conn:
         self.session = session
         self.phase = random.random()
 
-    cdef inline bint _enqueue(self, bytes item):
-        if self.closed:
-            return True
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(item)
-        if self.queued + n > self.cap and self.queued:  # one item always fits an empty queue
-            return False
-        self.pending.append(item)
-        self.queued += n
-        if not self.dirty:
-            self.dirty = True
-            self.hub._mark_dirty(self)
-        return True
-
     cdef inline int _offer(self, bytes item, int lane):
         if self.closed:
             return _QUEUED
@@ -330,8 +317,8 @@ cdef class Conn:
         return _QUEUED
 
     cpdef bint send(self, bytes item):
-        """Queue ``item``; False means the cap was hit and the item was dropped."""
-        return self._enqueue(item)
+        """Queue ``item`` (a reply, a push of the chat lane); False means the cap was hit and it was dropped."""
+        return self._offer(item, _LANE_CHAT) == _QUEUED
 
     cpdef int offer(self, bytes item, int lane):
         """Queue ``item`` of priority ``lane``: QUEUED, DROPPED or OVER_CAP (see relay/_core_py.py)."""

@@ -256,18 +256,9 @@ class Conn:
         self.phase = random.random()
 
     def send(self, item: bytes) -> bool:
-        """Queue ``item``; False means the cap was hit and the item was dropped."""
-        if self.closed:
-            return True
-        n = len(item)
-        if self.queued + n > self.cap and self.queued:  # one item always fits an empty queue
-            return False
-        self.pending.append(item)
-        self.queued += n
-        if not self.dirty:
-            self.dirty = True
-            self.hub._mark_dirty(self)
-        return True
+        """Queue ``item`` (a reply, a push of the chat lane); False means the cap was hit and the item was
+        dropped."""
+        return self.offer(item, LANE_CHAT) == QUEUED
 
     def offer(self, item: bytes, lane: int) -> int:
         """Queue ``item`` of priority ``lane``: QUEUED, DROPPED (its lane's limit: the item is dropped,
