@@ -2,8 +2,6 @@
 with a 2500 unsubscribe for the channel, never its chats; it resubscribes and recovers once caught up."""
 
 import asyncio
-import json
-import urllib.request
 
 from tests.rawclients import RawWS, ws_connected
 
@@ -17,17 +15,6 @@ NAMESPACES = {
                "force_recovery": True},
     "chat": {"publish_access": "authenticated", "history_size": 1000, "history_ttl": 300, "force_recovery": True},
 }
-
-
-def api(relay, method, body):
-    req = urllib.request.Request(f"{relay.api_url}/{method}", method="POST", data=json.dumps(body).encode(),
-                                 headers={"X-API-Key": relay.api_key})
-    return json.loads(urllib.request.urlopen(req).read())
-
-
-def metric(relay, name):
-    text = urllib.request.urlopen(f"{relay.api_url.rsplit('/api', 1)[0]}/metrics").read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
 async def flood(r, plan, subscribers):
@@ -92,12 +79,12 @@ async def test_bulk_is_dropped_with_2500_chat_never(relay_factory):
     assert [(p["channel"], p["unsubscribe"]["code"]) for p in unsubs] == [("prices:all", 2500)]
     ticks = [p["pub"]["data"]["i"] for p in pushes if p.get("channel") == "prices:all" and "pub" in p]
     assert ticks == list(range(len(ticks))) and len(ticks) < 3000  # a prefix, then the 2500: no silent gap
-    assert metric(r, 'relay_lane_drops_total{lane="bulk"}') >= 1
-    assert metric(r, "relay_lane_resyncs_total") == 1
-    assert metric(r, "relay_slow_consumer_disconnects_total") == 0
+    assert r.metrics()["relay_lane_drops_total", {"lane": "bulk"}] >= 1
+    assert r.metrics().total("relay_lane_resyncs_total") == 1
+    assert r.metrics().total("relay_slow_consumer_disconnects_total") == 0
     # caught up: the SDK's resubscribe is accepted, and ticks flow again
     assert "subscribe" in await slow.call("subscribe", {"channel": "prices:all"})
-    api(r, "publish", {"channel": "prices:all", "data": {"i": "after"}})
+    r.api("publish", {"channel": "prices:all", "data": {"i": "after"}})
     assert (await slow.pub(timeout=5))["pub"]["data"] == {"i": "after"}
     slow.close()
 
@@ -122,7 +109,7 @@ async def test_update_recovers_what_was_dropped_once_caught_up(relay_factory):
     assert res["recovered"] is True
     recovered = [p["data"]["i"] for p in res.get("publications", [])]
     assert [p["data"]["i"] for p in got] + recovered == list(range(3000))
-    assert metric(r, 'relay_lane_drops_total{lane="update"}') >= 1
+    assert r.metrics()["relay_lane_drops_total", {"lane": "update"}] >= 1
     slow.close()
 
 
@@ -137,7 +124,7 @@ async def test_resubscribe_while_still_behind_is_a_temporary_error(relay_factory
     # socket buffers first (the kernel's send queue, at most 32 KiB here, counts in the metric), then
     # the transport's (high water 16 KiB), then relay's own queue
     sent = 0
-    while metric(r, "relay_outbound_queue_bytes") < 32768 + 16384 + 30000 + 40000:  # kernel, transport, a frame
+    while r.metrics().total("relay_outbound_queue_bytes") < 32768 + 16384 + 30000 + 40000:  # kernel, transport, a frame
         await publisher.send_cmds(*[{"id": 1000 + i, "publish": {"channel": "chat:1",
                                                                  "data": {"i": i, "p": "z" * 1000}}}
                                     for i in range(sent, sent + 20)])
@@ -165,23 +152,23 @@ async def test_lanes_off_a_bulk_flood_disconnects_with_3008(relay_factory):
     await flood(r, [("prices:all", {"i": i, "p": "x" * 2000}) for i in range(3000)], ["prices:all"])
     slow.writer.transport.resume_reading()
     assert await slow.expect_close(timeout=10) == (3008, "slow")
-    assert metric(r, "relay_lane_drops_total") == 0
+    assert r.metrics().total("relay_lane_drops_total") == 0
 
 
 async def test_server_api_publish_names_its_lane(relay_factory):
     r = relay_factory({**LIMITS, "namespaces": NAMESPACES})
-    ok = api(r, "publish", {"channel": "chat:5", "data": {"x": 1}, "lane": "bulk"})
+    ok = r.api("publish", {"channel": "chat:5", "data": {"x": 1}, "lane": "bulk"})
     assert "error" not in ok
-    bad = api(r, "publish", {"channel": "chat:5", "data": {"x": 1}, "lane": "urgent"})
+    bad = r.api("publish", {"channel": "chat:5", "data": {"x": 1}, "lane": "urgent"})
     assert bad["error"] == {"code": 107, "message": "bad request: lane must be one of chat, update, bulk"}
     # a chat-namespace channel published as bulk by the server is dropped for a slow client, not fatal
     slow = await ws_connected(r.ws_port, r.token("slow"))
     assert "subscribe" in await slow.call("subscribe", {"channel": "chat:5"})
     slow.writer.transport.pause_reading()
     for i in range(150):  # 9 MB, more than the socket buffers hold
-        api(r, "publish", {"channel": "chat:5", "data": {"i": i, "p": "q" * 60000}, "lane": "bulk"})
+        r.api("publish", {"channel": "chat:5", "data": {"i": i, "p": "q" * 60000}, "lane": "bulk"})
     slow.writer.transport.resume_reading()
     pushes = [m["push"] for m in await read_all(slow) if "push" in m]
     assert [p["unsubscribe"]["code"] for p in pushes if "unsubscribe" in p] == [2500]
-    assert metric(r, "relay_slow_consumer_disconnects_total") == 0
+    assert r.metrics().total("relay_slow_consumer_disconnects_total") == 0
     slow.close()

@@ -2,26 +2,13 @@
 window, each at its own stable moment, in order with the channel's other publications, on every broker."""
 
 import asyncio
-import json
 import time
-import urllib.request
 import uuid
 
 from tests.rawclients import ws_connected
 
 N = 40
 WINDOW_MS = 1500
-
-
-def api(relay, method, body):
-    req = urllib.request.Request(f"{relay.api_url}/{method}", method="POST", data=json.dumps(body).encode(),
-                                 headers={"X-API-Key": relay.api_key})
-    return json.loads(urllib.request.urlopen(req).read())
-
-
-def metric(relay, name):
-    text = urllib.request.urlopen(f"{relay.api_url.rsplit('/api', 1)[0]}/metrics").read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
 async def subscribers(relay, channel, n=N):
@@ -49,8 +36,8 @@ async def test_a_paced_namespace_spreads_each_subscriber_over_the_window(relay_f
     for round_ in range(2):
         t0 = time.monotonic()
         task = asyncio.create_task(arrivals(clients, 2))
-        api(r, "publish", {"channel": "sale:all", "data": {"sale": round_}})
-        api(r, "publish", {"channel": "sale:all", "data": {"after": round_}})  # paced too: never overtaking it
+        r.api("publish", {"channel": "sale:all", "data": {"sale": round_}})
+        r.api("publish", {"channel": "sale:all", "data": {"after": round_}})  # paced too: never overtaking it
         got = await task
         for per_client in got:
             assert [d for _, d in per_client] == [{"sale": round_}, {"after": round_}]
@@ -61,7 +48,7 @@ async def test_a_paced_namespace_spreads_each_subscriber_over_the_window(relay_f
     # each shopper has its own stable moment: the same in both broadcasts
     same = sum(1 for a, b in zip(offsets[0], offsets[1], strict=True) if abs(a - b) < 0.25)
     assert same >= 0.9 * N, list(zip(offsets[0], offsets[1], strict=True))
-    assert metric(r, "relay_paced_publications_total") == 4
+    assert r.metrics().total("relay_paced_publications_total") == 4
     for ws in clients:
         ws.close()
 
@@ -71,15 +58,15 @@ async def test_the_server_api_paces_one_publication_and_small_channels_are_not_p
     clients = await subscribers(r, "news")
     t0 = time.monotonic()
     task = asyncio.create_task(arrivals(clients, 1))
-    api(r, "publish", {"channel": "news", "data": "paced", "pace_ms": WINDOW_MS})
+    r.api("publish", {"channel": "news", "data": "paced", "pace_ms": WINDOW_MS})
     o = [per[0][0] - t0 for per in await task]
     assert max(o) - min(o) > 0.5 * WINDOW_MS / 1000
     t0 = time.monotonic()
     task = asyncio.create_task(arrivals(clients, 1))
-    api(r, "publish", {"channel": "news", "data": "now"})  # [channel] has no pace_ms: at once
+    r.api("publish", {"channel": "news", "data": "now"})  # [channel] has no pace_ms: at once
     o = [per[0][0] - t0 for per in await task]
     assert max(o) < 0.5
-    bad = api(r, "publish", {"channel": "news", "data": 1, "pace_ms": -1})
+    bad = r.api("publish", {"channel": "news", "data": 1, "pace_ms": -1})
     assert bad["error"] == {"code": 107, "message": "bad request: pace_ms must be an integer between 0 and 600000"}
     few = clients[:5]
     for ws in clients[5:]:
@@ -87,7 +74,7 @@ async def test_the_server_api_paces_one_publication_and_small_channels_are_not_p
     await asyncio.sleep(0.2)
     t0 = time.monotonic()
     task = asyncio.create_task(arrivals(few, 1))
-    api(r, "publish", {"channel": "news", "data": "few", "pace_ms": 5000})  # under pace_min_subscribers
+    r.api("publish", {"channel": "news", "data": "few", "pace_ms": 5000})  # under pace_min_subscribers
     o = [per[0][0] - t0 for per in await task]
     assert max(o) < 0.5
     for ws in few:
@@ -102,8 +89,8 @@ async def test_paced_over_redis_from_another_node(redis_factory, relay_factory):
     clients = await subscribers(b, ch)
     t0 = time.monotonic()
     task = asyncio.create_task(arrivals(clients, 2))
-    api(a, "publish", {"channel": ch, "data": "SALE", "pace_ms": WINDOW_MS, "lane": "bulk"})
-    api(a, "publish", {"channel": ch, "data": "next"})
+    a.api("publish", {"channel": ch, "data": "SALE", "pace_ms": WINDOW_MS, "lane": "bulk"})
+    a.api("publish", {"channel": ch, "data": "next"})
     got = await task
     assert all([d for _, d in per] == ["SALE", "next"] for per in got)
     o = [per[0][0] - t0 for per in got]
