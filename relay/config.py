@@ -219,9 +219,9 @@ class Config:
                                               "process, over all channels (the others wait their turn)",
                                               default=32)
     recovery_read_interval: float = _doc("with recovery_coalesce, in a storm (subscribes of one channel piling up "
-                                         "behind its read): seconds between the starts of two broker reads of that "
-                                         "channel, the subscribes meanwhile sharing the next one; a channel without "
-                                         "contention is read at once", default=0.5)
+                                         "behind its read): seconds between the starts of two recovering broker reads "
+                                         "of that channel, the subscribes meanwhile sharing the next one; position "
+                                         "reads and a channel without contention are read at once", default=0.5)
     presence_ttl: float = _doc("seconds a presence entry lives in Redis unless refreshed", default=60.0)
     idempotency_window: float = _doc("seconds a publish idempotency_key is remembered", default=300.0)
 
