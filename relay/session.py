@@ -298,7 +298,14 @@ class ClientSession:
             self.disconnect(DISCONNECTS.SLOW)
             return
         if not self._pong_deadline:
-            self._pong_deadline = now + self.node.cfg.pong_timeout
+            timeout = self.node.cfg.pong_timeout
+            self._pong_deadline = now + timeout
+            # the ping wheel comes back only after ping_interval: check the answer when it is due
+            asyncio.get_running_loop().call_later(timeout + 0.01, self._pong_due)
+
+    def _pong_due(self) -> None:
+        if not self.closed and self._pong_deadline and time.monotonic() > self._pong_deadline:
+            self.disconnect(DISCONNECTS.NO_PONG)
 
     def client_info(self) -> dict:
         info = self._info_cache
