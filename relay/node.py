@@ -136,6 +136,12 @@ class Node:
         # the ping timing wheel: slots of at most 0.1 s over ping_interval, each connected session in one
         self._ping_wheel: list[set[ClientSession]] = [set() for _ in range(max(1, math.ceil(cfg.ping_interval / 0.1)))]
         self._ping_slot: dict[ClientSession, int] = {}
+        # pings awaiting their pong, in the slot of the ping loop's tick that is due to check them: a wheel
+        # of its own, one slot more than pong_timeout spans, so a check never lands before its deadline
+        self._ping_tick = cfg.ping_interval / len(self._ping_wheel)
+        self._pong_wheel: list[set[ClientSession]] = [
+            set() for _ in range(math.ceil(cfg.pong_timeout / self._ping_tick) + 2)]
+        self._ticks = 0  # ticks of the ping loop so far
         self._presence_task: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         # sessions subscribed or subscribing per channel: the node's interest in the broker
@@ -317,26 +323,41 @@ class Node:
     def lane(self, channel: str, lane: int | None = None) -> int:
         """The priority lane a publication of ``channel`` travels in: ``lane`` (a server API publish's own
         class) or its namespace's; always chat with lanes off."""
+        if not self.cfg.lanes or lane is not None:
+            return self.lane_of(None, lane)
+        return self.lane_of(self.cfg.channel_options(channel))
+
+    def lane_of(self, opts: ChannelOptions | None, lane: int | None = None) -> int:
+        """``lane`` for a channel whose namespace options the caller has at hand (None: no namespace)."""
         if not self.cfg.lanes:
             return LANE_CHAT
         if lane is not None:
             return lane
-        opts = self.cfg.channel_options(channel)
         return LANES[opts.lane] if opts is not None else LANE_CHAT
 
     async def _ping_loop(self) -> None:
         """Ping each connected client every ``ping_interval``. Clients sit on a timing wheel, each in a
         random slot of the interval: a tick pings one slot, so clients that connected together (a
         reconnect storm) are not pinged, and do not answer, together, and no tick walks every session."""
-        wheel = self._ping_wheel
-        tick = self.cfg.ping_interval / len(wheel)
-        k = 0
+        wheel, pongs, tick = self._ping_wheel, self._pong_wheel, self._ping_tick
         while True:
             await asyncio.sleep(tick)
-            k = (k + 1) % len(wheel)
+            self._ticks += 1
             now = time.monotonic()
-            for s in list(wheel[k]):
+            for s in list(wheel[self._ticks % len(wheel)]):
                 s.ping(now)
+            j = self._ticks % len(pongs)
+            due = pongs[j]
+            if due:
+                pongs[j] = set()
+                for s in due:
+                    s.pong_due(now)
+
+    def await_pong(self, s: ClientSession) -> None:
+        """``s`` just pinged and waits for its pong: check it at the first tick after pong_timeout (the
+        ping wheel itself comes back only after ping_interval)."""
+        pongs = self._pong_wheel
+        pongs[(self._ticks + len(pongs) - 1) % len(pongs)].add(s)
 
     async def _presence_loop(self, interval: float) -> None:
         """Keep live connections' presence from expiring (brokers whose entries expire)."""
@@ -502,14 +523,15 @@ class Node:
                     self.resync(channel)
                     return
                 self._positions[channel] = StreamPosition(offset, epoch)
-        opts = self.cfg.channel_options(channel)
+        opts = self.cfg.channel_options(channel)  # once per publication: pacing and lane
         if pace_ms is None:
             pace_ms = opts.pace_ms if opts is not None else 0
+        lane = self.lane_of(opts, lane)
         if pace_ms and self.hub.num_subscribers(channel) >= self.cfg.pace_min_subscribers:
-            self._paced(channel, pub, self.lane(channel, lane), pace_ms)
+            self._paced(channel, pub, lane, pace_ms)
             return
         t0 = time.perf_counter()
-        if self.hub.broadcast(channel, {"channel": channel, "pub": pub}, self.lane(channel, lane)):
+        if self.hub.broadcast(channel, {"channel": channel, "pub": pub}, lane):
             started = self._fanout_started
             if not started:
                 # after the hub's flush, which this broadcast scheduled (or an earlier one did)
@@ -616,10 +638,10 @@ class Node:
     async def publish_many(self, items: list[tuple[str, Any]], *, source: str = "api", **kw: Any) -> list:
         """Publish several (channel, data) in order with one broker round trip per shard; per item
         the StreamPosition or the ClientError to answer. ``kw`` as for ``publish``."""
-        batch = [(ch, data, self._publish_options(ch, **kw)) for ch, data in items]
         bp = self.backpressure
         if bp.refuse(source):  # the node cannot deliver what it has: refuse, never buffer (relay/backpressure.py)
             return [ERRORS.OVERLOADED] * len(items)
+        batch = [(ch, data, self._publish_options(ch, **kw)) for ch, data in items]
         t0 = time.perf_counter()
         bp.publish_started(len(batch))
         results = await self.broker.publish_many(batch)
@@ -635,10 +657,10 @@ class Node:
     async def publish(self, channel: str, data: Any, *, source: str = "api", **kw: Any) -> StreamPosition:
         """Publish through the broker (kw: info, tags, skip_history, idempotency_key, lane); ``source`` is
         'client' or 'api' (a metric label)."""
-        popts = self._publish_options(channel, **kw)
         bp = self.backpressure
         if bp.refuse(source):  # the node cannot deliver what it has: refuse, never buffer (relay/backpressure.py)
             raise ERRORS.OVERLOADED
+        popts = self._publish_options(channel, **kw)
         t0 = time.perf_counter()
         bp.publish_started()
         try:

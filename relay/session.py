@@ -298,13 +298,12 @@ class ClientSession:
             self.disconnect(DISCONNECTS.SLOW)
             return
         if not self._pong_deadline:
-            timeout = self.node.cfg.pong_timeout
-            self._pong_deadline = now + timeout
-            # the ping wheel comes back only after ping_interval: check the answer when it is due
-            asyncio.get_running_loop().call_later(timeout + 0.01, self._pong_due)
+            self._pong_deadline = now + self.node.cfg.pong_timeout
+            self.node.await_pong(self)
 
-    def _pong_due(self) -> None:
-        if not self.closed and self._pong_deadline and time.monotonic() > self._pong_deadline:
+    def pong_due(self, now: float) -> None:
+        """Called by the node's ping loop once pong_timeout has passed since the ping."""
+        if not self.closed and self._pong_deadline and now > self._pong_deadline:
             self.disconnect(DISCONNECTS.NO_PONG)
 
     def client_info(self) -> dict:
