@@ -59,8 +59,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scenarios_common import CpuWindow, noisy_mark  # noqa: E402
-from common import (GENERATOR_CPU, RelayServer, fmt_rate, machine_description, pin_to,  # noqa: E402
-                    proc_rss_bytes, raise_nofile, run_worker, sum_cpu_times, write_result)
+from common import (GENERATOR_CPU, RelayServer, bench_parser, fmt_rate, machine_description, pin_to,  # noqa: E402
+                    proc_rss_bytes, raise_nofile, run_worker, save_result, sum_cpu_times)
 
 __all__ = ["main"]
 
@@ -812,9 +812,8 @@ def line(r: dict[str, Any]) -> str:
             + (f"  {' '.join(marks)}" if marks else ""))
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description="relay publisher backpressure under a publish flood",
-                                 epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    ap = bench_parser("relay publisher backpressure under a publish flood", __doc__)
     ap.add_argument("--quick", action="store_true", help="short run, small numbers (under a minute)")
     ap.add_argument("--subscribers", type=int, help="WebSocket subscribers (default 1000; quick 200)")
     ap.add_argument("--workers", type=int, default=2, help="subscriber worker processes (default 2)")
@@ -849,7 +848,7 @@ def main() -> int:
                     help="more floods (multiples of capacity) during which the subscribers stop reading, catching "
                          "up after it (default 5; quick 5); empty: none")
     ap.add_argument("--nice", type=int, default=5, help="niceness of the subscriber workers (default 5)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     q = args.quick
     args.subscribers = args.subscribers or (200 if q else 1000)
     args.start_rate = args.start_rate or (500.0 if q else 100.0)
@@ -921,10 +920,9 @@ def main() -> int:
         "ceiling_bytes": "backpressure_memory_bytes of the on run: idle RSS with the subscribers + --headroom",
         "capacity_per_s": "highest ramp step (backpressure off) whose subscribers ended < 250 ms behind",
     }
-    path = write_result("backpressure", {
+    save_result("backpressure", {
         "kind": "backpressure", "machine": machine_description(), "args": vars(args), "definitions": definitions,
         "capacity": probe, "results": rows, "summary": summary, "printed": printed})
-    print(f"results: {path}")
     return 0
 
 

@@ -11,11 +11,13 @@ What lives here, so that ``fanout.py`` and ``idle.py`` do not repeat it:
   WebSocket listener); a peer that cannot run here says why (:meth:`Peer.unavailable`);
 * reading a process's CPU time and RSS from ``/proc`` (the figures are charged
   to the server *process*, never to the machine, because the machine is shared);
-* the machine description and JSON result files in ``bench/results/``.
+* the machine description and JSON result files in ``bench/results/``;
+* a benchmark's command-line boilerplate: :func:`bench_parser`, :func:`quick_defaults`, :func:`save_result`.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -36,7 +38,7 @@ __all__ = [
     "ROOT", "PYTHON", "SERVER_CPU", "GENERATOR_CPU", "RELAY_SECRET", "FANOUT_CHANNEL",
     "free_port", "raise_nofile", "CpuQuota", "SERVER_CPU_QUOTA",
     "pin_to", "die_with_parent", "run_worker", "proc_cpu_times", "sum_cpu_times", "proc_cpu_seconds", "cpu_stat",
-    "proc_rss_bytes", "apply_run_defaults",
+    "proc_rss_bytes", "child_pids", "apply_run_defaults", "bench_parser", "quick_defaults", "save_result",
     "ServerProcess", "RelayServer", "Peer", "PicowsPeer", "WebsocketsPeer", "NodeWsPeer", "NatsPeer", "PEERS",
     "machine_description", "write_result", "fmt_rate",
 ]
@@ -129,6 +131,21 @@ def apply_run_defaults(args, duration: float) -> None:
         args.drain_timeout = min(args.drain_timeout, 5.0)
 
 
+def bench_parser(description: str, doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line: ``description`` above the options, its module docstring ``doc`` below them,
+    line breaks kept."""
+    return argparse.ArgumentParser(description=description, epilog=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def quick_defaults(args, *table: tuple[str, Any, Any]) -> None:
+    """Give every option of ``table`` (name, full run's default, ``--quick`` run's default) that was not given
+    (is None) its default for this run."""
+    for key, full, quick in table:
+        if getattr(args, key) is None:
+            setattr(args, key, quick if args.quick else full)
+
+
 def proc_cpu_seconds(pid: int) -> float:
     """utime + stime of ``pid`` in seconds."""
     u, s = proc_cpu_times(pid)
@@ -152,6 +169,17 @@ def cpu_stat() -> dict[int, dict[str, float]]:
                 continue
             name, *vals = line.split()
             out[int(name[3:])] = {k: int(v) / _CLK_TCK for k, v in zip(_STAT_FIELDS, vals, strict=False)}
+    return out
+
+
+def child_pids(pid: int) -> list[int]:
+    """Child pids of ``pid`` from /proc/PID/task/*/children."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            pass
     return out
 
 
@@ -530,6 +558,13 @@ def write_result(kind: str, data: dict[str, Any]) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def save_result(kind: str, data: dict[str, Any]) -> Path:
+    """``write_result``, then the last line a benchmark prints: where the result went."""
+    path = write_result(kind, data)
+    print(f"results: {path}")
     return path
 
 

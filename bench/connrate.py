@@ -104,6 +104,34 @@ def _server_frames(buf: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
     return out, buf[i:]
 
 
+def upgrade_answer(buf: bytes) -> tuple[str, bytes, bytes]:
+    """The server's answer to the upgrade request at the start of ``buf``, as (status, rest, head): ("more", buf,
+    b"") while its head is incomplete; ("ok", what follows the head, head) for a 101 with the expected
+    Sec-WebSocket-Accept; ("failed", b"", head) for anything else (the head is for the error message)."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return "more", buf, b""
+    head = buf[:end]
+    if not head.startswith(b"HTTP/1.1 101") or _WS_ACCEPT not in head:
+        return "failed", b"", head
+    return "ok", buf[end + 4:], head
+
+
+def take_upgrade(client: Any, buf: bytes) -> bytes | None:
+    """``upgrade_answer`` for a client protocol with ``buf``, ``upgraded`` and ``failed(kind, detail)``: the bytes
+    after the head once upgraded (``client.upgraded`` set), else None: an incomplete head is kept in
+    ``client.buf``, a refused upgrade is ``client.failed("handshake_<status>", head)``."""
+    status, rest, head = upgrade_answer(buf)
+    if status == "ok":
+        client.upgraded = True
+        return rest
+    if status == "more":
+        client.buf = buf
+    else:
+        client.failed("handshake_" + head[9:12].decode(errors="replace"), head[:120].decode(errors="replace"))
+    return None
+
+
 def _failure_kind(e: BaseException) -> str:
     if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
         return "timeout"
@@ -195,16 +223,9 @@ class _Attempt(asyncio.Protocol):
         now = time.time_ns()
         buf = self.buf + data
         if not self.upgraded:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                self.buf = buf
+            buf = take_upgrade(self, buf)
+            if buf is None:
                 return
-            head = buf[:end]
-            if not head.startswith(b"HTTP/1.1 101") or _WS_ACCEPT not in head:
-                self.failed("handshake_" + head[9:12].decode(errors="replace"), head[:120].decode(errors="replace"))
-                return
-            self.upgraded = True
-            buf = buf[end + 4:]
             if self.connect is None:  # the picows peer: the handshake is the whole connection
                 self.buf = b""
                 self._ok(now)

@@ -62,7 +62,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import throttle  # noqa: E402
-from common import GENERATOR_CPU, RelayServer, machine_description, pin_to, raise_nofile, run_worker, write_result  # noqa: E402
+from common import (GENERATOR_CPU, RelayServer, bench_parser, machine_description, pin_to,  # noqa: E402
+                    quick_defaults, raise_nofile, run_worker, save_result)
 from loadgen import Histogram  # noqa: E402
 from scenarios_common import (CpuWindow, Printer, WorkerPool, banner, fmt_ms, noisy_mark, per_unit,  # noqa: E402
                               percentiles, serve_pipe, sleep_until_ns)
@@ -838,7 +839,7 @@ async def amain(args: argparse.Namespace) -> int:
     out("lanes on vs off (same run):")
     for line in compare_lines(c):
         out(line)
-    path = write_result("lanes", {
+    save_result("lanes", {
         "machine": machine, "args": vars(args), "scenario": "lanes",
         "config": {"namespaces": NAMESPACES, "relay": {k: v for k, v in relay_config(args, True).items()
                                                        if k not in ("namespaces", "lanes")},
@@ -856,13 +857,11 @@ async def amain(args: argparse.Namespace) -> int:
             "events": "over the whole run (warm-up, window, drain), per class",
         },
         "results": results, "summary": c, "printed": out.lines})
-    print(f"results: {path}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="priority lanes: a bulk flood, chats, 5 % slow clients; lanes on vs off",
-                                 epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser("priority lanes: a bulk flood, chats, 5 % slow clients; lanes on vs off", __doc__)
     ap.add_argument("--clients", type=int, default=None, help="subscribers (default 1,000; --quick 200)")
     ap.add_argument("--slow-fraction", type=float, default=0.05, help="share behind the slow proxy (default 0.05)")
     ap.add_argument("--slow-rate", type=float, default=8192, help="proxy bandwidth per slow client, bytes/s (8192)")
@@ -881,23 +880,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drain-timeout", type=float, default=None, help="seconds to wait for late chats (60; --quick 20)")
     ap.add_argument("--quick", action="store_true", help="200 clients, a 64 KiB cap, 10 s windows (smoke test)")
     args = ap.parse_args(argv)
-    q = args.quick
-    if args.clients is None:
-        args.clients = 200 if q else 1000
-    if args.queue_max is None:
-        args.queue_max = (64 if q else 256) * 1024
+    quick_defaults(args, ("clients", 1000, 200), ("queue_max", 256 * 1024, 64 * 1024), ("workers", 2, 1),
+                   ("duration", 40.0, 10.0), ("warmup", 5.0, 2.0), ("drain_timeout", 60.0, 20.0))
     if args.update_limit is None:
         args.update_limit = args.queue_max // 4
     if args.bulk_limit is None:
         args.bulk_limit = args.queue_max // 8
-    if args.workers is None:
-        args.workers = 1 if q else 2
-    if args.duration is None:
-        args.duration = 10.0 if q else 40.0
-    if args.warmup is None:
-        args.warmup = 2.0 if q else 5.0
-    if args.drain_timeout is None:
-        args.drain_timeout = 20.0 if q else 60.0
     if args.clients < 2 or not 0 < args.slow_fraction < 1:
         ap.error("--clients >= 2 and 0 < --slow-fraction < 1")
     import uvloop

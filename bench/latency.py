@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import fanout  # noqa: E402
 from common import (FANOUT_CHANNEL, GENERATOR_CPU, RelayServer, ServerProcess, fmt_rate,  # noqa: E402
-                    machine_description, pin_to, raise_nofile, write_result)
+                    machine_description, pin_to, quick_defaults, raise_nofile, write_result)
 from fanout import Case, Step, make_server, result_marks, run_step  # noqa: E402
 from loadgen import LoadGenerator, Publisher, Target, Window  # noqa: E402
 from scenarios_common import Printer, banner, fmt_ms  # noqa: E402
@@ -366,11 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     q = args.quick
     args.servers = [s.strip() for s in (args.servers or ("relay,picows" if q else default_servers)).split(",")
                     if s.strip()]
-    for key, full, quick in (("subscribers", 1000, 200), ("start_rate", 20.0, 50.0), ("factor", 1.5, 2.0),
-                             ("max_steps", 16, 3), ("duration", 6.0, 1.5), ("warmup", 2.0, 0.5),
-                             ("drain_timeout", 15.0, 5.0)):
-        if getattr(args, key) is None:
-            setattr(args, key, quick if q else full)
+    quick_defaults(args, ("subscribers", 1000, 200), ("start_rate", 20.0, 50.0), ("factor", 1.5, 2.0),
+                   ("max_steps", 16, 3), ("duration", 6.0, 1.5), ("warmup", 2.0, 0.5), ("drain_timeout", 15.0, 5.0))
     if args.factor <= 1.0:
         raise SystemExit("--factor must be > 1")
     if args.cpu_quota is not None:

@@ -66,24 +66,22 @@ import asyncio
 import gc
 import math
 import os
-import resource
 import socket
 import sys
 import time
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (GENERATOR_CPU, ROOT, SERVER_CPU, RelayServer, machine_description, pin_to,  # noqa: E402
-                    proc_rss_bytes, raise_nofile, run_worker, sum_cpu_times, write_result)
-from connrate import _WS_ACCEPT, _WS_KEY, _abort, _failure_kind, _server_frames, client_frame  # noqa: E402
+from common import (GENERATOR_CPU, SERVER_CPU, RelayServer, machine_description, pin_to,  # noqa: E402
+                    raise_nofile, run_worker, write_result)
+from connrate import _WS_KEY, _abort, _failure_kind, _server_frames, client_frame, take_upgrade  # noqa: E402
+from relaynode import (FD_MARGIN, METRICS_INTERVAL, WORKER_FILL, RelayNode, choose_relay_workers,  # noqa: E402
+                       process_capacity)
 from scenarios_common import (CpuWindow, Printer, WorkerPool, banner, fmt_ms, noisy_mark, serve_pipe,  # noqa: E402
                               sleep_until_ns)
-
-from relay.testing import RedisProcess  # noqa: E402
 
 __all__ = ["run", "format_line", "main", "arrival_figures", "chat_window"]
 
@@ -92,30 +90,8 @@ CHAT = "chat:p{}"
 TARGET = 100_000  #: issue 11: a 100,000-subscriber broadcast
 PONG = client_frame(b"{}")
 WS_PATH = "/connection/websocket"
-#: descriptors kept free in relay's process besides the clients (listeners, epoll, log, API, metrics, Redis)
-FD_MARGIN = 200
-#: with relay workers, the share of a worker's descriptors (limit - FD_MARGIN) the chosen count fills on
-#: average: SO_REUSEPORT hashes connections to workers, so some get more than their share
-WORKER_FILL = 0.85
-#: relay's metrics_interval, set explicitly: with workers, how old the other workers' figures in a scrape may be
-METRICS_INTERVAL = 1.0
 #: what a subscriber costs in memory, relay (~5 KiB idle) and a generator client together, with room to spare
 BYTES_PER_SUBSCRIBER = 24 * 1024
-#: put on relay's PYTHONPATH (``--no-gc-log`` leaves it out): logs each of relay's garbage collections that took
-#: 1 ms or more, so a chat stall can be told apart from the fan-out (relay's objects grow with its connections)
-GC_LOG_SITECUSTOMIZE = """\
-import gc, os, time
-_path = os.environ.get("PACING_BENCH_GC_LOG")
-if _path:
-    _log = open(_path, "a", buffering=1)
-    _t = [0, 0]
-    def _relay_bench_gc(phase, info):
-        if phase == "start":
-            _t[0], _t[1] = time.time_ns(), time.perf_counter_ns()
-        elif time.perf_counter_ns() - _t[1] >= 1000000:
-            _log.write(f"{_t[0]} {info['generation']} {time.perf_counter_ns() - _t[1]}\\n")
-    gc.callbacks.append(_relay_bench_gc)
-"""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -191,16 +167,9 @@ class _Client(asyncio.Protocol):
         now = time.time_ns()
         buf = self.buf + data if self.buf else data
         if not self.upgraded:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                self.buf = buf
+            buf = take_upgrade(self, buf)
+            if buf is None:
                 return
-            head = buf[:end]
-            if not head.startswith(b"HTTP/1.1 101") or _WS_ACCEPT not in head:
-                self.failed("handshake_" + head[9:12].decode(errors="replace"), head[:120].decode(errors="replace"))
-                return
-            self.upgraded = True
-            buf = buf[end + 4:]
             self.transport.write(self.commands)  # type: ignore[union-attr]
         frames, self.buf = _server_frames(buf)
         for opcode, payload in frames:
@@ -505,25 +474,6 @@ def text_histogram(bins: list[int], bin_ms: float, rows: int = 20, width: int = 
 # coordinator
 # ------------------------------------------------------------------------------------------------
 
-def process_capacity() -> tuple[int, int]:
-    """(open-file hard limit, connections one process holds: the limit less FD_MARGIN)."""
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    return hard, hard - FD_MARGIN
-
-
-def choose_relay_workers(n: int, chats: int) -> tuple[int, str]:
-    """relay's processes for ``n`` subscribers and ``chats`` chats: 1 while they fit one process's descriptors,
-    else enough workers to fill each to WORKER_FILL of its own on average; and why."""
-    hard, per = process_capacity()
-    conns = n + 2 * chats
-    if conns <= per:
-        return 1, f"{conns:,} connections fit one process (open-file hard limit {hard:,}, {FD_MARGIN} spare)"
-    w = math.ceil(conns / (WORKER_FILL * per))
-    return w, (f"{conns:,} connections do not fit one process (open-file hard limit {hard:,} per process, "
-               f"{FD_MARGIN} spare): {w} workers, ~{conns / w:,.0f} each on average, at most "
-               f"{WORKER_FILL:.0%} of {per:,} (SO_REUSEPORT spreads connections by hash, not evenly)")
-
-
 def default_subscribers(chats: int, relay_workers: int | None) -> tuple[int, str]:
     """100,000, or the most this machine fits, and why: available memory, and with ``--relay-workers 1`` (one
     relay process) the open-file hard limit of that process."""
@@ -544,106 +494,6 @@ def default_subscribers(chats: int, relay_workers: int | None) -> tuple[int, str
            f"descriptor per connection; {2 * chats} chat connections and {FD_MARGIN} spare)" if by_fd <= by_mem
            else f"available memory {avail / 2**30:.1f} GiB at {BYTES_PER_SUBSCRIBER // 1024} KiB per subscriber")
     return n, why
-
-
-def _children(pid: int) -> list[int]:
-    """Child pids of ``pid`` (/proc/PID/task/*/children), without multiprocessing's resource_tracker."""
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(x) for x in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    keep = []
-    for c in out:
-        try:
-            if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes():
-                keep.append(c)
-        except OSError:
-            pass
-    return sorted(keep)
-
-
-class RelayNode:
-    """The relay under test, on SERVER_CPU: one process (memory broker), or a supervisor with ``workers``
-    worker processes sharing the ports (SO_REUSEPORT) and a redis-server of its own (``broker`` "redis", also
-    possible with one process). ``relay`` is the RelayServer (its API, metrics and token)."""
-
-    def __init__(self, workers: int, broker: str, extra_config: dict[str, Any]) -> None:
-        self.workers, self.broker = workers, broker
-        self.redis = RedisProcess(cpu=SERVER_CPU) if broker == "redis" else None
-        cfg = dict(extra_config)
-        if self.redis is not None:
-            cfg.update(broker="redis", redis_urls=[self.redis.url], workers=workers,
-                       metrics_interval=METRICS_INTERVAL)
-        self.relay = RelayServer(extra_config=cfg)
-        self.worker_pids: list[int] = []
-
-    def start(self, timeout: float = 60.0) -> None:
-        if self.redis is not None:
-            self.redis.start()
-        self.relay.start(timeout)
-        deadline = time.monotonic() + timeout
-        while True:  # /readyz answers as soon as one worker does: wait for all of them
-            self.worker_pids = _children(self.relay.pid) if self.workers > 1 else []
-            started = self.relay.log().count("relay started:")
-            if started >= self.workers and (self.workers == 1 or len(self.worker_pids) >= self.workers):
-                return
-            if time.monotonic() > deadline or not self.relay.alive():
-                raise RuntimeError(f"{started}/{self.workers} relay workers started:\n{self.relay.log()[-3000:]}")
-            time.sleep(0.1)
-
-    def cores(self) -> list[str]:
-        """The fan-out core of every relay process (its start line's ``core=``)."""
-        return [line.split("core=", 1)[1].split()[0] for line in self.relay.log().splitlines()
-                if "relay started:" in line and "core=" in line]
-
-    def pids(self) -> list[int]:
-        """The relay processes: the single one, or the supervisor and its workers."""
-        return [self.relay.pid] + self.worker_pids
-
-    def server_cpu_times(self) -> tuple[float, float]:
-        """(user, system) seconds of everything on the server core: relay's processes and redis-server."""
-        return sum_cpu_times(self.pids() + ([self.redis.pid] if self.redis is not None else []))
-
-    def redis_cpu_s(self) -> float:
-        return sum(sum_cpu_times([self.redis.pid])) if self.redis is not None else 0.0
-
-    def rss_bytes(self) -> int:
-        """relay's resident memory, all its processes."""
-        total = 0
-        for pid in self.pids():
-            try:
-                total += proc_rss_bytes(pid)
-            except OSError:
-                pass
-        return total
-
-    def redis_rss_bytes(self) -> int | None:
-        return proc_rss_bytes(self.redis.pid) if self.redis is not None and self.redis.alive() else None
-
-    def fds(self) -> list[int]:
-        """Open descriptors of each process holding clients (each worker, or the single process)."""
-        out = []
-        for pid in self.worker_pids or [self.relay.pid]:
-            try:
-                out.append(len(os.listdir(f"/proc/{pid}/fd")))
-            except OSError:
-                out.append(0)
-        return out
-
-    def alive(self) -> bool:
-        """relay, its redis-server and every worker it started run (no worker died and was restarted)."""
-        return (self.relay.alive() and (self.redis is None or self.redis.alive())
-                and (self.workers == 1 or _children(self.relay.pid) == self.worker_pids))
-
-    def log_tail(self) -> str:
-        return self.relay.log()[-2000:]
-
-    def cleanup(self) -> None:
-        self.relay.cleanup()
-        if self.redis is not None:
-            self.redis.cleanup()
 
 
 def _wait(pool: WorkerPool, tag: str, want: int, deadline: float) -> int:
@@ -748,20 +598,6 @@ def add_chats(r: dict[str, Any], chat: dict[str, Any], quiet: float, during_s: f
     r["relay_deliveries_tolerance"] = 2 * sum(1 for x in sent if a - lag <= x < a or b - lag <= x < b)
 
 
-def _gc_pauses(path: Path | None) -> list[tuple[int, int, float]]:
-    """relay's logged garbage collections: (start unix ns, generation, ms)."""
-    if path is None or not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            t, g, d = line.split()
-            out.append((int(t), int(g), int(d) / 1e6))
-        except ValueError:
-            continue
-    return out
-
-
 def add_gc(r: dict[str, Any], pauses: list[tuple[int, int, float]], quiet: float, during_s: float) -> None:
     """relay's collections of 1 ms or more in each window of run ``r``: count, longest, and each one of 10 ms
     or more as [ms after the publish, generation, ms]."""
@@ -814,16 +650,8 @@ def run(args: argparse.Namespace, out: Printer) -> tuple[list[dict[str, Any]], d
         "max_connections_per_ip": 0, "ping_interval": args.ping_interval,
         # every worker paces its own subscribers (~n / w of them): the threshold must sit below each one's share
         "pace_min_subscribers": min(1000, n) if w == 1 else min(1000, max(1, n // (2 * w))),
-        "namespaces": {"sale": {}, "chat": {"publish_access": "subscribers"}}})
-    relay = node.relay
-    gc_log = None
-    if args.gc_log:
-        diag = Path(relay.tmp.name) / "gclog"
-        diag.mkdir()
-        (diag / "sitecustomize.py").write_text(GC_LOG_SITECUSTOMIZE)
-        gc_log = diag / "gc.log"
-        relay.env = {**relay.env, "PACING_BENCH_GC_LOG": str(gc_log),
-                     "PYTHONPATH": os.pathsep.join([str(ROOT), str(diag), os.environ.get("PYTHONPATH", "")])}
+        "namespaces": {"sale": {}, "chat": {"publish_access": "subscribers"}}}, gc_log=args.gc_log)
+    relay, gc_log = node.relay, node.gc_log
     subs = chat = None
     setup: dict[str, Any] = {}
     try:
@@ -883,7 +711,7 @@ def run(args: argparse.Namespace, out: Printer) -> tuple[list[dict[str, Any]], d
         results = [run_one("unpaced", 0, node, subs, chat, args, during_s),
                    run_one("paced", args.pace_ms, node, subs, chat, args, during_s)]
         chats = chat.all("stop")[0][1]
-        pauses = _gc_pauses(gc_log)
+        pauses = node.gc_pauses()
         for r in results:
             add_chats(r, chats, args.quiet, during_s, w)
             if gc_log is not None:

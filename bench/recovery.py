@@ -44,7 +44,7 @@ import orjson
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (GENERATOR_CPU, SERVER_CPU, RelayServer, machine_description, pin_to,  # noqa: E402
                     raise_nofile, run_worker, write_result)
-from connrate import _WS_ACCEPT, _WS_KEY, _abort, _failure_kind, _server_frames, client_frame  # noqa: E402
+from connrate import _WS_KEY, _abort, _failure_kind, _server_frames, client_frame, take_upgrade  # noqa: E402
 from loadgen import Histogram  # noqa: E402
 from scenarios_common import Printer, WorkerPool, banner, fmt_ms, percentiles, serve_pipe, sleep_until_ns  # noqa: E402
 
@@ -145,16 +145,9 @@ class _Client(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data
         if not self.upgraded:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                self.buf = buf
+            buf = take_upgrade(self, buf)
+            if buf is None:
                 return
-            head = buf[:end]
-            if not head.startswith(b"HTTP/1.1 101") or _WS_ACCEPT not in head:
-                self.failed("handshake_" + head[9:12].decode(errors="replace"), head[:120].decode(errors="replace"))
-                return
-            self.upgraded = True
-            buf = buf[end + 4:]
             self.transport.write(self._commands())  # type: ignore[union-attr]
         frames, self.buf = _server_frames(buf)
         for opcode, payload in frames:

@@ -52,7 +52,7 @@ from typing import Any
 import msgpack
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (GENERATOR_CPU, SERVER_CPU, RelayServer, apply_run_defaults, cpu_stat, fmt_rate,  # noqa: E402
+from common import (GENERATOR_CPU, SERVER_CPU, RelayServer, apply_run_defaults, child_pids, cpu_stat, fmt_rate,  # noqa: E402
                     machine_description, pin_to, raise_nofile, sum_cpu_times, write_result)
 from fanout import (GEN_LIMIT_PCT, NOISE_PCT, SATURATION_P50_MS, Step, result_marks,  # noqa: E402
                     _core_use, _drain, _pct)
@@ -93,17 +93,6 @@ SERVERS: dict[str, ServerSpec] = {s.name: s for s in (
     ServerSpec("redis-auto", workers=0),
     ServerSpec("redis3-w2", workers=2, redis_instances=3),
 )}
-
-
-def _children(pid: int) -> list[int]:
-    """Child pids of ``pid`` from /proc/PID/task/*/children."""
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(x) for x in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
 
 
 def _cmdline(pid: int) -> str:
@@ -171,7 +160,7 @@ class RelayNode:
     def _find_workers(self) -> list[int]:
         if self.spec.worker_count == 1:
             return []
-        return sorted(p for p in _children(self.relay.pid) if "resource_tracker" not in _cmdline(p))
+        return sorted(p for p in child_pids(self.relay.pid) if "resource_tracker" not in _cmdline(p))
 
     # what the step runner needs ------------------------------------------------------------------
     @property
