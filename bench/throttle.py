@@ -63,8 +63,10 @@ class _Pair:
         self.proxy.stats["bytes_to_target"] += len(data)
         if self.upstream is None:
             self.to_upstream.append(data)
-        else:
+        elif not self.upstream_done and not self.upstream.is_closing():
             self.upstream.write(data)
+        # else the target closed its side: what the client still sends (a late pong) has nowhere to go,
+        # while the client keeps getting what the target sent before it closed, at the same rate
 
     # target -> client: buffered, released by pump()
     def from_upstream(self, data: bytes) -> None:
