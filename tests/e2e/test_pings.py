@@ -26,3 +26,12 @@ async def test_clients_connected_together_are_pinged_spread_over_the_interval(re
     assert busiest < 30, at  # no 0.2 s holds half of them
     for ws in clients:
         ws.close()
+
+
+async def test_a_missing_pong_closes_once_pong_timeout_passes_not_at_the_next_ping(relay_factory):
+    r = relay_factory({"ping_interval": 4.0, "pong_timeout": 0.5})
+    rude = await ws_connected(r.ws_port, r.token("bob"))
+    assert await rude.message(timeout=6) == {}  # the ping, left unanswered
+    t0 = time.monotonic()
+    assert await rude.expect_close(timeout=6) == (3012, "no pong")
+    assert time.monotonic() - t0 < 2.0  # checked at pong_timeout (0.5 s), not when the wheel is back (4 s)
