@@ -148,6 +148,8 @@ class Node:
         self._interest: dict[str, int] = {}
         # publications received while a subscribe is between its broker subscription and the hub
         self._collectors: dict[str, list[list[dict]]] = {}
+        # subscribes waiting for this node's delivery of a channel to reach an offset (Session._catch_up)
+        self._offset_waiters: dict[str, list[tuple[int, asyncio.Future]]] = {}
         # channels whose broker subscription is on its way: later subscribers wait for it
         self._subscribing: dict[str, asyncio.Future] = {}
         # the stream position this node has delivered, per recoverable channel with local subscribers
@@ -512,6 +514,8 @@ class Node:
             for box in boxes:
                 box.append(pub)
         offset = pub.get("offset")
+        if self._offset_waiters:
+            self._offset_arrived(channel, offset or 0)
         if offset and epoch:
             known = self._positions.get(channel)
             if known is not None:
@@ -564,6 +568,41 @@ class Node:
         """The offset this node has delivered up to in ``channel``'s stream ``epoch`` (0: not tracked)."""
         known = self._positions.get(channel)
         return known.offset if known is not None and known.epoch == epoch else 0
+
+    async def offset_reached(self, channel: str, offset: int, timeout: float) -> None:
+        """Return once a publication of ``channel`` with ``offset`` or a later one arrives here (or one of
+        another stream: the caller checks again), or after ``timeout`` seconds."""
+        fut = asyncio.get_running_loop().create_future()
+        entry = (offset, fut)
+        waiters = self._offset_waiters.setdefault(channel, [])
+        waiters.append(entry)
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+        except TimeoutError:
+            pass
+        finally:
+            waiters = self._offset_waiters.get(channel)
+            if waiters is not None and entry in waiters:
+                waiters.remove(entry)
+                if not waiters:
+                    del self._offset_waiters[channel]
+
+    def _offset_arrived(self, channel: str, offset: int) -> None:
+        waiters = self._offset_waiters.get(channel)
+        if not waiters:
+            return
+        keep = []
+        for want, fut in waiters:
+            if offset >= want or offset == 0:  # reached, or no offset to compare: let it look again
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((want, fut))
+        if keep:
+            self._offset_waiters[channel] = keep
+        else:
+            del self._offset_waiters[channel]
 
     def track_position(self, channel: str, pos: StreamPosition) -> None:
         """Start checking ``channel``'s stream against what this node delivers."""

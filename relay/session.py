@@ -626,17 +626,18 @@ class ClientSession:
         """On Redis the history read can see a publication before its pub/sub message reaches this node;
         delivered through the hub after the reply, it would repeat an offset the reply already covers.
         When this node is receiving the channel (it tracks its position, or publications are arriving)
-        and is behind ``pos``, wait briefly until it has caught up: a message that never comes is the
-        position check's business."""
+        and is behind ``pos``, wait briefly until it has caught up (the node wakes this when the offset
+        arrives): a message that never comes is the position check's business."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 0.1
         while True:
             seen = self.node.delivered_offset(channel, pos.epoch)
             if box:
                 seen = max(seen, box[-1].get("offset", 0))
-            if seen == 0 or seen >= pos.offset or loop.time() >= deadline:
+            left = deadline - loop.time()
+            if seen == 0 or seen >= pos.offset or left <= 0:
                 return  # nothing known to be in flight, caught up, or given up
-            await asyncio.sleep(0.002)
+            await self.node.offset_reached(channel, pos.offset, left)
 
     async def _recover(self, channel: str, p: dict, opts) -> tuple[StreamPosition, list, bool]:
         """The stream position and, when the client asks to recover, what it missed since its offset:
