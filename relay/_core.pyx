@@ -22,7 +22,7 @@ from relay.protocol.errors import ProtocolError
 __all__ = [
     "IMPLEMENTATION", "WIRE_WS", "WIRE_TCP", "Conn", "Hub", "FrameReader",
     "ws_frame", "tcp_frame", "fnv1a32",
-    "LANE_CHAT", "LANE_UPDATE", "LANE_BULK", "QUEUED", "DROPPED", "OVER_CAP", "PACE_TICK",
+    "LANE_CHAT", "LANE_UPDATE", "LANE_BULK", "QUEUED", "DROPPED", "OVER_CAP", "PACE_TICK", "WRITE_MAX",
 ]
 
 IMPLEMENTATION = "cython"
@@ -51,6 +51,10 @@ DROPPED = _DROPPED
 OVER_CAP = _OVER_CAP
 cdef double _PACE_TICK = 0.01
 PACE_TICK = _PACE_TICK
+#: at most this many bytes of one connection's queue go into one write; the rest stays queued (its items
+#: shared with every other subscriber) for the next loop iteration, or for resume_writing once paused
+cdef Py_ssize_t _WRITE_MAX = 256 * 1024
+WRITE_MAX = _WRITE_MAX
 
 
 cdef object _packb = msgpack.Packer(use_bin_type=True).pack
@@ -668,20 +672,38 @@ cdef class Hub:
         cdef bytes last_frame = b"", frame
         cdef int last_wire = -1
         cdef Conn conn
+        cdef Py_ssize_t k, n, size
         for conn in dirty:
             conn.dirty = False
             items = conn.pending
             if conn.closed or conn.paused or not items:
                 continue
-            if last_items is not None and conn.wire == last_wire and _same(items, last_items):
+            if conn.queued > _WRITE_MAX and len(items) > 1:
+                # a backlog (a resumed slow client): one bounded write now, the rest on the next turn,
+                # so the joined frame never copies a whole queue of shared items per connection
+                k = n = 0
+                while k < len(items):
+                    size = PyBytes_GET_SIZE(<bytes>items[k])
+                    if k and n + size > _WRITE_MAX:
+                        break
+                    n += size
+                    k += 1
+                frame = _build(conn.wire, items[:k])
+                conn.pending = items[k:]
+                conn.queued -= n
+                conn.dirty = True
+                self._mark_dirty(conn)
+            elif last_items is not None and conn.wire == last_wire and _same(items, last_items):
                 frame = last_frame
+                conn.pending = []
+                conn.queued = 0
             else:
                 frame = _build(conn.wire, items)
                 last_items = items
                 last_frame = frame
                 last_wire = conn.wire
-            conn.pending = []
-            conn.queued = 0
+                conn.pending = []
+                conn.queued = 0
             try:
                 conn.transport.write(frame)
             except Exception:

@@ -47,6 +47,7 @@ __all__ = [
     "DROPPED",
     "OVER_CAP",
     "PACE_TICK",
+    "WRITE_MAX",
 ]
 
 IMPLEMENTATION = "python"
@@ -60,6 +61,9 @@ LANE_CHAT, LANE_UPDATE, LANE_BULK = 0, 1, 2
 QUEUED, DROPPED, OVER_CAP = 1, -1, 0
 # paced broadcasts: the window is cut into slots of this many seconds
 PACE_TICK = 0.01
+#: at most this many bytes of one connection's queue go into one write; the rest stays queued (its items
+#: shared with every other subscriber) for the next loop iteration, or for resume_writing once paused
+WRITE_MAX = 256 * 1024
 
 OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
@@ -592,13 +596,29 @@ class Hub:
             items = conn.pending
             if conn.closed or conn.paused or not items:
                 continue
-            if last_items is not None and conn.wire == last_wire and _same(items, last_items):
-                frame = last_frame
+            if conn.queued > WRITE_MAX and len(items) > 1:
+                # a backlog (a resumed slow client): one bounded write now, the rest on the next turn,
+                # so the joined frame never copies a whole queue of shared items per connection
+                k = n = 0
+                while k < len(items):
+                    size = len(items[k])
+                    if k and n + size > WRITE_MAX:
+                        break
+                    n += size
+                    k += 1
+                frame = _build(conn.wire, items[:k])
+                conn.pending = items[k:]
+                conn.queued -= n
+                conn.dirty = True
+                self._mark_dirty(conn)
             else:
-                frame = _build(conn.wire, items)
-                last_items, last_frame, last_wire = items, frame, conn.wire
-            conn.pending = []
-            conn.queued = 0
+                if last_items is not None and conn.wire == last_wire and _same(items, last_items):
+                    frame = last_frame
+                else:
+                    frame = _build(conn.wire, items)
+                    last_items, last_frame, last_wire = items, frame, conn.wire
+                conn.pending = []
+                conn.queued = 0
             try:
                 conn.transport.write(frame)
             except Exception:

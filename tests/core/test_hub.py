@@ -120,6 +120,35 @@ def test_resume_writing_flushes_what_was_queued(impl, loop):
     assert c.queued == 0
 
 
+def test_a_resumed_backlog_is_written_in_bounded_pieces_one_per_loop_turn(impl, loop):
+    """A slow client's backlog holds items shared with every subscriber: joining it all into one write
+    would copy the whole queue per connection. It leaves WRITE_MAX bytes at a time, in order, and a
+    connection that pauses again keeps the rest queued."""
+    hub = make_hub(impl, loop)
+    t = RecordingTransport()
+    c = hub.conn(t, impl.WIRE_WS, 64 << 20)
+    hub.subscribe("c", c)
+    c.pause_writing()
+    n = 200
+    for i in range(n):
+        hub.broadcast("c", {"channel": "c", "pub": {"data": "x" * 8000, "i": i}})
+    loop.run()
+    backlog = c.queued
+    assert t.writes == [] and backlog > 4 * impl.WRITE_MAX
+    c.resume_writing()
+    loop.run()
+    assert len(t.writes) == 1 and len(t.writes[0]) <= impl.WRITE_MAX + 16  # one piece (and a frame header)
+    assert 0 < c.queued < backlog
+    c.pause_writing()  # the kernel buffer filled again: nothing more until it drains
+    loop.run()
+    assert len(t.writes) == 1
+    c.resume_writing()
+    for _ in range(50):
+        loop.run()
+    assert c.queued == 0 and len(t.writes) > 4
+    assert [m["push"]["pub"]["i"] for m in ws_lines(t)] == list(range(n))  # everything, once, in order
+
+
 def test_close_flushes_then_writes_tail_and_ignores_later_sends(impl, loop):
     hub = make_hub(impl, loop)
     t = RecordingTransport()

@@ -246,7 +246,7 @@ async def test_unsubscribe_then_no_more_publications(relay, ns):
 
 
 async def test_write_delay_coalesces_across_iterations(relay_factory):
-    r = relay_factory({"client_write_delay": 0.2})
+    r = relay_factory({"client_write_delay": 0.5})
     ch = chan("pub")
     a = await ws_connected(r.ws_port, r.token("alice"))
     await a.call("subscribe", {"channel": ch})
