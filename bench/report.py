@@ -133,14 +133,16 @@ def find_latest(results_dir: Path = RESULTS_DIR) -> dict[str, Path]:
 def newest_usable(results_dir: Path = RESULTS_DIR) -> dict[str, Run]:
     """Per kind, the newest file this report can read figures from (else the newest, to say why not).
 
-    Test runs of the benchmark scripts (a server that does not exist, an interrupted run) also
-    write result files; they must not hide the last real run of their kind.
+    Test runs of the benchmark scripts (a server that does not exist, an interrupted run, the test
+    suite's ``--quick`` smoke runs) also write result files; they must not hide the last real run of
+    their kind: a ``--quick`` run is used only when the kind has no usable full run.
     """
     runs: dict[str, Run] = {}
     for kind, paths in find_candidates(results_dir).items():
         first: Run | None = None
-        for p in paths:
-            run = next(iter(load_runs([p]).values()))
+        loaded = [next(iter(load_runs([p]).values())) for p in paths]
+        full = [r for r in loaded if not _quick(r)]
+        for run in full + [r for r in loaded if _quick(r)]:
             first = first or run
             try:
                 if kind in EXTRACT and run.data is not None and EXTRACT[kind](run.data) is not None:
@@ -152,6 +154,11 @@ def newest_usable(results_dir: Path = RESULTS_DIR) -> dict[str, Run]:
             if first is not None:
                 runs[kind] = first
     return runs
+
+
+def _quick(run: Run) -> bool:
+    args = run.data.get("args") if isinstance(run.data, dict) else None
+    return isinstance(args, dict) and args.get("quick") is True
 
 
 def load_runs(paths: Iterable[Path]) -> dict[str, Run]:

@@ -301,6 +301,17 @@ def test_goals_pass(tmp_path):
     assert "holds at 3 of 3 steps" in md and "Worst: case a (1 msg per tick), 50 msg/s, 1/frame: 0.33×" in md
 
 
+def test_a_newer_quick_smoke_run_does_not_hide_the_last_full_run(tmp_path):
+    write(tmp_path / "results", "fanout", {**fanout_data(), "args": {"quick": False}}, stamp="20261126-120000")
+    quick = {**fanout_data(picows_cpu=3.0, websockets_cpu=5.0), "args": {"quick": True}}
+    write(tmp_path / "results", "fanout", quick, stamp="20261126-130000")  # the test suite's smoke run
+    md, _ = run_report(tmp_path)
+    assert "fanout-20261126-120000.json" in md and "fanout-20261126-130000.json" not in md
+    (tmp_path / "results" / "fanout-20261126-120000.json").unlink()
+    md, _ = run_report(tmp_path)  # only a quick run: it is what there is
+    assert "fanout-20261126-130000.json" in md
+
+
 def test_goals_fail(tmp_path):
     write(tmp_path / "results", "fanout", fanout_data(picows_cpu=3.0, websockets_cpu=5.0))
     write(tmp_path / "results", "latency", latency_data(relay_sat=400_000, nats_sat=800_000, relay_p99_at_80=70.0))
