@@ -693,15 +693,14 @@ cdef class Hub:
                 conn.queued -= n
                 conn.dirty = True
                 self._mark_dirty(conn)
-            elif last_items is not None and conn.wire == last_wire and _same(items, last_items):
-                frame = last_frame
-                conn.pending = []
-                conn.queued = 0
             else:
-                frame = _build(conn.wire, items)
-                last_items = items
-                last_frame = frame
-                last_wire = conn.wire
+                if last_items is not None and conn.wire == last_wire and _same(items, last_items):
+                    frame = last_frame
+                else:
+                    frame = _build(conn.wire, items)
+                    last_items = items
+                    last_frame = frame
+                    last_wire = conn.wire
                 conn.pending = []
                 conn.queued = 0
             try:
