@@ -23,6 +23,8 @@ with jump consistent hashing, and over several pub/sub connections per instance.
 A node subscribes in Redis only to channels with local subscribers; subscribe and
 unsubscribe commands are batched per loop iteration, and an unsubscribe waits
 ``redis_unsubscribe_delay`` so a channel that flaps is not re-subscribed each time.
+On a Redis Cluster, pub/sub is sharded (SSUBSCRIBE on the master of the channel's
+slot, one connection per master: ``relay.brokers.redis_sharded``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import redis.asyncio as aioredis
 
 from relay.brokers.base import (Broker, BrokerEventHandler, BrokerUnavailable, HistoryResult, PresenceManager,
                                 PublishOptions, StreamPosition, UnrecoverablePosition, history_page)
+from relay.brokers.redis_sharded import ShardedSubscriber
 
 __all__ = ["RedisBroker", "RedisPresenceManager", "RedisShards", "jump_hash", "BrokerUnavailable"]
 
@@ -145,12 +148,12 @@ return redis.call("hgetall", KEYS[1])
 
 
 class _PubSubConn:
-    """One pub/sub connection and its reader task; subscribe/unsubscribe batched per iteration."""
+    """One pub/sub connection to one Redis instance and its reader task; subscribe/unsubscribe batched per
+    iteration. (A Redis Cluster's sharded pub/sub is relay.brokers.redis_sharded's.)"""
 
-    def __init__(self, broker: "RedisBroker", client, name: str, cluster: bool) -> None:
+    def __init__(self, broker: "RedisBroker", client, name: str) -> None:
         self.broker = broker
         self.client = client
-        self.cluster = cluster  # sharded pub/sub (SSUBSCRIBE) on the node owning each channel's slot
         self.pubsub = client.pubsub()
         self.control = f"{broker.prefix}:ctl:{name}"
         self.task: asyncio.Task | None = None
@@ -158,16 +161,12 @@ class _PubSubConn:
         self._to_unsub: set[str] = set()
         self._waiting: dict[bytes, list[asyncio.Future]] = {}
         self._flush_scheduled = False
-        self._node_readers: dict[str, asyncio.Task] = {}
 
     async def start(self) -> None:
-        if not self.cluster:
-            await self.pubsub.subscribe(self.control)  # the connection exists before any channel
+        await self.pubsub.subscribe(self.control)  # the connection exists before any channel
         self.task = asyncio.get_running_loop().create_task(self._read())
 
     async def close(self) -> None:
-        for t in self._node_readers.values():
-            t.cancel()
         if self.task:
             self.task.cancel()
             try:
@@ -201,16 +200,9 @@ class _PubSubConn:
             if subs:
                 for name, futs in subs.items():
                     self._waiting.setdefault(name.encode(), []).extend(futs)
-                if self.cluster:
-                    await self.pubsub.ssubscribe(*subs)  # sent to the node owning each channel's slot
-                    self._ensure_node_readers()
-                else:
-                    await self.pubsub.subscribe(*subs)  # one SUBSCRIBE for the whole batch
+                await self.pubsub.subscribe(*subs)  # one SUBSCRIBE for the whole batch
             if unsubs:
-                if self.cluster:
-                    await self.pubsub.sunsubscribe(*unsubs)
-                else:
-                    await self.pubsub.unsubscribe(*unsubs)
+                await self.pubsub.unsubscribe(*unsubs)
         except Exception as e:  # connection down: the waiters learn it now, not at a timeout
             for name in subs:
                 for fut in self._waiting.pop(name.encode(), []):
@@ -218,10 +210,6 @@ class _PubSubConn:
                         fut.set_exception(BrokerUnavailable(str(e)))
 
     async def _read(self) -> None:
-        if self.cluster:
-            while True:  # one reader per cluster node; new nodes appear on subscribes and topology changes
-                self._ensure_node_readers()
-                await asyncio.sleep(0.5)
         failed = False
         while True:
             try:
@@ -241,45 +229,13 @@ class _PubSubConn:
             if msg is not None:
                 self._handle(msg)
 
-    def _ensure_node_readers(self) -> None:
-        for name in list(self.pubsub.node_pubsub_mapping):
-            task = self._node_readers.get(name)
-            if task is None or task.done():
-                self._node_readers[name] = asyncio.get_running_loop().create_task(self._read_node(name))
-
-    async def _read_node(self, name: str) -> None:
-        """Read one cluster node's sharded pub/sub connection (a blocking read per node, so a quiet
-        node never delays the messages of another)."""
-        failed = False
-        while name in self.pubsub.node_pubsub_mapping:
-            try:
-                node = self.client.get_node(node_name=name)
-                if node is None:
-                    return
-                msg = await self.pubsub.get_sharded_message(timeout=1.0, target_node=node)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("redis sharded pub/sub read from %s failed (%s); retrying", name, e,
-                            extra={"event": "broker_error"})
-                self.broker.errors += 1
-                failed = True
-                await asyncio.sleep(0.2)
-                continue
-            if failed:
-                failed = False
-                self.broker.reconnects += 1
-                log.info("redis sharded pub/sub to %s reconnected", name, extra={"event": "broker_reconnected"})
-            if msg is not None:
-                self._handle(msg)
-
     def _handle(self, msg: dict) -> None:
         kind = msg["type"]
         if isinstance(kind, bytes):
             kind = kind.decode()
-        if kind in ("message", "smessage"):
+        if kind == "message":
             self.broker._on_message(msg["channel"], msg["data"])
-        elif kind in ("subscribe", "ssubscribe"):
+        elif kind == "subscribe":
             for fut in self._waiting.pop(msg["channel"], []):
                 if not fut.done():
                     fut.set_result(None)
@@ -290,7 +246,8 @@ class RedisShards:
 
     With ``cluster`` the URLs are seed nodes of one Redis Cluster: it is a single
     "shard" here, and the cluster itself spreads channels over its masters by slot
-    (redis-py follows MOVED/ASK and topology changes)."""
+    (redis-py follows MOVED/ASK and topology changes for commands; the sharded
+    subscriptions follow their slots in relay.brokers.redis_sharded)."""
 
     def __init__(self, urls: list[str], pubsub_per_instance: int, cluster: bool = False) -> None:
         self.cluster = cluster
@@ -300,7 +257,7 @@ class RedisShards:
             seeds = [ClusterNode(*_host_port(u)) for u in urls]
             self.clients = [RedisCluster(startup_nodes=seeds, decode_responses=False, socket_timeout=5.0,
                                          socket_connect_timeout=2.0)]
-            pubsub_per_instance = 1  # ClusterPubSub keeps one connection per node by itself
+            pubsub_per_instance = 0  # sharded pub/sub: one connection per master (relay.brokers.redis_sharded)
         else:
             # a command gets an error after socket_timeout instead of hanging on a paused Redis
             self.clients = [aioredis.Redis.from_url(u, decode_responses=False, health_check_interval=10,
@@ -332,6 +289,7 @@ class RedisBroker(Broker):
         self._publish_cmd = "spublish" if cluster else "publish"
         self.shards = RedisShards(urls, pubsub_per_instance, cluster)
         self.unsubscribe_delay = unsubscribe_delay
+        self.sharded: ShardedSubscriber | None = None  # cluster mode's pub/sub
         self.node_name = node_name or secrets.token_hex(4)
         self._handler: BrokerEventHandler | None = None
         self._scripts: list[dict[str, Any]] = []
@@ -369,7 +327,10 @@ class RedisBroker(Broker):
                 "publish": client.register_script(PUBLISH_LUA),
                 "history": client.register_script(HISTORY_LUA),
             })
-            conns = [_PubSubConn(self, client, f"{self.node_name}:{i}:{j}", self.cluster)
+            if self.cluster:
+                self.sharded = ShardedSubscriber(client, on_message=self._on_message, on_error=self._count_error,
+                                                 on_reconnect=self._count_reconnect, spawn=self._spawn)
+            conns = [_PubSubConn(self, client, f"{self.node_name}:{i}:{j}")
                      for j in range(self.shards.pubsub_per_instance)]
             for c in conns:
                 await c.start()
@@ -378,6 +339,8 @@ class RedisBroker(Broker):
     async def close(self) -> None:
         for t in self._unsub_timers.values():
             t.cancel()
+        if self.sharded is not None:
+            await self.sharded.close()
         for conns in self.shards.pubsubs:
             for c in conns:
                 await c.close()
@@ -399,8 +362,12 @@ class RedisBroker(Broker):
         if timer is not None:
             timer.cancel()  # it flapped: still subscribed in Redis
             return
+        if self.sharded is not None:
+            fut = self.sharded.subscribe(self._ps(channel))
+        else:
+            fut = self.shards.pubsub(channel).subscribe(self._ps(channel))
         try:
-            await asyncio.wait_for(self.shards.pubsub(channel).subscribe(self._ps(channel)), self.timeout)
+            await asyncio.wait_for(fut, self.timeout)
         except TimeoutError:
             self.errors += 1
             raise BrokerUnavailable("redis did not confirm SUBSCRIBE in time") from None
@@ -413,7 +380,16 @@ class RedisBroker(Broker):
 
     def _really_unsubscribe(self, channel: str) -> None:
         self._unsub_timers.pop(channel, None)
-        self.shards.pubsub(channel).unsubscribe(self._ps(channel))
+        if self.sharded is not None:
+            self.sharded.unsubscribe(self._ps(channel))
+        else:
+            self.shards.pubsub(channel).unsubscribe(self._ps(channel))
+
+    def _count_error(self) -> None:
+        self.errors += 1
+
+    def _count_reconnect(self) -> None:
+        self.reconnects += 1
 
     def _on_message(self, ps_channel: bytes, data: bytes) -> None:
         handler = self._handler

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from relay.brokers.base import PublishOptions, StreamPosition, UnrecoverablePosition
+from relay.brokers.base import BrokerUnavailable, PublishOptions, StreamPosition, UnrecoverablePosition
 from relay.brokers.memory import MemoryBroker, MemoryPresenceManager
 from relay.brokers.redis import RedisBroker, RedisPresenceManager
 
@@ -209,6 +209,77 @@ async def test_redis_unsubscribe_stops_delivery_and_flapping_is_absorbed(broker)
     await broker.publish(c, "dropped", opts())
     await asyncio.sleep(0.3)
     assert [p["data"] for p in broker.h.pubs(c)] == ["kept"]
+
+
+async def server_subscribers(broker, channel: str) -> int:
+    """How many connections Redis itself counts on ``channel``'s pub/sub channel (the server's truth)."""
+    name = broker._ps(channel)
+    client = broker.shards.client(channel)
+    if broker.cluster:
+        reply = await client.execute_command("PUBSUB SHARDNUMSUB", name, target_nodes=client.get_node_from_key(name))
+    else:
+        reply = await client.execute_command("PUBSUB NUMSUB", name)
+    return dict(reply if isinstance(reply, list) and reply and isinstance(reply[0], tuple)
+                else zip(reply[::2], reply[1::2], strict=True))[name.encode()]
+
+
+async def test_redis_many_subscribes_and_unsubscribes_reach_the_server_while_links_read(broker):
+    """A link already reading (here: every master's) must not hold up the SUBSCRIBEs and UNSUBSCRIBEs that
+    follow: a reconnect storm subscribes thousands of channels at once, each within the broker's timeout.
+    (redis-py 8.2's ClusterPubSub held each node's I/O lock for a whole read timeout, so a batch of 300
+    channels took longer than 5 s, and an unsubscribe waited for the next idle read to end.)"""
+    if broker.kind != "redis":
+        pytest.skip("the memory broker has no server")
+    first = [ch() for _ in range(12)]  # spread over every master: each link is reading when the batch comes
+    for c in first:
+        await broker.subscribe(c)
+    await asyncio.sleep(0.3)
+    batch = [ch() for _ in range(2000)]
+    await asyncio.wait_for(asyncio.gather(*(broker.subscribe(c) for c in batch)), broker.timeout)
+    for c in batch[:20] + first:
+        assert await server_subscribers(broker, c) == 1
+    for c in batch + first:
+        await broker.unsubscribe(c)
+    await asyncio.sleep(broker.unsubscribe_delay + 0.3)
+    for c in batch[:20] + first:
+        assert await server_subscribers(broker, c) == 0, c
+    await broker.publish(first[0], "after", opts())
+    await asyncio.sleep(0.2)
+    assert broker.h.pubs(first[0]) == []
+
+
+async def test_redis_pubsub_links_killed_by_the_server_come_back_subscribed(broker):
+    """CLIENT KILL of every pub/sub connection (a Redis restart or a proxy cutting idle links looks the
+    same): each link reconnects and subscribes again to what it carried; the broker counts the error and
+    the reconnect; a subscribe made while a link is down is refused or held, not lost."""
+    if broker.kind != "redis":
+        pytest.skip("the memory broker has no connection to lose")
+    chans = [ch() for _ in range(12)]
+    for c in chans:
+        await broker.subscribe(c)
+    nodes = ([n for n in broker.shards.clients[0].get_primaries()] if broker.cluster else [None])
+    for node in nodes:
+        client = broker.shards.clients[0]
+        if broker.cluster:
+            await client.execute_command("CLIENT KILL", "TYPE", "pubsub", target_nodes=node)
+        else:
+            await client.execute_command("CLIENT KILL", "TYPE", "pubsub")
+    late = ch()
+    for _ in range(50):  # while the links reconnect: refused with BrokerUnavailable (error 100, the SDK retries)
+        try:  # or held until the link is back, never lost
+            await broker.subscribe(late)
+            break
+        except BrokerUnavailable:
+            await asyncio.sleep(0.1)
+    for c in chans + [late]:
+        async def delivered(c=c):
+            while not broker.h.pubs(c):
+                await broker.publish(c, "back", opts())
+                await asyncio.sleep(0.05)
+        await asyncio.wait_for(delivered(), 10)
+    assert broker.errors >= 1 and broker.reconnects >= 1
+    for c in chans[:3]:
+        assert await server_subscribers(broker, c) == 1  # subscribed once, not once per reconnect
 
 
 async def test_publish_many_keeps_order_and_offsets(broker):
