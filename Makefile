@@ -11,14 +11,26 @@ DEMO_WEB   := relay/demo/web
 DEMO_STAMP := $(DEMO_WEB)/node_modules/.installed-stamp
 DEMO_JS    := relay/demo/static/shop.js relay/demo/static/agent.js
 
-.PHONY: run test test-compiled test-pure build bench bench-quick clean demo-push
+# Dependencies: requirements.lock pins the whole tree (with hashes) that the suite last passed on; make installs
+# exactly that, deploy/requirements.lock is its runtime part for the image. `make lock` refreshes both (run
+# `make test-latest` first); `make test-lowest` runs the suite on the lowest versions pyproject.toml allows.
+LOCK        := requirements.lock
+DEPLOY_LOCK := deploy/requirements.lock
+UV          := $(VENV)/bin/uv
+LOCK_FLAGS  := --generate-hashes --universal --python-version 3.11 --custom-compile-command "make lock" --quiet
+LATEST      := .venv-latest
+LOWEST      := .venv-lowest
+
+.PHONY: run test test-compiled test-pure build bench bench-quick clean demo-push lock test-latest test-lowest
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(PY) pyproject.toml setup.py
-	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet -e '.[test]'
+# The lock, not the newest releases: --no-deps because the lock is the whole tree, --no-build-isolation so
+# relay itself builds with the locked setuptools and Cython instead of whatever is newest today.
+$(STAMP): $(PY) $(LOCK) pyproject.toml setup.py
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 $(CORE): $(STAMP) relay/_core.pyx relay/_core.pxd setup.py
@@ -45,18 +57,40 @@ run: build
 	$(PY) -m relay serve -c deploy/relay.dev.toml --print-token demo-user
 
 # The whole suite twice: on the compiled core (and a test fails if it was not loaded),
-# then on the pure-Python twin.
+# then on the pure-Python twin. Both always run and are reported; either failing fails the target.
 test: build $(NODE_STAMP) $(BENCH_NODE_STAMP)
 	.ci/install-chromium
-	$(PY) -m ruff check relay tests bench loadtests examples
-	$(MAKE) test-compiled
-	$(MAKE) test-pure
+	.ci/suites $(PY)
 
 test-compiled:
 	RELAY_EXPECT_COMPILED=1 $(PY) -m pytest -q -p no:cacheprovider
 
 test-pure:
 	RELAY_PUREPYTHON=1 $(PY) -m pytest -q -p no:cacheprovider
+
+# Refresh both locks to the newest releases (UPGRADE=redis: only that package). Run `make test-latest` first:
+# it is the same set of versions, tested.
+lock: $(STAMP)
+	$(UV) pip compile pyproject.toml --extra test --extra build --extra lock $(LOCK_FLAGS) \
+		$(if $(UPGRADE),--upgrade-package $(UPGRADE),--upgrade) -o $(LOCK)
+	$(UV) pip compile pyproject.toml --extra build $(LOCK_FLAGS) -c $(LOCK) -o $(DEPLOY_LOCK)
+	@echo "locked: $$(grep -c '==' $(LOCK)) packages in $(LOCK), $$(grep -c '==' $(DEPLOY_LOCK)) in $(DEPLOY_LOCK)"
+
+# The suite against the newest release of every dependency (its own venv, so .venv keeps the lock): the next
+# upstream break shows here before a user meets it. Run it before every `make lock`. The core is rebuilt with
+# the newest Cython for the run and removed after it, so the next `make` builds it with the locked one again.
+test-latest: $(STAMP) $(NODE_STAMP) $(BENCH_NODE_STAMP) $(DEMO_JS)
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(UV) pip install --quiet --python $(LATEST)/bin/python --upgrade -r pyproject.toml --extra test --extra build
+	.ci/test-with $(LATEST)/bin/python $(LOCK)
+
+# The suite on the lowest version of every direct dependency that pyproject.toml allows (uv's lowest-direct
+# resolution; what they pull in is the newest that fits), so that each lower bound is one that was tested.
+test-lowest: $(STAMP) $(NODE_STAMP) $(BENCH_NODE_STAMP) $(DEMO_JS)
+	rm -rf $(LOWEST) && $(PYTHON) -m venv $(LOWEST)
+	$(UV) pip install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct -r pyproject.toml \
+		--extra test --extra build
+	.ci/test-with $(LOWEST)/bin/python $(LOCK)
 
 # Pushes into the running demo through the real server API: an order status to CUSTOMER (its id is
 # on the shop page) or, without CUSTOMER, a sale announcement to every shop page.
@@ -80,4 +114,4 @@ loadtest: build
 		$(if $(URL),--url $(URL)) $(LOADTEST_ARGS)
 
 clean:
-	rm -rf build relay/_core.c relay/_core*.so relay/_core.html $(DEMO_JS)
+	rm -rf build relay/_core.c relay/_core*.so relay/_core.html $(DEMO_JS) $(LATEST) $(LOWEST)
