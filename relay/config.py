@@ -21,7 +21,7 @@ __all__ = ["Config", "ChannelOptions", "ACCESS_MODES", "SUBSCRIBE_MODES", "Confi
            "NAMESPACE_RE"]
 
 # RELAY_* variables that are not config keys (build and test switches)
-NON_CONFIG_ENV = frozenset({"RELAY_PUREPYTHON", "RELAY_EXPECT_COMPILED", "RELAY_DEBUG_BUILD"})
+NON_CONFIG_ENV = frozenset({"RELAY_PUREPYTHON", "RELAY_EXPECT_COMPILED", "RELAY_DEBUG_BUILD", "RELAY_DEPS_UNLOCKED"})
 
 # who may do an operation in a namespace, from strictest to widest (docs/protocol.md, "Permissions")
 ACCESS_MODES = ("none", "token", "subscribers", "authenticated", "anonymous")
