@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["setup", "JsonFormatter", "TextFormatter", "RateLimitFilter", "dropped_total"]
+__all__ = ["setup", "JsonFormatter", "TextFormatter", "RateLimitFilter", "PeerFaultFilter", "dropped_total"]
 
 # the attributes every LogRecord has; anything else came in through ``extra``
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -113,6 +113,29 @@ class RateLimitFilter(logging.Filter):
         return True
 
 
+class PeerFaultFilter(logging.Filter):
+    """aiohttp's server logs a malformed request (400) and a peer that went away mid-body with an ERROR and a
+    traceback; both are the peer's doing and answered already. They become one INFO line each, event
+    ``http_bad_request`` (rate-limited like every event), so an ERROR in relay's log always means relay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        if isinstance(exc, (HttpProcessingError, ConnectionError)):
+            peer = record.getMessage().partition(" from ")[2]
+            reason = " ".join(x.strip() for x in str(exc).strip().splitlines())[:200]
+            record.msg = f"bad HTTP request{' from ' + peer if peer else ''}: {type(exc).__name__}: {reason}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.event = "http_bad_request"
+        return True
+
+
 def setup(cfg: Any, worker: int | None = None) -> None:
     """Configure the root logger from ``cfg`` (log_level, log_format, log_rate, log_burst)."""
     fmt = cfg.log_format
@@ -133,3 +156,6 @@ def setup(cfg: Any, worker: int | None = None) -> None:
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(cfg.log_level.upper())
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, PeerFaultFilter) for f in server.filters):
+        server.addFilter(PeerFaultFilter())

@@ -48,6 +48,25 @@ FLAG_REJECT_UNRECOVERED = 2  # subscribe "flag" bit: error 112 instead of recove
 INSUFFICIENT_STATE = {"code": 2500, "reason": "insufficient state"}
 
 
+def _uint(p: dict, key: str) -> int:
+    """``p[key]`` as a non-negative integer (absent or null: 0); anything else is a bad request (107)."""
+    v = p.get(key)
+    if v is None:
+        return 0
+    if type(v) is not int or v < 0:
+        raise ERRORS.BAD_REQUEST
+    return v
+
+
+def _check_position(p: dict) -> None:
+    """The stream fields of a subscribe (or of one connect.subs entry): ``flag`` and ``offset`` integers,
+    ``epoch`` a string. Refused with 107 before any work, instead of failing halfway through it."""
+    _uint(p, "flag")
+    _uint(p, "offset")
+    if p.get("epoch") is not None and not isinstance(p["epoch"], str):
+        raise ERRORS.BAD_REQUEST
+
+
 def _method(cmd: dict) -> str | None:
     """The command's method: the first protocol method key it has."""
     for m in METHODS:
@@ -451,6 +470,7 @@ class ClientSession:
                     log.warning("token of %r names unusable channel %r: skipped", self.user, channel)
                     continue
                 req = recover.get(channel) if isinstance(recover.get(channel), dict) else {}
+                _check_position(req)
                 prepared = await self._prepare(channel, {**req, "recoverable": True}, opts)
                 if prepared is None:
                     raise asyncio.CancelledError  # the client went away
@@ -497,6 +517,7 @@ class ClientSession:
     async def _cmd_subscribe(self, p: dict, cmd_id: int) -> None:
         node = self.node
         channel = self._channel(p)
+        _check_position(p)
         if channel in self.subs:
             raise ERRORS.ALREADY_SUBSCRIBED
         if len(self.subs) >= node.cfg.max_channels_per_connection:
@@ -608,7 +629,7 @@ class ClientSession:
             await self._catch_up(channel, pos, box)
         newer = [x for x in box if x.get("offset", 0) > pos.offset]
         if p.get("recover"):
-            if not recovered and int(p.get("flag") or 0) & FLAG_REJECT_UNRECOVERED:
+            if not recovered and _uint(p, "flag") & FLAG_REJECT_UNRECOVERED:
                 raise ERRORS.UNRECOVERABLE_POSITION
             result["was_recovering"] = True
             result["recovered"] = recovered
@@ -646,10 +667,7 @@ class ClientSession:
         read issued before this call (so before this subscribe's collector existed: see _prepare)."""
         since = None
         if p.get("recover"):
-            try:
-                since = StreamPosition(int(p.get("offset") or 0), str(p.get("epoch") or ""))
-            except (TypeError, ValueError):
-                raise ERRORS.BAD_REQUEST from None
+            since = StreamPosition(_uint(p, "offset"), p.get("epoch") or "")
         try:
             return await self.node.recovery.read(channel, since)
         except BrokerUnavailable:

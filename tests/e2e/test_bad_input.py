@@ -311,3 +311,54 @@ async def test_absurd_frame_headers(relay, bystander, frame, code):
     ws = await ws_connected(relay.ws_port, relay.token("alice"))
     await ws.send_raw(frame)
     assert (await closed_with(ws))[0] == code
+
+
+BAD_STREAM_FIELDS = [{"flag": "x"}, {"flag": [1]}, {"flag": {"a": 1}}, {"flag": -1}, {"flag": True},
+                     {"flag": 1.5}, {"recover": True, "offset": "3"}, {"recover": True, "offset": -2},
+                     {"recover": True, "offset": 0, "epoch": 7}]
+
+
+@pytest.mark.parametrize("wire", ["ws", "tcp"])
+async def test_bad_subscribe_stream_fields_are_107_not_a_traceback(relay, bystander, wire):
+    """A subscribe whose flag, offset or epoch has the wrong type gets 107 over either wire, before any work:
+    the connection stays usable and the server logs no traceback (it used to answer 100 from a ValueError)."""
+    if wire == "ws":
+        c = await ws_connected(relay.ws_port, relay.token("mallory"))
+    else:
+        c = await RawTCP.open(relay.tcp_port)
+        assert "connect" in await c.call("connect", {"token": relay.token("mallory")})
+    for fields in BAD_STREAM_FIELDS:
+        reply = await c.call("subscribe", {"channel": f"pub:{uuid.uuid4().hex[:6]}", "recoverable": True, **fields})
+        assert reply.get("error") == {"code": 107, "message": "bad request"}, (fields, reply)
+    ok = await c.call("subscribe", {"channel": "pub:fine", "flag": 2, "recoverable": True})
+    assert "subscribe" in ok, ok
+    c.close()
+    assert "Traceback" not in relay.log() and " ERROR " not in relay.log()
+
+
+async def test_malformed_http_and_aborted_bodies_are_400s_not_tracebacks(relay):
+    """The HTTP API port answers malformed requests with 400, and a client that resets mid-body is just
+    gone: neither leaves an ERROR or a traceback in the log (aiohttp logs both as errors by default)."""
+    import socket
+
+    from tests.relayproc import API_KEY
+
+    for raw in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+                b"POST /api/publish HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                b"GET /\x00 HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"):
+        r, w = await asyncio.open_connection("127.0.0.1", relay.api_port)
+        w.write(raw)
+        assert (await asyncio.wait_for(r.read(100), 5)).startswith(b"HTTP/1.0 400"), raw
+        w.close()
+    for _ in range(3):  # a publish whose body never finishes: the client resets the connection
+        r, w = await asyncio.open_connection("127.0.0.1", relay.api_port)
+        w.write(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: " + API_KEY.encode()
+                + b"\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"channel\": \"pub:x\"")
+        await w.drain()
+        await asyncio.sleep(0.2)
+        w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        w.transport.abort()
+    await asyncio.sleep(0.3)
+    log = relay.log()
+    assert "http_bad_request" in log
+    assert "Traceback" not in log and '"level":"error"' not in log and " ERROR " not in log, log[-2000:]
