@@ -21,14 +21,13 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import orjson
 
 from relay import __version__
 from relay.auth import TokenExpired, TokenInvalid
 from relay.brokers.base import BrokerUnavailable, StreamPosition
 from relay.codes import DISCONNECTS, ERRORS, ClientError, Disconnect
 from relay.core import LANE_BULK, WIRE_TCP
-from relay.protocol.codec import codec_for
+from relay.protocol.codec import codec_for, json_exact
 from relay.protocol.errors import ProtocolError
 from relay.proxy import ProxyFailure
 from relay.ratelimit import TokenBucket
@@ -714,11 +713,8 @@ class ClientSession:
                 red = self.node.stats.redactions
                 red["card"] += cards
                 red["pattern"] += matches
-        if self.conn.wire == WIRE_TCP:
-            try:
-                orjson.dumps(data)  # must reach JSON subscribers too
-            except TypeError:
-                raise ERRORS.BAD_REQUEST from None
+        if self.conn.wire == WIRE_TCP and not json_exact(data):  # must reach JSON subscribers as it is
+            raise ERRORS.BAD_REQUEST
         return channel, data, opts
 
     def token_granted(self, channel: str) -> bool:
@@ -761,6 +757,8 @@ class ClientSession:
         endpoint = proxy.rpc_endpoint(method) if proxy is not None else None
         if endpoint is None:
             raise ERRORS.METHOD_NOT_FOUND
+        if self.conn.wire == WIRE_TCP and "data" in p and not json_exact(p["data"]):  # the backend speaks JSON
+            raise ERRORS.BAD_REQUEST
         fields = {"method": method, **({"data": p["data"]} if "data" in p else {})}
         res = await self._proxy_call("rpc", self._proxy_body(**fields), endpoint=endpoint)
         return {"data": res["data"]} if "data" in res else {}

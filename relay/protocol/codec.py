@@ -14,7 +14,7 @@ from relay.codes import DISCONNECTS
 from relay.core import WIRE_TCP, WIRE_WS, tcp_frame
 from relay.protocol.errors import ProtocolError
 
-__all__ = ["JsonCodec", "MsgpackCodec", "codec_for"]
+__all__ = ["JsonCodec", "MsgpackCodec", "codec_for", "json_exact"]
 
 _BAD = DISCONNECTS.BAD_REQUEST
 
@@ -69,6 +69,30 @@ class MsgpackCodec:
     @staticmethod
     def encode(obj: dict) -> bytes:
         return tcp_frame(_packb(obj))
+
+
+def json_exact(data: object) -> bool:
+    """Whether ``data`` (decoded from msgpack) reaches a JSON client as the same value: JSON has no NaN and no
+    Infinity (orjson would write ``null``), no bytes, no non-string keys and no nesting past orjson's limit.
+    One publication must be one message on every wire, so anything else is refused at the publish (107)."""
+    try:
+        orjson.dumps(data)
+    except TypeError:  # orjson.JSONEncodeError: a type JSON lacks, a non-str key, too deep
+        return False
+    stack = [data]
+    while stack:
+        v = stack.pop()
+        if type(v) is float:
+            if v != v or v in (_INF, -_INF):
+                return False
+        elif type(v) is dict:
+            stack.extend(v.values())
+        elif type(v) is list:
+            stack.extend(v)
+    return True
+
+
+_INF = float("inf")
 
 
 def codec_for(wire: int):

@@ -54,6 +54,29 @@ async def test_tcp_binary_data_refused(relay):
     t.close()
 
 
+async def test_tcp_nan_and_infinity_are_refused_so_every_wire_gets_one_message(relay):
+    """JSON has no NaN or Infinity: a WebSocket subscriber would get null where a TCP one gets nan. A publish
+    carrying either is refused (107) and reaches nobody; finite floats reach both wires as the same number."""
+    t = await tcp_connected(relay, "u")
+    w = await ws_connected(relay.ws_port, relay.token("w"))
+    ch = f"chat:{uuid.uuid4().hex[:8]}"
+    await t.call("subscribe", {"channel": ch})
+    await w.call("subscribe", {"channel": ch})
+    nan, inf = float("nan"), float("inf")
+    for data in (nan, inf, -inf, [1, {"x": nan}], {"a": {"b": [inf]}}):
+        r = await t.call("publish", {"channel": ch, "data": data})
+        assert r.get("error") == {"code": 107, "message": "bad request"}, (data, r)
+    assert "error" in await t.call("rpc", {"method": "m", "data": {"v": nan}})
+    await t.call("publish", {"channel": ch, "data": {"price": 19.99, "big": 1e300}})
+    assert (await w.pub())["pub"]["data"] == {"price": 19.99, "big": 1e300}  # the first and only one
+    pushes = [await t.push()]
+    while "pub" not in pushes[-1]:
+        pushes.append(await t.push())
+    assert [p["pub"]["data"] for p in pushes if "pub" in p] == [{"price": 19.99, "big": 1e300}]
+    t.close()
+    w.close()
+
+
 async def test_tcp_ping_is_empty_map(relay_factory):
     r = relay_factory({"ping_interval": 1.0, "pong_timeout": 1.0})
     t = await tcp_connected(r, "u")

@@ -3,7 +3,7 @@
 import msgpack
 import pytest
 
-from relay.protocol.codec import JsonCodec, MsgpackCodec
+from relay.protocol.codec import JsonCodec, MsgpackCodec, json_exact
 from relay.protocol.errors import ProtocolError
 
 
@@ -34,3 +34,24 @@ def test_msgpack_malformed(bad):
     with pytest.raises(ProtocolError) as e:
         MsgpackCodec.decode(bad)
     assert e.value.code == 3501
+
+
+@pytest.mark.parametrize("data,exact", [
+    ({"a": [1, 2.5, "x", None, True]}, True),
+    (1e308, True),
+    (float("nan"), False),
+    (float("inf"), False),
+    ([0, [1, [2, {"k": -float("inf")}]]], False),
+    (b"bytes", False),
+    ({1: "non-str key"}, False),
+])
+def test_json_exact(data, exact):
+    """What a msgpack client publishes must reach JSON clients as the same value."""
+    assert json_exact(data) is exact
+
+
+def test_json_exact_refuses_nesting_deeper_than_json_encoders_allow():
+    deep: list = []
+    for _ in range(300):
+        deep = [deep]
+    assert json_exact(deep) is False
