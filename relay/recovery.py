@@ -43,7 +43,8 @@ from relay.brokers.base import Broker, HistoryResult, StreamPosition, Unrecovera
 __all__ = ["RecoveryCoalescer", "serve"]
 
 #: what a read leaves for its waiters: the stream position and the publications after the batch's smallest
-#: offset, oldest first (None: no publications were read: a position-only read, or an epoch that did not match)
+#: offset, oldest first (None: no publications were read: a position-only read); after an epoch that did not
+#: match, the whole stream of the current epoch
 Outcome = tuple[StreamPosition, list[dict] | None]
 
 
@@ -54,11 +55,16 @@ def _offset(pub: dict) -> int:
 def serve(since: StreamPosition | None, outcome: Outcome) -> tuple[StreamPosition, list[dict], bool]:
     """One waiter's answer from a shared read: (position, publications it missed, recovered).
 
-    The same decision a read of its own would make: another epoch, or a stream that no longer
-    holds the publication right after ``since``, is "not recovered" with no publications."""
+    The same decision a read of its own would make: a stream that no longer holds the publication
+    right after ``since`` is "not recovered" with no publications. Another epoch (Redis restarted
+    empty, the stream expired) is "not recovered" too, since the old stream's tail is lost; but when
+    the new stream still holds its first publication, the client gets the new stream from there:
+    everything published since the broker came back is still delivered, nothing it has is lost."""
     pos, pubs = outcome
-    if since is None or pubs is None or since.epoch != pos.epoch:
+    if since is None or pubs is None:
         return pos, [], False
+    if since.epoch != pos.epoch:
+        return pos, (pubs if pubs and pubs[0].get("offset") == 1 else []), False
     mine = pubs[bisect.bisect_right(pubs, since.offset, key=_offset):]
     top = pos.offset
     recovered = since.offset == top or (since.offset < top and bool(mine)
@@ -206,7 +212,7 @@ class RecoveryCoalescer:
 
     async def _read(self, channel: str, batch: _Batch) -> Outcome:
         """The broker read(s) for ``batch``: the same calls one subscribe would make when the batch is
-        one request (a recovery whose epoch is gone reads the position again, as before)."""
+        one request (a recovery whose epoch is gone reads the current stream whole)."""
         if batch.min_offset is None:
             return (await self._history(channel, None, 0, "position")).position, None
         if len(batch.epochs) > 1:  # waiters hold different epochs: read everything, each one checks its own
@@ -215,8 +221,8 @@ class RecoveryCoalescer:
         since = StreamPosition(batch.min_offset, next(iter(batch.epochs)))
         try:
             hr = await self._history(channel, since, -1, "recover")
-        except UnrecoverablePosition:
-            return (await self._history(channel, None, 0, "recover")).position, None
+        except UnrecoverablePosition:  # the epoch is gone: the new stream, whole (serve keeps it if complete)
+            hr = await self._history(channel, None, -1, "recover")
         return hr.position, hr.publications
 
     def close(self) -> None:

@@ -135,10 +135,22 @@ async def test_coalescing_off_reads_once_per_request(broker):
     rc = RecoveryCoalescer(broker, coalesce=False)
     res = await asyncio.gather(*(rc.read(ch, StreamPosition(i, top.epoch)) for i in range(4)),
                                rc.read(ch, None), rc.read(ch, StreamPosition(0, "other")))
-    assert rc.reads == {"recover": 4 + 2, "position": 1}  # the other epoch reads the position again
+    assert rc.reads == {"recover": 4 + 2, "position": 1}  # the other epoch reads the current stream again
     assert rc.coalesced == 0
     assert [offsets(r[1]) for r in res[:4]] == [[1, 2, 3, 4], [2, 3, 4], [3, 4], [4]]
-    assert res[4] == (top, [], False) and res[5] == (top, [], False)
+    assert res[4] == (top, [], False)
+    assert res[5][0] == top and offsets(res[5][1]) == [1, 2, 3, 4] and res[5][2] is False  # the new stream, whole
+
+
+def test_serve_after_an_epoch_change_gives_the_new_stream_from_its_start():
+    """The client's epoch is gone (Redis restarted empty): not recovered, since the old tail is lost, but
+    when the new stream still holds offset 1 the client gets all of it, so nothing published after the
+    broker came back is lost; a new stream already trimmed gives nothing (the SDK starts at the top)."""
+    new = StreamPosition(5, "new")
+    complete = [{"offset": i, "data": i} for i in range(1, 6)]
+    assert serve(StreamPosition(40, "old"), (new, complete)) == (new, complete, False)
+    assert serve(StreamPosition(40, "old"), (new, complete[2:])) == (new, [], False)
+    assert serve(StreamPosition(40, "old"), (new, [])) == (new, [], False)
 
 
 def test_serve_shares_the_read():

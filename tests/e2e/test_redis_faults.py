@@ -231,3 +231,101 @@ async def test_gap_on_server_side_subscription_reconnects_with_3010(redis_factor
     redis_sync.Redis(port=redis.port).publish(f"relay:ps:{{{ch}}}", f"p5:{epoch}:".encode()
                                               + msgpack.packb({"data": "x"}))
     assert await ws.expect_close() == (3010, "insufficient state")  # reconnect and recover via connect.subs
+
+
+class EpochClient:
+    """An SDK's view of one channel across epochs: what it was given (in the subscribe reply or pushed),
+    tagged with the epoch it belongs to; on 'insufficient state' it resubscribes, recovering from its
+    last offset, and takes the reply's publications whether recovered or not (as the SDKs do)."""
+
+    def __init__(self, ws, channel):
+        self.ws, self.channel = ws, channel
+        self.got: list[tuple[str, int, object]] = []
+        self.epoch, self.offset = "", 0
+        self.replies: list[dict] = []
+
+    async def subscribe(self):
+        params = {"channel": self.channel}
+        if self.epoch:
+            params.update(recover=True, offset=self.offset, epoch=self.epoch)
+        for _ in range(100):  # while the broker is down the subscribe fails (error 100): the SDK retries
+            r = await self.ws.call("subscribe", params)
+            if "subscribe" in r:
+                break
+            await asyncio.sleep(0.1)
+        r = r["subscribe"]
+        self.replies.append(r)
+        self.epoch = r["epoch"]
+        self.offset = r["offset"]
+        for p in r.get("publications", []):
+            self.got.append((self.epoch, p["offset"], p["data"]))
+            self.offset = max(self.offset, p["offset"])
+
+    async def run(self, stop: asyncio.Event):
+        while not stop.is_set():
+            try:
+                push = await self.ws.push(timeout=0.2)
+            except TimeoutError:
+                continue
+            if "pub" in push:
+                self.got.append((self.epoch, push["pub"]["offset"], push["pub"]["data"]))
+                self.offset = push["pub"]["offset"]
+            elif push.get("unsubscribe", {}).get("code") == 2500:
+                await self.subscribe()
+
+
+async def test_after_redis_restarts_empty_every_subscriber_gets_the_whole_new_stream(redis_factory, relay_factory):
+    """Redis is killed (SIGKILL) under numbered traffic and comes back empty: a new epoch. The subscribers are
+    told (2500, then recovered: false), and then get every publication the new stream holds, from its offset
+    1, in order, once each: nothing published after Redis came back is skipped by placing them at the top."""
+    redis = redis_factory()
+    node = relay_factory({"broker": "redis", "redis_urls": [redis.url], "position_check_interval": 0.5,
+                          "namespaces": {"news": {"history_size": 1000}}})
+    ch = f"news:{uuid.uuid4().hex[:8]}"
+    clients = [EpochClient(await ws_connected(node.ws_port, node.token(f"u{i}")), ch) for i in range(4)]
+    for c in clients:
+        await c.subscribe()
+    first_epoch = clients[0].epoch
+    stop = asyncio.Event()
+    readers = [asyncio.create_task(c.run(stop)) for c in clients]
+    acked: list[tuple[int, int]] = []
+
+    def publish(seconds: float, start: int) -> int:
+        import time
+
+        i, deadline = start, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                res = api(node, "publish", {"channel": ch, "data": i}, timeout=2)
+            except (urllib.error.URLError, TimeoutError):
+                res = {}
+            if "result" in res:
+                acked.append((res["result"]["offset"], i))
+            i += 1
+            time.sleep(0.01)
+        return i
+
+    nxt = await asyncio.to_thread(publish, 1.0, 0)
+    redis.proc.kill()
+    redis.proc.wait()
+    nxt = await asyncio.to_thread(publish, 0.5, nxt)
+    redis.start()  # same port, nothing kept
+    await asyncio.to_thread(publish, 2.5, nxt)
+    history = api(node, "history", {"channel": ch, "limit": -1})["result"]
+    new_epoch = history["epoch"]
+    new_stream = [(p["offset"], p["data"]) for p in history["publications"]]
+    assert new_epoch != first_epoch and new_stream and new_stream[0][0] == 1
+
+    async def caught_up():
+        while not all([(o, d) for e, o, d in c.got if e == new_epoch][-1:] == new_stream[-1:] for c in clients):
+            await asyncio.sleep(0.05)
+    await asyncio.wait_for(caught_up(), 15)
+    stop.set()
+    await asyncio.gather(*readers)
+    for c in clients:
+        mine = [(o, d) for e, o, d in c.got if e == new_epoch]
+        assert mine == new_stream, (len(mine), len(new_stream), mine[:5])  # all of it, in order, no duplicates
+        assert any(r["epoch"] == new_epoch and r.get("recovered") is False for r in c.replies)  # told: not recovered
+        old = [(o, d) for e, o, d in c.got if e == first_epoch]
+        assert [o for o, _ in old] == sorted({o for o, _ in old})  # the old epoch: no duplicates either
+        c.ws.close()
