@@ -13,9 +13,10 @@ plain ``redis.asyncio.Connection`` per master and does the routing itself:
 * a reader per link blocks on its socket; nothing it does holds a lock;
 * the slot moved (the server's own ``sunsubscribe``, or ``MOVED`` in answer to an
   SSUBSCRIBE): the topology is refreshed and the channel follows its slot;
-* the link failed: its waiters learn it at once; the topology is refreshed, the
-  channels whose master changed move to it, and the link reconnects with capped
-  exponential backoff and jitter, then subscribes again to what it still carries.
+* the link failed: its waiters learn it at once and it reconnects with capped
+  exponential backoff and jitter, then subscribes again to what it still carries;
+  while the master stays unreachable, each failed attempt refreshes the topology,
+  and the channels whose slots a failover gave to another master move there.
 
 Publications that fly by while a channel is between masters are lost to pub/sub
 (it is at-most-once); the node's position checks find the gap and recover it from
@@ -161,9 +162,10 @@ class _Link:
                 error = BrokerUnavailable(f"redis cluster node {self.name}: {e}")
                 for channel in list(self._waiting):
                     self._settle(channel, error)
-                await self.sub.relocate(self, list(self.channels))  # a failover moves the slots elsewhere
-                if not self.channels and self.sub.retire(self):
-                    return
+                if failures > 1:  # the master stays unreachable: a failover may have moved its slots elsewhere
+                    await self.sub.relocate(self, list(self.channels))
+                    if not self.channels and self.sub.retire(self):
+                        return
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
