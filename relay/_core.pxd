@@ -77,10 +77,11 @@ cdef class Hub:
 
 cdef class FrameReader:
     cdef readonly Py_ssize_t max_message
+    cdef readonly Py_ssize_t max_fragments
     cdef bytearray _buf
     cdef int _frag_op
-    cdef list _frags
-    cdef Py_ssize_t _frag_size
+    cdef bytearray _frag
+    cdef Py_ssize_t _frag_count
     cdef public object error
 
     cdef _parse(self, data, list out)

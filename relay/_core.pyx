@@ -5,6 +5,7 @@ Same API and behaviour as relay/_core_py.py (read that file first: it is the
 readable version). Directives live in setup.py.
 """
 
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Next
 from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
@@ -23,6 +24,7 @@ __all__ = [
     "IMPLEMENTATION", "WIRE_WS", "WIRE_TCP", "Conn", "Hub", "FrameReader",
     "ws_frame", "tcp_frame", "fnv1a32",
     "LANE_CHAT", "LANE_UPDATE", "LANE_BULK", "QUEUED", "DROPPED", "OVER_CAP", "PACE_TICK", "WRITE_MAX",
+    "FRAGMENTS_MAX",
 ]
 
 IMPLEMENTATION = "cython"
@@ -55,6 +57,8 @@ PACE_TICK = _PACE_TICK
 #: shared with every other subscriber) for the next loop iteration, or for resume_writing once paused
 cdef Py_ssize_t _WRITE_MAX = 256 * 1024
 WRITE_MAX = _WRITE_MAX
+#: the most frames one WebSocket message may come in (FrameReader's default; config max_ws_fragments)
+FRAGMENTS_MAX = 128
 
 
 cdef object _packb = msgpack.Packer(use_bin_type=True).pack
@@ -159,16 +163,18 @@ def tcp_frame(bytes body):
 cdef class FrameReader:
     """Incremental RFC 6455 parser for client frames (see relay/_core_py.py)."""
 
-    def __init__(self, Py_ssize_t max_message):
+    def __init__(self, Py_ssize_t max_message, Py_ssize_t max_fragments=FRAGMENTS_MAX):
         self.max_message = max_message
+        self.max_fragments = max_fragments
         self._buf = bytearray()
         self._frag_op = -1
-        self._frags = []
-        self._frag_size = 0
+        self._frag = bytearray()
+        self._frag_count = 0
         self.error = None
 
     def buffered(self):
-        return len(self._buf)
+        """Bytes held for messages not complete yet: a partial frame, and the fragments of a message."""
+        return len(self._buf) + len(self._frag)
 
     def feed(self, data):
         """Complete messages so far (see relay/_core_py.py: valid messages before a violation first)."""
@@ -186,7 +192,7 @@ cdef class FrameReader:
     cdef _parse(self, data, list out):
         cdef bytearray buf = self._buf
         buf += data
-        cdef Py_ssize_t pos = 0, end = len(buf), hlen, total, i
+        cdef Py_ssize_t pos = 0, end = len(buf), hlen, total, i, start
         cdef uint64_t length
         cdef const uint8_t* p
         cdef const uint8_t* src
@@ -197,6 +203,7 @@ cdef class FrameReader:
         cdef uint64_t mask64, word
         cdef bytes payload
         cdef uint8_t* q
+        cdef bint fragment
         while end - pos >= 2:
             p = <const uint8_t*>(<char*>buf) + pos
             b0 = p[0]
@@ -231,8 +238,10 @@ cdef class FrameReader:
             elif opcode == OP_CONT:
                 if self._frag_op < 0:
                     raise ProtocolError(1002, "unexpected continuation frame")
-                if <uint64_t>self._frag_size + length > <uint64_t>self.max_message:
+                if <uint64_t>PyByteArray_GET_SIZE(self._frag) + length > <uint64_t>self.max_message:
                     raise ProtocolError(1009, "message too big")
+                if self._frag_count >= self.max_fragments:
+                    raise ProtocolError(1009, "message too big: too many fragments")
             elif opcode == OP_TEXT or opcode == OP_BINARY:
                 if self._frag_op >= 0:
                     raise ProtocolError(1002, "expected continuation frame")
@@ -244,11 +253,21 @@ cdef class FrameReader:
             if end - pos < total:
                 break
             memcpy(mask, p + hlen, 4)
-            # A fresh object (NULL source), never a shared one: CPython caches 1-byte bytes
-            # objects, and unmasking such a singleton in place would corrupt it process-wide.
-            payload = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>length)
-            q = <uint8_t*>PyBytes_AS_STRING(payload)
             src = p + hlen + 4
+            # A fragment is unmasked straight onto the message being reassembled (one buffer, no object
+            # per fragment); a whole message or a control frame into a fresh bytes object (NULL source,
+            # never a shared one: CPython caches 1-byte bytes objects, and unmasking such a singleton in
+            # place would corrupt it process-wide).
+            fragment = opcode < 8 and (not fin or opcode == OP_CONT)
+            if fragment:
+                start = PyByteArray_GET_SIZE(self._frag)
+                if PyByteArray_Resize(self._frag, start + <Py_ssize_t>length) < 0:
+                    raise MemoryError()
+                q = <uint8_t*>PyByteArray_AS_STRING(self._frag) + start
+                self._frag_count += 1
+            else:
+                payload = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>length)
+                q = <uint8_t*>PyBytes_AS_STRING(payload)
             memcpy(&mask32, mask, 4)
             mask64 = (<uint64_t>mask32 << 32) | mask32
             i = 0
@@ -267,14 +286,12 @@ cdef class FrameReader:
             if opcode != OP_CONT:
                 self._frag_op = opcode
             if not fin:
-                self._frags.append(payload)
-                self._frag_size += <Py_ssize_t>length
                 continue
-            if self._frags:
-                self._frags.append(payload)
-                payload = b"".join(self._frags)
-                self._frags = []
-                self._frag_size = 0
+            if fragment:  # the last fragment: the message is whole
+                payload = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self._frag),
+                                                    PyByteArray_GET_SIZE(self._frag))
+                self._frag = bytearray()
+                self._frag_count = 0
             op = self._frag_op
             self._frag_op = -1
             if op == OP_TEXT:

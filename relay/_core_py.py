@@ -48,6 +48,7 @@ __all__ = [
     "OVER_CAP",
     "PACE_TICK",
     "WRITE_MAX",
+    "FRAGMENTS_MAX",
 ]
 
 IMPLEMENTATION = "python"
@@ -64,6 +65,8 @@ PACE_TICK = 0.01
 #: at most this many bytes of one connection's queue go into one write; the rest stays queued (its items
 #: shared with every other subscriber) for the next loop iteration, or for resume_writing once paused
 WRITE_MAX = 256 * 1024
+#: the most frames one WebSocket message may come in (FrameReader's default; config max_ws_fragments)
+FRAGMENTS_MAX = 128
 
 OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
@@ -115,21 +118,25 @@ class FrameReader:
     (text already checked to be UTF-8), and control frames as they come.
     Violations raise ``ProtocolError`` with the close code to send. The
     message size limit is checked from each frame header, before the payload
-    is buffered.
+    is buffered. A fragmented message is reassembled in one buffer (no object
+    per fragment, so 1-byte fragments cost 1 byte) of at most ``max_message``
+    bytes, from at most ``max_fragments`` frames (1009 past either).
     """
 
-    __slots__ = ("max_message", "_buf", "_frag_op", "_frag_size", "_frags", "error")
+    __slots__ = ("max_message", "max_fragments", "_buf", "_frag_op", "_frag", "_frag_count", "error")
 
-    def __init__(self, max_message: int) -> None:
+    def __init__(self, max_message: int, max_fragments: int = FRAGMENTS_MAX) -> None:
         self.max_message = max_message
+        self.max_fragments = max_fragments
         self._buf = bytearray()
         self._frag_op = -1
-        self._frags: list[bytes] = []
-        self._frag_size = 0
+        self._frag = bytearray()  # the message being reassembled, unmasked
+        self._frag_count = 0
         self.error: ProtocolError | None = None
 
     def buffered(self) -> int:
-        return len(self._buf)
+        """Bytes held for messages not complete yet: a partial frame, and the fragments of a message."""
+        return len(self._buf) + len(self._frag)
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Complete messages so far. A violation raises ProtocolError; if valid messages came before
@@ -182,8 +189,10 @@ class FrameReader:
             elif opcode == OP_CONT:
                 if self._frag_op < 0:
                     raise ProtocolError(1002, "unexpected continuation frame")
-                if self._frag_size + length > self.max_message:
+                if len(self._frag) + length > self.max_message:
                     raise ProtocolError(1009, "message too big")
+                if self._frag_count >= self.max_fragments:
+                    raise ProtocolError(1009, "message too big: too many fragments")
             elif opcode in (OP_TEXT, OP_BINARY):
                 if self._frag_op >= 0:
                     raise ProtocolError(1002, "expected continuation frame")
@@ -200,17 +209,18 @@ class FrameReader:
             if opcode >= 8:
                 out.append((opcode, payload))
                 continue
+            fragment = not fin or opcode == OP_CONT
+            if fragment:
+                self._frag += payload
+                self._frag_count += 1
             if opcode != OP_CONT:
                 self._frag_op = opcode
             if not fin:
-                self._frags.append(payload)
-                self._frag_size += length
                 continue
-            if self._frags:
-                self._frags.append(payload)
-                payload = b"".join(self._frags)
-                self._frags = []
-                self._frag_size = 0
+            if fragment:  # the last fragment: the message is whole
+                payload = bytes(self._frag)
+                self._frag = bytearray()
+                self._frag_count = 0
             op = self._frag_op
             self._frag_op = -1
             if op == OP_TEXT:

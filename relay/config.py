@@ -279,8 +279,14 @@ class Config:
     pong_timeout: float = _doc("seconds a client has to answer a ping before 3012 no pong", default=10.0)
     client_stale_timeout: float = _doc("seconds to send connect after the socket opens (3502 stale)",
                                        default=10.0)
-    handshake_timeout: float = _doc("seconds to finish the WebSocket handshake", default=10.0)
+    handshake_timeout: float = _doc("seconds to finish the WebSocket handshake", default=5.0)
+    max_handshakes_per_ip: int = _doc("WebSocket handshakes in progress from one IP address; past it the oldest "
+                                      "is closed (so half-open sockets cannot lock out real clients behind "
+                                      "the same address, whose handshake takes one round trip)", default=32)
     max_ws_message_size: int = _doc("largest WebSocket message a client may send (1009)", default=65536)
+    max_ws_fragments: int = _doc("most frames one WebSocket message may come in (1009): a message is reassembled "
+                                 "in one buffer, and a peer cannot keep one open with endless empty fragments",
+                                 default=128)
     max_tcp_frame_size: int = _doc("largest raw TCP frame a client may send (3501)", default=65536)
     max_handshake_size: int = _doc("largest WebSocket handshake request in bytes (431)", default=8192)
     max_handshake_headers: int = _doc("most headers in a WebSocket handshake (431)", default=64)
@@ -348,13 +354,14 @@ class Config:
                 errs.append(f"{name}: {v} is not a port (0-65535)")
         if not self.ws_path.startswith("/"):
             errs.append("ws_path: must start with '/'")
-        positive = ("client_queue_max_size", "client_write_high_water", "max_ws_message_size",
+        positive = ("client_queue_max_size", "client_write_high_water", "max_ws_message_size", "max_ws_fragments",
                     "max_tcp_frame_size", "max_handshake_size", "max_handshake_headers",
                     "max_channels_per_connection", "max_channel_length", "max_commands_per_message",
                     "api_max_body_size",
                     "hub_shards", "ping_interval", "pong_timeout", "client_stale_timeout",
-                    "handshake_timeout", "history_meta_ttl", "shutdown_timeout", "client_command_rate",
-                    "client_command_burst", "client_publish_rate", "client_publish_burst", "token_expire_grace")
+                    "handshake_timeout", "max_handshakes_per_ip", "history_meta_ttl", "shutdown_timeout",
+                    "client_command_rate", "client_command_burst", "client_publish_rate", "client_publish_burst",
+                    "token_expire_grace")
         for name in positive:
             if getattr(self, name) <= 0:
                 errs.append(f"{name}: must be > 0")

@@ -12,7 +12,7 @@ import os
 
 __all__ = ["IMPLEMENTATION", "IMPORT_ERROR", "Hub", "Conn", "FrameReader", "ws_frame", "tcp_frame",
            "fnv1a32", "WIRE_WS", "WIRE_TCP", "FORCED_PURE", "LANE_CHAT", "LANE_UPDATE", "LANE_BULK",
-           "LANES", "QUEUED", "DROPPED", "OVER_CAP"]
+           "LANES", "QUEUED", "DROPPED", "OVER_CAP", "FRAGMENTS_MAX"]
 
 log = logging.getLogger("relay.core")
 
@@ -47,3 +47,4 @@ LANES: dict[str, int] = {"chat": LANE_CHAT, "update": LANE_UPDATE, "bulk": LANE_
 QUEUED: int = _impl.QUEUED
 DROPPED: int = _impl.DROPPED
 OVER_CAP: int = _impl.OVER_CAP
+FRAGMENTS_MAX: int = _impl.FRAGMENTS_MAX

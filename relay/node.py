@@ -131,6 +131,9 @@ class Node:
         # sockets accepted and not yet closed (handshaking ones included), in all and per IP
         self.num_connections = 0
         self.per_ip: Counter[str] = Counter()
+        # WebSocket sockets still in their handshake, per IP, oldest first: their own small cap, apart from
+        # established connections, so half-open sockets cannot lock an address's real clients out
+        self.handshaking: dict[str, dict[Any, None]] = {}
         self.max_connections = cfg.max_connections or connection_cap()
         self._ping_task: asyncio.Task | None = None
         # the ping timing wheel: slots of at most 0.1 s over ping_interval, each connected session in one
@@ -257,6 +260,47 @@ class Node:
             self.per_ip[ip] = n
         else:
             del self.per_ip[ip]
+
+    def admit_handshake(self, ip: str, proto: Any) -> str | None:
+        """Count a new WebSocket socket that has not finished its handshake: the process-wide cap applies,
+        the per-IP cap of established connections does not (yet). Past max_handshakes_per_ip pending from
+        one address, its oldest pending handshake is closed to make room: a real client finishes within a
+        round trip, so half-open sockets from a shared address (a NAT, an office) cannot keep it out.
+        The reason to refuse ("full"), or None."""
+        if self.num_connections >= self.max_connections:
+            self.stats.handshake_failure("server_full")
+            return "full"
+        pending = self.handshaking.setdefault(ip, {})
+        while len(pending) >= self.cfg.max_handshakes_per_ip:
+            oldest = next(iter(pending))
+            del pending[oldest]
+            self.num_connections -= 1
+            self.stats.handshake_failure("evicted")
+            oldest.evict()
+        pending[proto] = None
+        self.num_connections += 1
+        return None
+
+    def handshake_done(self, ip: str, proto: Any, established: bool) -> str | None:
+        """A pending handshake ended: completed (``established``: it now counts as a connection of its IP,
+        unless the per-IP cap refuses it: "ip") or abandoned (the socket is released). "gone": it had
+        been evicted."""
+        pending = self.handshaking.get(ip)
+        if pending is None or proto not in pending:
+            return "gone"  # evicted meanwhile, and released then
+        del pending[proto]
+        if not pending:
+            del self.handshaking[ip]
+        if not established:
+            self.num_connections -= 1
+            return None
+        limit = self.cfg.max_connections_per_ip
+        if limit and self.per_ip[ip] >= limit:
+            self.stats.handshake_failure("ip_limit")
+            self.num_connections -= 1
+            return "ip"
+        self.per_ip[ip] += 1
+        return None
 
     # --- sessions --------------------------------------------------------------------------------
 

@@ -86,7 +86,7 @@ class ClientSession:
     __slots__ = ("node", "transport", "conn", "codec", "client_id", "user", "conn_info", "expire_at",
                  "connected", "closed", "subs", "_queue", "_task", "_pong_deadline", "_stale_timer",
                  "_info_cache", "remote", "_commands", "_publishes", "_refused", "_expiry_timer", "_sub_timers",
-                 "_server_subs", "_token_subs", "headers", "meta", "_proxied")
+                 "_server_subs", "_token_subs", "headers", "meta", "_proxied", "_pending_bytes", "_reading_paused")
 
     def __init__(self, node: "Node", transport: Any, raw_transport: asyncio.Transport, wire: int,
                  remote: str = "") -> None:
@@ -118,6 +118,8 @@ class ClientSession:
         self.headers: dict[str, str] = {}  # handshake headers the event proxy forwards (allow-listed)
         self.meta: Any = None  # the connect hook's meta: sent back to the backend, never to the client
         self._proxied = False  # authenticated by the connect hook (refreshed by the refresh hook)
+        self._pending_bytes = 0  # bytes of the messages whose commands wait in _queue
+        self._reading_paused = False
         loop = asyncio.get_running_loop()
         self._stale_timer = loop.call_later(node.cfg.client_stale_timeout, self._stale)
 
@@ -137,10 +139,7 @@ class ClientSession:
             return
         now = time.monotonic()
         for cmd in commands:
-            if not cmd:
-                self._pong_deadline = 0.0  # pong: an empty command
-                continue
-            if not self._commands.take(now):
+            if not self._commands.take(now):  # a pong ({}) counts too: one per ping is all a client needs
                 self._refused += 1
                 if self._refused >= self.node.cfg.client_command_burst:
                     self.disconnect(DISCONNECTS.TOO_MANY_REQUESTS)
@@ -151,10 +150,38 @@ class ClientSession:
                     self._reply_error(cmd_id, ERRORS.TOO_MANY_REQUESTS)
                 continue
             self._refused = 0
+            if not cmd:
+                self._pong_deadline = 0.0  # pong: an empty command
+                continue
             self._queue.append(cmd)
+        if self._queue:
+            # Commands wait while an earlier one awaits the broker or the backend. Past one message's
+            # worth of them, stop reading the socket until they have run: what a client has sent and
+            # relay has not handled stays in the kernel, not in this process (docs/architecture.md).
+            self._pending_bytes += len(message)
+            if self._pending_bytes > self.node.cfg.max_ws_message_size and not self._reading_paused:
+                self._reading_paused = True
+                try:
+                    self.conn.transport.pause_reading()
+                except Exception:  # closing meanwhile
+                    pass
         if self._queue and self._task is None:
             # a task, not a call: redis-py (asyncio.timeout) and others need to run inside one
             self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    def control_frame(self) -> bool:
+        """A WebSocket ping or pong from the client: a command for the rate (client_command_rate), so a flood
+        of them is refused, then disconnected (3013), as a flood of commands is. False: refused."""
+        if self.closed:
+            return False
+        if self._commands.take(time.monotonic()):
+            self._refused = 0
+            return True
+        self._refused += 1
+        self.node.stats.command("rate_limited", "error")
+        if self._refused >= self.node.cfg.client_command_burst:
+            self.disconnect(DISCONNECTS.TOO_MANY_REQUESTS)
+        return False
 
     async def _drain(self) -> None:
         queue = self._queue
@@ -173,6 +200,14 @@ class ClientSession:
                     await self._dispatch(cmd)
         finally:
             self._task = None
+            self._pending_bytes = 0
+            if self._reading_paused:
+                self._reading_paused = False
+                if not self.closed:
+                    try:
+                        self.conn.transport.resume_reading()
+                    except Exception:
+                        pass
 
     async def _publish_batch(self, cmds: list[dict]) -> None:
         stats = self.node.stats

@@ -14,7 +14,7 @@ __all__ = ["TcpProtocol"]
 
 
 class TcpProtocol(asyncio.Protocol):
-    __slots__ = ("node", "transport", "reader", "session", "open", "remote")
+    __slots__ = ("node", "transport", "reader", "session", "open", "remote", "_discarded")
 
     def __init__(self, node) -> None:
         self.node = node
@@ -23,6 +23,7 @@ class TcpProtocol(asyncio.Protocol):
         self.session = None
         self.open = False
         self.remote = ""
+        self._discarded = 0  # bytes received after our disconnect push
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
@@ -42,6 +43,10 @@ class TcpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self.open:
+            # after the disconnect push: discarded (so the push is not lost to a RST), up to one frame's worth
+            self._discarded += len(data)
+            if self._discarded > self.node.cfg.max_tcp_frame_size and self.transport is not None:
+                self.transport.abort()
             return
         try:
             frames = self.reader.feed(data)

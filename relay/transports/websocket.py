@@ -21,7 +21,7 @@ _HANDSHAKE, _OPEN, _CLOSING, _CLOSED = range(4)
 
 class WebSocketProtocol(asyncio.Protocol):
     __slots__ = ("node", "transport", "state", "buf", "reader", "session", "_timer", "remote", "_admitted",
-                 "echo")
+                 "echo", "_pong", "_paused", "_discarded")
 
     def __init__(self, node) -> None:
         self.node = node
@@ -32,8 +32,11 @@ class WebSocketProtocol(asyncio.Protocol):
         self.session = None
         self._timer: asyncio.TimerHandle | None = None
         self.remote = ""
-        self._admitted = False
+        self._admitted: str | None = None  # "handshake" (pending, node.handshaking), then "open" (node.per_ip)
         self.echo = False  # the conformance-test echo endpoint (ws_echo_path)
+        self._pong: bytes | None = None  # the latest ping not answered while the peer was not reading
+        self._paused = False  # the transport's buffer is full: the peer is not reading
+        self._discarded = 0  # bytes received after our close frame or refusal
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
@@ -42,13 +45,18 @@ class WebSocketProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if peer else ""
         self.node.tune_socket(transport)
-        refused = self.node.admit(self.remote)
-        if refused is not None:
-            self._refuse(HandshakeError(503, "server full") if refused == "full" else
-                         HandshakeError(429, "too many connections from this address"))
+        if self.node.admit_handshake(self.remote, self) is not None:
+            self._refuse(HandshakeError(503, "server full"))
             return
-        self._admitted = True
+        self._admitted = "handshake"
         self._timer = asyncio.get_running_loop().call_later(cfg.handshake_timeout, self._handshake_timeout)
+
+    def evict(self) -> None:
+        """Closed by the node to make room for a newer handshake from the same address (already released)."""
+        self._admitted = None
+        if self._timer is not None:
+            self._timer.cancel()
+        self.transport.abort()
 
     def _handshake_timeout(self) -> None:
         if self.state == _HANDSHAKE:
@@ -60,7 +68,13 @@ class WebSocketProtocol(asyncio.Protocol):
             self._frames(data)
         elif self.state == _HANDSHAKE:
             self._handshake(data)
-        # _CLOSING: our close frame is out; input is discarded until the peer closes
+        elif self.state == _CLOSING:
+            # Our close frame (or HTTP refusal) is out; input is read and discarded until the peer closes,
+            # so that unread input does not turn our close into a RST. A peer that keeps sending more than
+            # a message's worth after it is not closing: it is aborted, not read at its own pace forever.
+            self._discarded += len(data)
+            if self._discarded > self.node.cfg.max_ws_message_size:
+                self.transport.abort()
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -85,12 +99,17 @@ class WebSocketProtocol(asyncio.Protocol):
             self.node.stats.handshake_failure("draining")
             self._refuse(HandshakeError(503, "shutting down"))
             return
+        self._admitted = None
+        if self.node.handshake_done(self.remote, self, True) is not None:
+            self._refuse(HandshakeError(429, "too many connections from this address"))
+            return
+        self._admitted = "open"
         self._timer.cancel()
         rest = bytes(self.buf[hs.consumed:])
         self.buf = None
         self.transport.write(accept_response(hs.key))
         self.state = _OPEN
-        self.reader = FrameReader(cfg.max_ws_message_size)
+        self.reader = FrameReader(cfg.max_ws_message_size, cfg.max_ws_fragments)
         if cfg.ws_echo_path and hs.path.split("?", 1)[0] == cfg.ws_echo_path:
             self.echo = True
         else:
@@ -129,15 +148,29 @@ class WebSocketProtocol(asyncio.Protocol):
             elif op == OP_TEXT:
                 session.feed(payload)
             elif op == OP_PING:
-                self.transport.write(ws_frame(payload, OP_PONG))  # RFC 6455 5.5.2
+                self._ping(payload)
             elif op == OP_CLOSE:
                 self._peer_closed(payload)
             elif op == OP_BINARY:
                 self._fail(WS_CLOSE.UNSUPPORTED_DATA, "binary messages are not supported (JSON protocol)")
-            # OP_PONG: unsolicited pongs are allowed and ignored (RFC 6455 5.5.3)
+            elif session is not None:  # OP_PONG: allowed unsolicited and ignored (RFC 6455 5.5.3), but counted
+                session.control_frame()
         err = self.reader.error
         if err is not None and self.state == _OPEN:  # a violation after the valid messages above
             self._fail(err.code, err.reason)
+
+    def _ping(self, payload: bytes) -> None:
+        """RFC 6455 5.5.2: a ping is answered with a pong, at once and in order with the rest. A ping is a
+        command (it counts toward client_command_rate, and a flood of them is disconnected with 3013 like
+        any other). While the peer does not read (the transport's buffer is full), only the latest ping
+        keeps a pong (5.5.3 allows it), sent when it reads again: one pending pong per connection, at most
+        125 bytes, instead of pongs piling up in memory."""
+        if self.session is not None and not self.session.control_frame():
+            return
+        if self._paused:
+            self._pong = payload
+        else:
+            self.transport.write(ws_frame(payload, OP_PONG))
 
     def _peer_closed(self, payload: bytes) -> None:
         """RFC 6455 5.5.1: answer a close frame with one, then close the TCP connection."""
@@ -187,18 +220,25 @@ class WebSocketProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def pause_writing(self) -> None:
+        self._paused = True
         if self.session is not None:
             self.session.pause_writing()
 
     def resume_writing(self) -> None:
+        self._paused = False
         if self.session is not None:
             self.session.resume_writing()
+        if self._pong is not None and self.state == _OPEN:
+            payload, self._pong = self._pong, None
+            self.transport.write(ws_frame(payload, OP_PONG))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = _CLOSED
-        if self._admitted:
-            self._admitted = False
+        if self._admitted == "handshake":
+            self.node.handshake_done(self.remote, self, False)
+        elif self._admitted == "open":
             self.node.release_connection(self.remote)
+        self._admitted = None
         if self._timer is not None:
             self._timer.cancel()
         if self.session is not None:

@@ -95,3 +95,36 @@ def test_valid_messages_before_a_violation_come_first(impl):
     assert out == [(1, b"first")] and r.error.code == 1002
     with pytest.raises(ProtocolError):
         r.feed(client_frame(b"more"))
+
+
+def test_fragments_are_reassembled_in_one_buffer_without_overhead(impl):
+    """1-byte fragments cost 1 byte each while the message is incomplete (no object per fragment): what
+    the reader holds is the payload so far, whatever the fragmentation."""
+    r = impl.FrameReader(100000, 100000)
+    payload = bytes(range(256)) * 40
+    frames = [client_frame(payload[:1], opcode=2, fin=False)]  # binary: the bytes are not UTF-8
+    frames += [client_frame(payload[i:i + 1], opcode=0, fin=False) for i in range(1, len(payload) - 1)]
+    assert r.feed(b"".join(frames)) == []
+    assert r.buffered() == len(payload) - 1
+    assert r.feed(client_frame(payload[-1:], opcode=0)) == [(2, payload)]
+    assert r.buffered() == 0
+
+
+def test_endless_empty_continuations_are_refused(impl):
+    """A text frame and then empty continuation frames forever: each adds nothing to the payload, so the
+    size limit never trips; the fragment count does (1009) once the message reaches max_fragments frames."""
+    r = impl.FrameReader(1000, 16)
+    assert r.feed(client_frame(b"", fin=False) + client_frame(b"", opcode=0, fin=False) * 14) == []
+    with pytest.raises(ProtocolError) as e:
+        r.feed(client_frame(b"", opcode=0, fin=False) * 2)
+    assert e.value.code == 1009 and "fragments" in e.value.reason
+    ok = impl.FrameReader(1000, 16)  # exactly max_fragments frames is a message
+    assert ok.feed(client_frame(b"a", fin=False) + client_frame(b"b", opcode=0, fin=False) * 14
+                   + client_frame(b"c", opcode=0)) == [(1, b"a" + b"b" * 14 + b"c")]
+    assert impl.FrameReader(10).max_fragments == impl.FRAGMENTS_MAX
+
+
+def test_control_frames_between_fragments_do_not_count_as_fragments(impl):
+    r = impl.FrameReader(1000, 2)
+    data = (client_frame(b"a", fin=False) + client_frame(b"p", opcode=9) * 5 + client_frame(b"b", opcode=0))
+    assert r.feed(data) == [(9, b"p")] * 5 + [(1, b"ab")]
