@@ -280,9 +280,11 @@ class Config:
     client_stale_timeout: float = _doc("seconds to send connect after the socket opens (3502 stale)",
                                        default=10.0)
     handshake_timeout: float = _doc("seconds to finish the WebSocket handshake", default=5.0)
-    max_handshakes_per_ip: int = _doc("WebSocket handshakes in progress from one IP address; past it the oldest "
-                                      "is closed (so half-open sockets cannot lock out real clients behind "
-                                      "the same address, whose handshake takes one round trip)", default=32)
+    max_handshakes_per_ip: int = _doc("WebSocket handshakes in progress from one IP address (0: no limit); past "
+                                      "it the oldest is closed, so half-open sockets cannot lock out the real "
+                                      "clients behind the same address, whose handshake takes one round trip. "
+                                      "Apart from max_connections_per_ip, which counts established connections",
+                                      default=2048)
     max_ws_message_size: int = _doc("largest WebSocket message a client may send (1009)", default=65536)
     max_ws_fragments: int = _doc("most frames one WebSocket message may come in (1009): a message is reassembled "
                                  "in one buffer, and a peer cannot keep one open with endless empty fragments",
@@ -359,7 +361,7 @@ class Config:
                     "max_channels_per_connection", "max_channel_length", "max_commands_per_message",
                     "api_max_body_size",
                     "hub_shards", "ping_interval", "pong_timeout", "client_stale_timeout",
-                    "handshake_timeout", "max_handshakes_per_ip", "history_meta_ttl", "shutdown_timeout",
+                    "handshake_timeout", "history_meta_ttl", "shutdown_timeout",
                     "client_command_rate", "client_command_burst", "client_publish_rate", "client_publish_burst",
                     "token_expire_grace")
         for name in positive:
@@ -431,7 +433,7 @@ class Config:
         for family, option in (("RS", "token_rsa_public_key"), ("ES", "token_ecdsa_public_key")):
             if family in families and not getattr(self, option) and not self.token_jwks_file:
                 errs.append(f"token_algorithms: {family}* tokens need {option} or token_jwks_file")
-        for name in ("max_connections", "max_connections_per_ip", "max_connections_per_user"):
+        for name in ("max_connections", "max_connections_per_ip", "max_connections_per_user", "max_handshakes_per_ip"):
             if getattr(self, name) < 0:
                 errs.append(f"{name}: must be >= 0 (0: {'automatic' if name == 'max_connections' else 'no limit'})")
         if self.max_token_size <= 0:

@@ -271,7 +271,8 @@ class Node:
             self.stats.handshake_failure("server_full")
             return "full"
         pending = self.handshaking.setdefault(ip, {})
-        while len(pending) >= self.cfg.max_handshakes_per_ip:
+        limit = self.cfg.max_handshakes_per_ip
+        while limit and len(pending) >= limit:
             oldest = next(iter(pending))
             del pending[oldest]
             self.num_connections -= 1

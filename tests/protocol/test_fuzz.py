@@ -45,6 +45,35 @@ def test_frame_reader_cores_agree_on_any_input(spec, junk, cuts):
         assert results[0][1] in (1002, 1007, 1009)
 
 
+fragment_streams = st.lists(st.tuples(st.binary(max_size=3), st.sampled_from([0, 0, 0, 1, 2, 9, 10]), st.booleans()),
+                            min_size=1, max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(spec=fragment_streams, step=st.integers(1, 64))
+def test_fragment_and_control_frame_streams(spec, step):
+    """Long streams of tiny fragments with pings and pongs among them, fed in small pieces: both cores give
+    the same messages or close code, a message has at most max_fragments frames, and what a reader holds
+    between feeds is never more than a partial frame and the message being reassembled."""
+    data = b"".join(client_frame(p, opcode=op, fin=fin or op >= 8) for p, op, fin in spec)
+    results = []
+    for impl in IMPLS:
+        r = impl.FrameReader(200, 8)
+        out, err = [], None
+        try:
+            for i in range(0, len(data), step):
+                out += r.feed(data[i:i + step])
+                assert r.buffered() <= 2 * 200 + 14
+                if r.error is not None:
+                    err = r.error.code
+                    break
+        except ProtocolError as e:
+            err = e.code
+        results.append((out, err))
+    assert all(x == results[0] for x in results)
+    assert results[0][1] in (None, 1002, 1007, 1009)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200))
 def test_codecs_only_raise_protocol_error(data):
