@@ -109,3 +109,19 @@ async def test_one_byte_fragments_cost_one_byte_each(relay_factory, no_traceback
     for s in conns:
         s.close()
     assert growth <= n * per_connection + ALLOWANCE, f"+{growth / MiB:.0f} MiB for {n * size / MiB:.0f} MiB held"
+
+
+async def test_tcp_pong_flood_from_a_non_reader_is_disconnected_3013(relay_factory, no_tracebacks):
+    """Raw TCP's pong is an empty map; a flood of them (never reading) counts toward the command rate like
+    any command: refused past the burst, then 3013; the process does not grow with the flood."""
+    r = relay_factory()
+    no_tracebacks(r)
+    s = socket.create_connection(("127.0.0.1", r.tcp_port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    mem = PeakRSS(r)
+    pong = b"\x00\x00\x00\x01\x80"  # length 1, msgpack {}
+    await asyncio.to_thread(send_for, s, pong * 100000, 3.0, 200 * MiB)
+    growth = mem.growth()
+    s.close()
+    assert r.metrics()["relay_disconnects_total", {"code": "3013"}] >= 1
+    assert growth <= CONNECTION_BUDGET + ALLOWANCE, f"+{growth / MiB:.0f} MiB"
