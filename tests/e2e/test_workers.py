@@ -15,8 +15,15 @@ from tests.rawclients import ws_connected
 def worker_pids(parent: int) -> list[int]:
     pids = []
     for task in Path(f"/proc/{parent}/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        for pid in children:
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except FileNotFoundError:  # the child exited between the two reads (a worker being replaced)
+                continue
             if b"resource_tracker" not in cmd:
                 pids.append(int(pid))
     return sorted(pids)
