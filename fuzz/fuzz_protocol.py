@@ -21,7 +21,7 @@ LIMIT = 4096
 FRAGMENTS = 16
 
 
-def frame(fdp: "atheris.FuzzedDataProvider") -> bytes:
+def fuzzed_frame(fdp: "atheris.FuzzedDataProvider") -> bytes:
     """One client frame from the fuzzer's choices: mostly valid shapes (continuations, pings, pongs, close,
     empty and 1-byte fragments), sometimes not (no mask, reserved bits, a control frame too long)."""
     opcode = fdp.PickValueInList([0x0, 0x0, 0x0, 0x1, 0x2, 0x8, 0x9, 0x9, 0xA, 0x3])
@@ -61,7 +61,7 @@ def test_one_input(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     target = fdp.ConsumeIntInRange(0, 5)
     if target == 5:  # fragments and control frames: both cores agree, and stay within their bounds
-        frames = b"".join(frame(fdp) for _ in range(fdp.ConsumeIntInRange(1, 40)))
+        frames = b"".join(fuzzed_frame(fdp) for _ in range(fdp.ConsumeIntInRange(1, 40)))
         step = fdp.ConsumeIntInRange(1, 64)
         stream = [frames[i:i + step] for i in range(0, len(frames), step)]
         assert run_reader(core, stream) == run_reader(_core_py, stream)
