@@ -79,7 +79,17 @@ async def test_crashed_worker_is_restarted_and_sigterm_stops_all(workers_node):
     os.kill(before[0], signal.SIGKILL)
     await wait_for(lambda: len(worker_pids(node.pid)) == 2 and worker_pids(node.pid) != before)
     assert "exited with signal 9; restarting" in node.log()
-    ws = await ws_connected(node.ws_port, node.token("after-crash"))  # still serving
+    # still serving: the other worker, or the new one once it listens (under load the other may itself
+    # still be starting: the kernel refuses a connection only while no worker of the group listens)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            ws = await ws_connected(node.ws_port, node.token("after-crash"))
+            break
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
     ws.close()
     pids = worker_pids(node.pid)
     node.proc.terminate()

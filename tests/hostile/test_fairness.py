@@ -66,6 +66,8 @@ async def test_a_reading_ping_flood_does_not_slow_other_clients(relay_factory, n
     probe.close()
     rtts.sort()
     p99 = rtts[int(len(rtts) * 0.99) - 1]
+    print(f"reading ping flood {stats}: probe p99 {p99 * 1000:.1f} ms over {len(rtts)} round trips, "
+          f"API publishes {len(statuses)} all {set(statuses)}")
     assert stats["pings"] > 100_000, stats  # the flood was real
     assert r.metrics()["relay_disconnects_total", {"code": "3013"}] >= 1
     assert p99 < 0.050, f"probe p99 {p99 * 1000:.1f} ms over {len(rtts)} round trips during {stats}"

@@ -48,6 +48,7 @@ async def test_ping_flood_from_a_peer_that_never_reads(relay_factory, no_traceba
     statuses = await publisher
     growth = mem.growth()
     s.close()
+    print(f"ping flood, never reading: {sent / MiB:.0f} MiB of pings, relay +{growth / MiB:.1f} MiB")
     assert sent >= 20 * MiB, f"only {sent / MiB:.0f} MiB of pings went out"
     assert growth <= CONNECTION_BUDGET + ALLOWANCE, f"+{growth / MiB:.0f} MiB for {sent / MiB:.0f} MiB of pings"
     assert statuses and set(statuses) == {200}, statuses
@@ -62,6 +63,7 @@ async def test_ping_flood_with_default_limits_is_disconnected_3013(relay_factory
     await asyncio.to_thread(send_for, s, frame(b"p" * 125, opcode=0x9) * 4000, 4.0, 200 * MiB)
     growth = mem.growth()
     s.close()
+    print(f"ping flood, default limits: relay +{growth / MiB:.1f} MiB")
     assert r.metrics()["relay_disconnects_total", {"code": "3013"}] >= 1
     assert growth <= CONNECTION_BUDGET + ALLOWANCE, f"+{growth / MiB:.0f} MiB"
 
@@ -83,6 +85,8 @@ async def test_endless_empty_continuation_frames_are_closed_1009(relay_factory, 
     growth = mem.growth()
     for s in conns:
         s.close()
+    print(f"empty continuations: {sum(sent) / MiB:.1f} MiB sent over {len(conns)} connections, "
+          f"relay +{growth / MiB:.1f} MiB")
     assert r.metrics()["relay_disconnects_total", {"code": "1009"}] == len(conns)
     assert max(sent) < 10 * MiB
     assert growth <= len(conns) * CONNECTION_BUDGET + ALLOWANCE, f"+{growth / MiB:.0f} MiB"
@@ -108,6 +112,7 @@ async def test_one_byte_fragments_cost_one_byte_each(relay_factory, no_traceback
     per_connection = 2 * 65536 + 16 * 1024  # the reader's share of the budget (default max_ws_message_size)
     for s in conns:
         s.close()
+    print(f"1-byte fragments: {n} connections x {size} B held, relay +{growth / MiB:.1f} MiB")
     assert growth <= n * per_connection + ALLOWANCE, f"+{growth / MiB:.0f} MiB for {n * size / MiB:.0f} MiB held"
 
 
