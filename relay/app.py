@@ -28,7 +28,8 @@ def build_broker(cfg: Config) -> tuple[Broker, PresenceManager]:
 
         broker = RedisBroker(cfg.redis_urls, prefix=cfg.redis_prefix, pubsub_per_instance=cfg.redis_pubsub_connections,
                              unsubscribe_delay=cfg.redis_unsubscribe_delay, node_name=cfg.node_name,
-                             cluster=cfg.redis_cluster)
+                             cluster=cfg.redis_cluster, ping_interval=cfg.broker_ping_interval,
+                             ping_timeout=cfg.broker_ping_timeout)
         return broker, RedisPresenceManager(broker, ttl=cfg.presence_ttl)
     return MemoryBroker(), MemoryPresenceManager()
 
@@ -106,13 +107,15 @@ class App:
                  extra={"event": "started", "core": core.IMPLEMENTATION, "broker": cfg.broker})
 
     async def readiness(self) -> str:
-        """'ready' (accepting connections, the broker answers), or why not: 'starting', 'draining',
-        'broker unreachable'."""
+        """'ready' (accepting connections, the broker up), or why not: 'starting', 'draining', 'broker
+        unreachable' (every shard of it down). From local state only: the broker's own liveness checks
+        (relay/brokers/health.py) keep it current, so probes and scrapes never wait on the broker."""
         if self.draining:
             return "draining"
         if not self.ready:
             return "starting"
-        if not await self.node.broker.ping():
+        health = self.node.broker.health()
+        if health and not any(health.values()):
             return "broker unreachable"
         return "ready"
 
@@ -124,11 +127,8 @@ class App:
         interval = self.cfg.metrics_interval
         while True:
             await asyncio.sleep(interval)
-            try:
-                state = await asyncio.wait_for(self.readiness(), interval)
-            except TimeoutError:
-                state = "broker unreachable"
-            exporter.sync(broker_up=state != "broker unreachable", ready=state == "ready")
+            state = await self.readiness()
+            exporter.sync(ready=state == "ready")
 
     async def stop(self, drain: bool = True, hurry: asyncio.Event | None = None) -> None:
         """Shut down. With ``drain``: readiness turns false, the listeners stop accepting, and the

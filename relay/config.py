@@ -209,6 +209,16 @@ class Config:
     outbox_poll_interval: float = _doc("seconds between polls when no NOTIFY arrives (the fallback)", default=1.0)
     redis_unsubscribe_delay: float = _doc("seconds before a node leaves a Redis channel it no longer needs "
                                           "(a channel that flaps is not re-subscribed each time)", default=1.0)
+    broker_ping_interval: float = _doc("seconds between liveness checks of every broker connection, pub/sub ones "
+                                       "included (a PING on each; a Redis shard or Cluster master that misses "
+                                       "them is down, docs/operations.md)", default=0.5)
+    broker_ping_timeout: float = _doc("seconds a broker connection has to answer its liveness PING; a silent "
+                                      "network cut is seen within about interval + 2 x timeout", default=0.8)
+    broker_down_grace: float = _doc("seconds a broker shard may be down before the subscribers of its channels on "
+                                    "this node get 2500 (their SDKs show 'subscribing' and retry)", default=4.0)
+    broker_heal_reconnect_window: float = _doc("after a down shard is back: clients told of it that have not "
+                                               "resubscribed by themselves get 3011 (reconnect) at a random moment "
+                                               "within this many seconds", default=2.0)
     position_check_interval: float = _doc("seconds between checks that this node has every publication of its "
                                           "recoverable channels (Redis); a gap resyncs their subscribers",
                                           default=2.0)
@@ -386,9 +396,13 @@ class Config:
         for u in self.redis_urls:
             if not u.startswith(("redis://", "rediss://", "unix://")):
                 errs.append(f"redis_urls: {u!r} is not a redis://, rediss:// or unix:// URL")
-        for name in ("redis_pubsub_connections", "presence_ttl", "idempotency_window", "position_check_interval"):
+        for name in ("redis_pubsub_connections", "presence_ttl", "idempotency_window", "position_check_interval",
+                     "broker_ping_interval", "broker_ping_timeout"):
             if getattr(self, name) <= 0:
                 errs.append(f"{name}: must be > 0")
+        for name in ("broker_down_grace", "broker_heal_reconnect_window"):
+            if getattr(self, name) < 0:
+                errs.append(f"{name}: must be >= 0")
         if self.redis_unsubscribe_delay < 0:
             errs.append("redis_unsubscribe_delay: must be >= 0")
         if not 1 <= self.recovery_max_concurrent_reads <= 10000:

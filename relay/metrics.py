@@ -132,8 +132,14 @@ class Exporter:
                                      "by reason", ("reason",))
         self.broker_errors = counter("relay_broker_errors", "broker operations that failed")
         self.broker_reconnects = counter("relay_broker_reconnects", "broker pub/sub connections re-established")
-        self.broker_up = gauge("relay_broker_up", "1 if the broker answered the last check", mode="livemin")
+        self.broker_up = gauge("relay_broker_up", "1 if every shard of the broker (every Redis instance, every "
+                               "Cluster master) passes its liveness checks", mode="livemin")
+        self.broker_shard_up = gauge("relay_broker_shard_up", "1 if this broker shard (a Redis instance, a Cluster "
+                                     "master) passes its liveness checks: PINGs with a deadline on every "
+                                     "connection", ("shard",), mode="livemin")
         self.resyncs = counter("relay_resyncs", "channels resynced after a gap in the broker's stream")
+        self.outage_resyncs = counter("relay_broker_outage_resyncs", "subscriptions dropped with 2500 (the SDK "
+                                      "retries) because their broker shard stayed down past broker_down_grace")
         self.api_requests = counter("relay_api_requests", "HTTP server API calls by method and result",
                                     ("method", "result"))
         self.worker_restarts = counter("relay_worker_restarts", "workers the supervisor restarted")
@@ -180,6 +186,7 @@ class Exporter:
         self.support_errors = counter("relay_support_errors", "support chat bookkeeping that failed (the "
                                       "publications went through; their first-response figures are lost)")
         self._seen: dict[Any, float] = {}
+        self._shards: set[str] = set()  # broker shards with a relay_broker_shard_up series
 
     # --- sync -------------------------------------------------------------------------------------
 
@@ -190,7 +197,7 @@ class Exporter:
             metric.inc(value - last)
             self._seen[key] = value
 
-    def sync(self, broker_up: bool | None = None, ready: bool | None = None) -> None:
+    def sync(self, ready: bool | None = None) -> None:
         node = self.node
         stats = node.stats
         hub = node.hub
@@ -232,6 +239,7 @@ class Exporter:
         self._add(self.broker_errors, "berr", getattr(broker, "errors", 0))
         self._add(self.broker_reconnects, "brec", getattr(broker, "reconnects", 0))
         self._add(self.resyncs, "resync", stats.resyncs)
+        self._add(self.outage_resyncs, "oresync", stats.outage_resyncs)
         self._add(self.lane_resyncs, "laneresync", stats.lane_resyncs)
         bp = node.backpressure
         for source, n in list(bp.refused.items()):
@@ -268,8 +276,13 @@ class Exporter:
             self._add(self.support_errors, "superr", support.errors)
         stats.fanout.flush(self.fanout)
         stats.broker_publish.flush(self.broker_publish)
-        if broker_up is not None:
-            self.broker_up.set(1 if broker_up else 0)
+        health = broker.health()  # local state, kept by the broker's liveness checks: no round trip
+        self.broker_up.set(1 if all(health.values()) else 0)
+        for shard, up in health.items():
+            self.broker_shard_up.labels(shard).set(1 if up else 0)
+        for shard in self._shards - health.keys():  # a Cluster master that left the slot map
+            self.broker_shard_up.remove(shard)
+        self._shards = set(health)
         if ready is not None:
             self.ready.set(1 if ready else 0)
 

@@ -68,6 +68,7 @@ class Stats:
         self.publications: Counter[str] = Counter()  # by source: client, api
         self.api_requests: Counter[tuple[str, str]] = Counter()
         self.resyncs = 0
+        self.outage_resyncs = 0  # subscriptions dropped with 2500 because their broker shard stayed down
         self.lane_resyncs = 0  # subscriptions dropped with 2500 after their update/bulk lane overflowed
         self.history_reads: Counter[str] = Counter()  # broker history reads by reason (recover/position/history)
         self.fanout = LocalHistogram()
@@ -158,7 +159,15 @@ class Node:
         # the stream position this node has delivered, per recoverable channel with local subscribers
         self._positions: dict[str, StreamPosition] = {}
         self._behind: dict[str, int] = {}  # channel -> stream top seen ahead of us at the last check
+        # subscribers whose reply is ahead of what this node has delivered of the channel: (session, offset of
+        # the reply); each joins the hub when the node's delivery reaches that offset (Node.track_position)
+        self._pending: dict[str, list[tuple[ClientSession, int]]] = {}
         self._position_task: asyncio.Task | None = None
+        # broker failure domains (shards, Cluster masters) that are down: the timer that tells the subscribers
+        # of their channels once broker_down_grace is over (it stays here, fired, until the domain is back)
+        self._domain_timers: dict[str, asyncio.TimerHandle] = {}
+        # per domain that went down for longer than the grace: the sessions told (2500) and the channels each lost
+        self._told: dict[str, dict[ClientSession, set[str]]] = {}
         self.core = IMPLEMENTATION
         self.draining = False
         self.join_leave_subs = 0  # hub subscriptions that are a client's join/leave feed, not a channel
@@ -220,6 +229,8 @@ class Node:
         for task in (self._ping_task, self._presence_task, self._position_task):
             if task is not None:
                 task.cancel()
+        for timer in self._domain_timers.values():
+            timer.cancel()
         self.draining = True
         self.recovery.close()
         await self.backpressure.stop()
@@ -517,26 +528,39 @@ class Node:
                 del self._collectors[channel]
 
     async def add_subscription(self, s: ClientSession, channel: str, join_leave: bool,
-                               opts: ChannelOptions) -> None:
-        self.hub.subscribe(channel, s.conn)
+                               opts: ChannelOptions, after: int = 0) -> None:
+        """``after``: the client has the stream up to this offset, which the node's delivery has not reached
+        yet; it joins the hub when it does (track_position's 'wait')."""
+        if after:
+            self._pending.setdefault(channel, []).append((s, after))
+        else:
+            self.hub.subscribe(channel, s.conn)
         if join_leave:
             self.hub.subscribe(join_leave_channel(channel), s.conn)
             self.join_leave_subs += 1
         if opts.presence:
             info = s.client_info()
-            await self.presence.add_presence(channel, s.client_id, info)
-            if s.closed or channel not in s.subs:
-                # the client left while we were adding it (a broker that really awaits): undo
-                await self.presence.remove_presence(channel, s.client_id)
-                return
-            if opts.join_leave:
-                await self.broker.publish_join(channel, info)
+            try:
+                await self.presence.add_presence(channel, s.client_id, info)
+                if s.closed or channel not in s.subs:
+                    # the client left while we were adding it (a broker that really awaits): undo
+                    await self.presence.remove_presence(channel, s.client_id)
+                    return
+                if opts.join_leave:
+                    await self.broker.publish_join(channel, info)
+            except BrokerUnavailable:
+                # subscribed all the same (the reply is out): the presence refresh adds the entry once the
+                # broker answers, and an entry left behind expires (presence_ttl)
+                pass
 
     def drop_subscription(self, s: ClientSession, channel: str, join_leave: bool) -> None:
         if join_leave:
             self.hub.unsubscribe(join_leave_channel(channel), s.conn)
             self.join_leave_subs -= 1
-        self.hub.unsubscribe(channel, s.conn)
+        if not self.hub.unsubscribe(channel, s.conn) and channel in self._pending:
+            self._pending[channel] = [(p, a) for p, a in self._pending[channel] if p is not s]
+            if not self._pending[channel]:
+                del self._pending[channel]
         self.release(channel)
         opts = self.cfg.channel_options(channel)
         if opts is not None and opts.presence:
@@ -578,14 +602,18 @@ class Node:
         lane = self.lane_of(opts, lane)
         if pace_ms and self.hub.num_subscribers(channel) >= self.cfg.pace_min_subscribers:
             self._paced(channel, pub, lane, pace_ms)
-            return
-        t0 = time.perf_counter()
-        if self.hub.broadcast(channel, {"channel": channel, "pub": pub}, lane):
-            started = self._fanout_started
-            if not started:
-                # after the hub's flush, which this broadcast scheduled (or an earlier one did)
-                self._schedule(self._fanout_done)
-            started.append(t0)
+        else:
+            t0 = time.perf_counter()
+            if self.hub.broadcast(channel, {"channel": channel, "pub": pub}, lane):
+                started = self._fanout_started
+                if not started:
+                    # after the hub's flush, which this broadcast scheduled (or an earlier one did)
+                    self._schedule(self._fanout_done)
+                started.append(t0)
+        if offset and self._pending:
+            pending = self._pending.get(channel)
+            if pending is not None:
+                self._join_pending(channel, pending, pub, offset)
 
     def _paced(self, channel: str, pub: dict, lane: int, pace_ms: int) -> None:
         """Spread a publication's fan-out over pace_ms (docs/pacing.md): the hub delivers each subscriber's
@@ -649,10 +677,51 @@ class Node:
         else:
             del self._offset_waiters[channel]
 
-    def track_position(self, channel: str, pos: StreamPosition) -> None:
-        """Start checking ``channel``'s stream against what this node delivers."""
-        if pos.epoch and channel not in self._positions:
+    def track_position(self, channel: str, pos: StreamPosition) -> str:
+        """Check ``channel``'s stream against what this node delivers. Called with the position a subscribe
+        reply gave its client (the last offset it has), right before that client joins: 'join' (the hub
+        carries on exactly from there), 'wait' (join later: add_subscription's ``after``), or 'behind'
+        (the node is past that position: the client would miss a stretch, so it gets 2500 instead).
+
+        When the node's delivery is behind ``pos``, what is still to arrive up to ``pos`` is old to the new
+        subscriber: pub/sub messages slower than the history read, or a backlog that Redis buffered for this
+        node during a network cut. So the client waits outside the hub and joins once the node's delivery
+        reaches ``pos``; the earlier subscribers meanwhile get the stream in order, as it comes. Another
+        epoch: the stream this node was delivering is gone; it moves to ``pos`` and its earlier subscribers
+        get 2500 (they recover from their own positions)."""
+        if not pos.epoch:
+            return "join"
+        known = self._positions.get(channel)
+        if known is None:
             self._positions[channel] = pos
+        elif known.epoch != pos.epoch:
+            self._positions[channel] = pos
+            self._behind.pop(channel, None)
+            if self.hub.num_subscribers(channel) or channel in self._pending:
+                self.resync(channel)
+        elif known.offset < pos.offset:
+            return "wait"
+        elif known.offset > pos.offset:
+            return "behind"
+        return "join"
+
+    def _join_pending(self, channel: str, pending: list[tuple[ClientSession, int]], pub: dict, offset: int) -> None:
+        """A publication the hub has just delivered: the waiting subscribers it brings up to their position
+        join the hub (one whose position it passed gets it first, as the hub went past it)."""
+        keep = []
+        for s, after in pending:
+            if s.closed or channel not in s.subs:
+                continue
+            if offset < after:
+                keep.append((s, after))
+                continue
+            if offset > after:
+                s.send({"push": {"channel": channel, "pub": pub}})
+            self.hub.subscribe(channel, s.conn)
+        if keep:
+            self._pending[channel] = keep
+        else:
+            self._pending.pop(channel, None)
 
     def resync(self, channel: str) -> None:
         """Publications of ``channel`` may have been missed here: every local subscriber gets Centrifugo's
@@ -663,6 +732,8 @@ class Node:
         for conn in self.hub.subscribers(channel):
             if conn.session is not None:
                 conn.session.resync(channel)
+        for s, _ in self._pending.pop(channel, ()):
+            s.resync(channel)
 
     async def _position_loop(self, interval: float) -> None:
         """Find publications this node never received (a dropped pub/sub link, a paused or restarted
@@ -702,6 +773,56 @@ class Node:
     def handle_leave(self, channel: str, info: dict) -> None:
         self.hub.broadcast(join_leave_channel(channel), {"channel": channel, "leave": {"info": info}},
                            self.lane(channel))
+
+    def handle_domain(self, domain: str, up: bool) -> None:
+        """A broker shard went down or came back (the broker's liveness checks, relay/brokers/health.py).
+
+        Down for longer than broker_down_grace: every local subscriber of its channels gets 2500, so its SDK
+        shows the subscription as 'subscribing' (an app can say "reconnecting...") and retries; a retry
+        fails at once with 100 while the shard stays down, and no connection is dropped, so an outage of
+        the whole broker causes no reconnect churn. Back: the clients told that have not resubscribed by
+        themselves (an SDK's retry backoff grows to 20 s) get 3011, spread over broker_heal_reconnect_window,
+        and resubscribe (recovering) as they reconnect."""
+        loop = asyncio.get_running_loop()
+        if not up:
+            if domain not in self._domain_timers:
+                self._domain_timers[domain] = loop.call_later(self.cfg.broker_down_grace, self._domain_lost, domain)
+            return
+        timer = self._domain_timers.pop(domain, None)
+        if timer is not None:
+            timer.cancel()
+        told = self._told.pop(domain, None)
+        if told:
+            window = self.cfg.broker_heal_reconnect_window
+            log.info("broker %s is back: %d clients told of it get 3011 within %.1f s unless they resubscribe "
+                     "first", domain, len(told), window,
+                     extra={"event": "broker_heal_reconnect", "shard": domain, "clients": len(told)})
+            for s, channels in told.items():
+                loop.call_later(random.uniform(0, window), self._heal_reconnect, s, channels, domain)
+
+    def _domain_lost(self, domain: str) -> None:
+        told = self._told.setdefault(domain, {})
+        channels = [ch for ch in list(self._interest) if self.broker.domain(ch) == domain]
+        n = 0
+        for ch in channels:
+            for conn in self.hub.subscribers(ch):
+                s = conn.session
+                if s is not None:
+                    told.setdefault(s, set()).add(ch)
+                    s.resync(ch)
+                    n += 1
+        self.stats.outage_resyncs += n
+        log.warning("broker %s down for %.1f s: %d subscriptions of %d channels get 2500", domain,
+                    self.cfg.broker_down_grace, n, len(channels),
+                    extra={"event": "broker_down_resync", "shard": domain, "subscriptions": n,
+                           "channels": len(channels)})
+
+    def _heal_reconnect(self, s: ClientSession, channels: set[str], domain: str) -> None:
+        if s.closed or domain in self._domain_timers:
+            return  # gone, or the shard is down again (the next heal nudges it)
+        if all(ch in s.subs for ch in channels):
+            return  # its SDK resubscribed by itself
+        s.disconnect(DISCONNECTS.FORCE_RECONNECT)
 
     # --- operations (client commands and the server API) -----------------------------------------
 

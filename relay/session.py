@@ -45,6 +45,9 @@ METHODS = ("connect", "subscribe", "unsubscribe", "publish", "presence", "presen
 FLAG_REJECT_UNRECOVERED = 2  # subscribe "flag" bit: error 112 instead of recovered=false
 # unsubscribe push codes >= 2500 make the SDKs resubscribe (and recover when positioned)
 INSUFFICIENT_STATE = {"code": 2500, "reason": "insufficient state"}
+# seconds a subscribe waits for this node's delivery of a channel to reach the position its history read
+# gave (Session._catch_up) before it replies; still behind, the client joins when the delivery gets there
+CATCH_UP_WAIT = 0.1
 
 
 def _uint(p: dict, key: str) -> int:
@@ -628,9 +631,20 @@ class ClientSession:
         for pub in extra:
             self.send({"push": {"channel": channel, "pub": pub}})
         self.subs[channel] = join_leave
+        after = 0
         if "epoch" in result:
-            self.node.track_position(channel, StreamPosition(result["offset"], result["epoch"]))
-        await self.node.add_subscription(self, channel, join_leave, opts)
+            last = max(result["offset"], extra[-1].get("offset", 0) if extra else 0)
+            verdict = self.node.track_position(channel, StreamPosition(last, result["epoch"]))
+            if verdict == "behind":
+                # the node has delivered past what this client got: 2500, and the SDK resubscribes and
+                # recovers the stretch from history
+                self.node.release(channel)
+                del self.subs[channel]
+                self.send({"push": {"channel": channel, "unsubscribe": INSUFFICIENT_STATE}})
+                return
+            if verdict == "wait":
+                after = last  # the node's delivery has not reached it: join when it does
+        await self.node.add_subscription(self, channel, join_leave, opts, after)
 
     def lane_dropped(self, channel: str) -> None:
         """A publication of ``channel`` in the update or bulk lane did not fit this connection's queue: the
@@ -681,10 +695,11 @@ class ClientSession:
         """On Redis the history read can see a publication before its pub/sub message reaches this node;
         delivered through the hub after the reply, it would repeat an offset the reply already covers.
         When this node is receiving the channel (it tracks its position, or publications are arriving)
-        and is behind ``pos``, wait briefly until it has caught up (the node wakes this when the offset
-        arrives): a message that never comes is the position check's business."""
+        and is behind ``pos``, wait briefly (CATCH_UP_WAIT) until it has caught up (the node wakes this when
+        the offset arrives). Still behind after that (a backlog held up in the network), the client joins
+        the hub only once the node's delivery reaches ``pos`` (Node.track_position)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 0.1
+        deadline = loop.time() + CATCH_UP_WAIT
         while True:
             seen = self.node.delivered_offset(channel, pos.epoch)
             if box:

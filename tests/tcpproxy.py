@@ -9,6 +9,8 @@ tests (on any loop) use it the same way::
         proxy.cut()      # drop every current connection abruptly (RST to both sides)
         proxy.pause()    # new connections are accepted and reset at once
         proxy.resume()   # ... and forwarded again
+        proxy.blackhole()  # a silent network cut: nothing is forwarded, nothing is closed, nobody is told
+        proxy.heal()       # ... forwarding again, what was held back first (as TCP retransmits after a cut)
 
 Every control method blocks until the proxy loop has done the work (a few
 milliseconds); async tests that prefer not to block their loop can await the
@@ -73,6 +75,7 @@ class TcpProxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
+        self._flowing: asyncio.Event | None = None  # cleared while blackholed
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -85,6 +88,8 @@ class TcpProxy:
 
         def run() -> None:
             asyncio.set_event_loop(self._loop)
+            self._flowing = asyncio.Event()
+            self._flowing.set()
             try:
                 self._server = self._loop.run_until_complete(
                     asyncio.start_server(self._handle, self.listen_host, self.port))
@@ -133,6 +138,22 @@ class TcpProxy:
 
     def resume(self) -> None:
         self.paused = False
+
+    def blackhole(self) -> None:
+        """Stop forwarding in both directions without closing anything, as a network that drops every
+        packet: each side's data waits in buffers (the sender's, then the kernel's), new connections are
+        accepted and held, and no side learns anything. heal() forwards everything held, then carries on."""
+        self._call(self._set_flowing(False))
+
+    def heal(self) -> None:
+        self._call(self._set_flowing(True))
+
+    async def _set_flowing(self, on: bool) -> None:
+        assert self._flowing is not None
+        if on:
+            self._flowing.set()
+        else:
+            self._flowing.clear()
 
     @property
     def connections(self) -> int:
@@ -184,6 +205,7 @@ class TcpProxy:
             return
         conn = _Conn(writer)
         self._conns.add(conn)
+        await self._flowing.wait()  # blackholed: the connection is held, as a SYN that gets no answer
         try:
             up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
         except OSError:
@@ -194,8 +216,8 @@ class TcpProxy:
             _reset(up_writer)
             return
         conn.upstream = up_writer
-        conn.tasks = [asyncio.create_task(self._pump(reader, up_writer)),
-                      asyncio.create_task(self._pump(up_reader, writer))]
+        conn.tasks = [asyncio.create_task(self._pump(reader, up_writer, self._flowing)),
+                      asyncio.create_task(self._pump(up_reader, writer, self._flowing))]
         try:
             await asyncio.gather(*conn.tasks, return_exceptions=True)
         finally:
@@ -206,10 +228,12 @@ class TcpProxy:
                         w.close()
 
     @staticmethod
-    async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: asyncio.Event) -> None:
         try:
             while True:
                 data = await src.read(_CHUNK)
+                if not flowing.is_set():
+                    await flowing.wait()  # held while blackholed; no further read fills the kernel's buffers
                 if not data:
                     break
                 dst.write(data)

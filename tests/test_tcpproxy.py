@@ -144,3 +144,22 @@ async def test_proxy_from_async_test(echo_server):
         writer.close()
     finally:
         await proxy.astop()
+
+
+def test_blackhole_holds_everything_silently_and_heal_delivers_it(echo_server):
+    with TcpProxy("127.0.0.1", echo_server) as proxy:
+        s, _ = _roundtrip(proxy.port, b"before")
+        proxy.blackhole()
+        s.sendall(b"held")
+        s.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            s.recv(100)  # nothing comes back, and the connection stays open
+        late = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)  # accepted, held
+        late.sendall(b"new")
+        proxy.heal()
+        s.settimeout(5)
+        late.settimeout(5)
+        assert s.recv(100) == b"held"
+        assert late.recv(100) == b"new"
+        s.close()
+        late.close()

@@ -140,7 +140,7 @@ def add_admin_routes(app: web.Application, node, readiness: Callable[[], Awaitab
             return _json({"error": {"code": 108, "message": "metrics are off (metrics = false): the admin page "
                                                             "reads the figures of /metrics"}}, status=404)
         state = await readiness()
-        exporter.sync(broker_up=state != "broker unreachable", ready=state == "ready")
+        exporter.sync(ready=state == "ready")
         body, _ = exporter.exposition()
         figures = summarize(body.decode())
         chans = sorted(node.channels().items(), key=lambda kv: -kv[1]["num_clients"])[:TOP_CHANNELS]

@@ -228,7 +228,9 @@ def build_api_app(node, readiness: Callable[[], Awaitable[str]]) -> web.Applicat
             return _json({"error": ERRORS.INTERNAL.to_dict()}), "internal_error"
 
     async def healthz(request: web.Request) -> web.Response:
-        return _json({"status": "ok"})
+        # liveness of the process; the broker's shards as its own checks last saw them (local state)
+        health = node.broker.health()
+        return _json({"status": "ok", "broker": {shard: "up" if up else "down" for shard, up in health.items()}})
 
     async def readyz(request: web.Request) -> web.Response:
         state = await readiness()
@@ -239,7 +241,7 @@ def build_api_app(node, readiness: Callable[[], Awaitable[str]]) -> web.Applicat
         if exporter is None:
             return _json({"error": ERRORS.NOT_AVAILABLE.to_dict()}, status=404)
         state = await readiness()
-        exporter.sync(broker_up=state != "broker unreachable", ready=state == "ready")
+        exporter.sync(ready=state == "ready")
         body, content_type = exporter.exposition()
         return web.Response(body=body, headers={"Content-Type": content_type})
 

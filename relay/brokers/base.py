@@ -69,6 +69,9 @@ class BrokerEventHandler(Protocol):
 
     def handle_leave(self, channel: str, info: dict) -> None: ...
 
+    def handle_domain(self, domain: str, up: bool) -> None:
+        """A failure domain of the broker (``Broker.domain``) went down or came back."""
+
 
 class Broker(abc.ABC):
     @abc.abstractmethod
@@ -120,8 +123,17 @@ class Broker(abc.ABC):
     lossy_delivery = False
 
     async def ping(self) -> bool:
-        """The broker is reachable (readiness)."""
+        """The broker is reachable (a round trip; readiness and metrics read ``health()`` instead)."""
         return True
+
+    def domain(self, channel: str) -> str:
+        """The failure domain ``channel`` lives in (a Redis shard, a Cluster master): channels of one
+        domain fail together, and only together."""
+        return ""
+
+    def health(self) -> dict[str, bool]:
+        """Each failure domain's state as the broker's own checks last saw it: local, never waits."""
+        return {}
 
 
 class PresenceManager(abc.ABC):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import time
 import zlib
@@ -41,7 +42,8 @@ import redis.asyncio as aioredis
 
 from relay.brokers.base import (Broker, BrokerEventHandler, BrokerUnavailable, HistoryResult, PresenceManager,
                                 PublishOptions, StreamPosition, UnrecoverablePosition, history_page)
-from relay.brokers.redis_sharded import ShardedSubscriber
+from relay.brokers.health import PING_TOKEN, Health, Liveness
+from relay.brokers.redis_sharded import BACKOFF_MAX, BACKOFF_MIN, ShardedSubscriber
 
 __all__ = ["RedisBroker", "RedisPresenceManager", "RedisShards", "jump_hash", "BrokerUnavailable"]
 
@@ -65,6 +67,17 @@ def _host_port(url: str) -> tuple[str, int]:
 
     u = urlparse(url)
     return u.hostname or "127.0.0.1", u.port or 6379
+
+
+def _domain_name(url: str) -> str:
+    """A shard's name in logs, metrics and /healthz: host:port (a unix socket: its path)."""
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    if u.scheme == "unix":
+        return u.path
+    host, port = _host_port(url)
+    return f"{host}:{port}"
 
 
 def _key_hash(channel: str) -> int:
@@ -148,8 +161,13 @@ return redis.call("hgetall", KEYS[1])
 
 
 class _PubSubConn:
-    """One pub/sub connection to one Redis instance and its reader task; subscribe/unsubscribe batched per
-    iteration. (A Redis Cluster's sharded pub/sub is relay.brokers.redis_sharded's.)"""
+    """One pub/sub connection to one Redis instance and its reader task. (A Redis Cluster's sharded pub/sub
+    is relay.brokers.redis_sharded's.)
+
+    ``wanted`` is the set of channels this connection should carry; SUBSCRIBE and UNSUBSCRIBE go out
+    batched per loop iteration, one batch at a time and only while connected, each name checked against
+    ``wanted`` as it leaves, so a late UNSUBSCRIBE never undoes a newer SUBSCRIBE. After a reconnect
+    (redis-py subscribes again to what it knew) the server's set is brought back to ``wanted``."""
 
     def __init__(self, broker: "RedisBroker", client, name: str) -> None:
         self.broker = broker
@@ -157,14 +175,51 @@ class _PubSubConn:
         self.pubsub = client.pubsub()
         self.control = f"{broker.prefix}:ctl:{name}"
         self.task: asyncio.Task | None = None
-        self._to_sub: dict[str, list[asyncio.Future]] = {}
+        self.wanted: set[str] = set()
+        self.confirmed: set[bytes] = set()  # what the server has confirmed on the current connection
+        self._to_sub: set[str] = set()
         self._to_unsub: set[str] = set()
         self._waiting: dict[bytes, list[asyncio.Future]] = {}
         self._flush_scheduled = False
+        self._flush_lock = asyncio.Lock()
+        self.liveness = Liveness()  # the PING the broker's watch sent on this connection, until its pong
+        self.connected = False
+        self.killed = ""  # why the watch dropped this connection, until it is back
 
     async def start(self) -> None:
         await self.pubsub.subscribe(self.control)  # the connection exists before any channel
+        self.connected = True
         self.task = asyncio.get_running_loop().create_task(self._read())
+
+    def send_ping(self, now: float) -> None:
+        """A liveness PING on this connection: its pong comes back in order with the messages."""
+        self.liveness.sent = now
+        self.broker._spawn(self._ping())
+
+    async def _ping(self) -> None:
+        try:
+            await asyncio.wait_for(self.pubsub.ping(PING_TOKEN), self.broker.ping_timeout)
+        except Exception:
+            pass  # an unanswered PING is what the watch looks for; a failed write, the reader sees
+
+    def kill(self, why: str) -> None:
+        """The connection stopped answering (a silent network cut): drop it, so the reader reconnects and
+        subscribes again, and fail the subscribes waiting on it now rather than at their timeout."""
+        self.connected = False
+        self.confirmed.clear()
+        self.killed = why
+        self.liveness.reset()
+        self._fail_waiting(BrokerUnavailable(why))
+        conn = self.pubsub.connection
+        if conn is not None:
+            self.broker._spawn(conn.disconnect())
+
+    def _fail_waiting(self, error: Exception) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for futs in waiting.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(error)
 
     async def close(self) -> None:
         if self.task:
@@ -176,14 +231,21 @@ class _PubSubConn:
         await self.pubsub.aclose()
 
     def subscribe(self, name: str) -> asyncio.Future:
+        """The future resolves when Redis confirms the SUBSCRIBE (or fails with BrokerUnavailable)."""
         fut = asyncio.get_running_loop().create_future()
+        self.wanted.add(name)
         self._to_unsub.discard(name)
-        self._to_sub.setdefault(name, []).append(fut)
+        if not self.connected:  # the reconnect subscribes to everything wanted; this caller learns now
+            fut.set_exception(BrokerUnavailable(self.killed or "redis pub/sub connection down"))
+            return fut
+        self._waiting.setdefault(name.encode(), []).append(fut)
+        self._to_sub.add(name)
         self._schedule()
         return fut
 
     def unsubscribe(self, name: str) -> None:
-        self._to_sub.pop(name, None)
+        self.wanted.discard(name)
+        self._to_sub.discard(name)
         self._to_unsub.add(name)
         self._schedule()
 
@@ -193,39 +255,63 @@ class _PubSubConn:
             asyncio.get_running_loop().call_soon(lambda: self.broker._spawn(self._flush()))
 
     async def _flush(self) -> None:
-        self._flush_scheduled = False
-        subs, self._to_sub = self._to_sub, {}
-        unsubs, self._to_unsub = self._to_unsub, set()
-        try:
-            if subs:
-                for name, futs in subs.items():
-                    self._waiting.setdefault(name.encode(), []).extend(futs)
-                await self.pubsub.subscribe(*subs)  # one SUBSCRIBE for the whole batch
-            if unsubs:
-                await self.pubsub.unsubscribe(*unsubs)
-        except Exception as e:  # connection down: the waiters learn it now, not at a timeout
-            for name in subs:
-                for fut in self._waiting.pop(name.encode(), []):
-                    if not fut.done():
-                        fut.set_exception(BrokerUnavailable(str(e)))
+        async with self._flush_lock:  # one batch on the wire at a time: they reach Redis in order
+            self._flush_scheduled = False
+            if not self.connected:
+                return  # the reconnect brings the server's set back to self.wanted (_reconcile)
+            subs = [n for n in self._to_sub if n in self.wanted]
+            unsubs = [n for n in self._to_unsub if n not in self.wanted]
+            self._to_sub, self._to_unsub = set(), set()
+            try:
+                if subs:
+                    await self.pubsub.subscribe(*subs)  # one SUBSCRIBE for the whole batch
+                if unsubs:
+                    await self.pubsub.unsubscribe(*unsubs)
+            except Exception as e:  # connection down: the waiters learn it now, not at a timeout
+                for name in subs:
+                    for fut in self._waiting.pop(name.encode(), []):
+                        if not fut.done():
+                            fut.set_exception(BrokerUnavailable(str(e)))
+
+    def _reconcile(self) -> None:
+        """Reconnected: redis-py subscribed again to the channels it knew, those being left included."""
+        known = {self.pubsub.encoder.decode(c, force=True) for c in self.pubsub.channels}
+        known.discard(self.control)
+        self._to_unsub |= known - self.wanted
+        self._to_sub |= self.wanted - known
+        if self._to_sub or self._to_unsub:
+            self._schedule()
 
     async def _read(self) -> None:
-        failed = False
+        failures = 0
+        backoff = BACKOFF_MIN
         while True:
             try:
-                msg = await self.pubsub.get_message(timeout=1.0)
+                msg = await self.pubsub.get_message(timeout=1.0)  # reconnects (and resubscribes) when down
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.warning("redis pub/sub read failed (%s); reconnecting", e, extra={"event": "broker_error"})
+                self.connected = False
+                self.confirmed.clear()
+                self.liveness.reset()
+                self._fail_waiting(BrokerUnavailable(str(e)))
                 self.broker.errors += 1
-                failed = True
-                await asyncio.sleep(0.2)
+                failures += 1
+                if failures == 1:  # once per outage: the broker's watch logs the state changes
+                    log.warning("redis pub/sub connection failed (%s); reconnecting", self.killed or e,
+                                extra={"event": "broker_error"})
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
-            if failed:
-                failed = False
+            if failures:
+                log.info("redis pub/sub reconnected after %d failed attempts", failures,
+                         extra={"event": "broker_reconnected"})
+                failures, backoff = 0, BACKOFF_MIN
                 self.broker.reconnects += 1
-                log.info("redis pub/sub reconnected", extra={"event": "broker_reconnected"})
+            if not self.connected:  # back (redis-py reconnected in get_message, or after failures)
+                self.connected = True
+                self.killed = ""
+                self._reconcile()
             if msg is not None:
                 self._handle(msg)
 
@@ -236,9 +322,14 @@ class _PubSubConn:
         if kind == "message":
             self.broker._on_message(msg["channel"], msg["data"])
         elif kind == "subscribe":
+            self.confirmed.add(msg["channel"])
             for fut in self._waiting.pop(msg["channel"], []):
                 if not fut.done():
                     fut.set_result(None)
+        elif kind == "unsubscribe":
+            self.confirmed.discard(msg["channel"])
+        elif kind == "pong" and msg["data"] == PING_TOKEN:
+            self.liveness.pong()
 
 
 class RedisShards:
@@ -265,6 +356,7 @@ class RedisShards:
                             for u in urls]
         self.pubsub_per_instance = pubsub_per_instance
         self.pubsubs: list[list[_PubSubConn]] = []
+        self.names = [_domain_name(u) for u in urls]  # each instance's failure domain (not for a cluster)
 
     def index(self, channel: str) -> int:
         return jump_hash(_key_hash(channel), len(self.clients))
@@ -282,9 +374,13 @@ class RedisBroker(Broker):
 
     def __init__(self, urls: list[str], *, prefix: str = "relay", pubsub_per_instance: int = 2,
                  unsubscribe_delay: float = 1.0, node_name: str = "", timeout: float = 5.0,
-                 cluster: bool = False) -> None:
+                 cluster: bool = False, ping_interval: float = 0.5, ping_timeout: float = 0.8) -> None:
         self.prefix = prefix
         self.timeout = timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.health_state = Health(self._health_changed)
+        self._watches: list[asyncio.Task] = []
         self.cluster = cluster
         self._publish_cmd = "spublish" if cluster else "publish"
         self.shards = RedisShards(urls, pubsub_per_instance, cluster)
@@ -335,8 +431,21 @@ class RedisBroker(Broker):
             for c in conns:
                 await c.start()
             self.shards.pubsubs.append(conns)
+        if self.cluster:
+            for n in self.shards.clients[0].get_primaries():
+                self.health_state.set(n.name, True)
+        else:
+            for name in self.shards.names:
+                self.health_state.set(name, True)  # each answered its PING above
+        loop = asyncio.get_running_loop()
+        if self.cluster:
+            self._watches.append(loop.create_task(self._watch_cluster()))
+        else:
+            self._watches += [loop.create_task(self._watch(i)) for i in range(len(self.shards.clients))]
 
     async def close(self) -> None:
+        for w in self._watches:
+            w.cancel()
         for t in self._unsub_timers.values():
             t.cancel()
         if self.sharded is not None:
@@ -349,19 +458,174 @@ class RedisBroker(Broker):
         self._handler = None
 
     async def ping(self) -> bool:
-        """Every shard answers (readiness)."""
+        """Every shard answers (a round trip; readiness and metrics read ``health()``)."""
         try:
             await asyncio.gather(*(c.ping() for c in self.shards.clients))
             return True
         except Exception:
             return False
 
+    # health ----------------------------------------------------------------------------------------
+    def domain(self, channel: str) -> str:
+        if self.cluster:
+            try:
+                return self.shards.clients[0].get_node_from_key(self._ps(channel)).name
+            except Exception:
+                return "cluster"
+        return self.shards.names[self.shards.index(channel)]
+
+    def health(self) -> dict[str, bool]:
+        return dict(self.health_state.up)
+
+    def _health_changed(self, domain: str, up: bool) -> None:
+        if not up:
+            # in-flight commands to a silent shard would wait for their socket timeout: fail them now (the
+            # pool's connections include the pub/sub ones: they reconnect and subscribe again)
+            if not self.cluster:
+                for c in self.shards.pubsubs[self.shards.names.index(domain)]:
+                    c.killed = c.killed or f"redis {domain} is down"
+            pool = self._pool_of(domain)
+            if pool is not None:
+                self._spawn(pool.disconnect())
+        handler = self._handler
+        if handler is not None and hasattr(handler, "handle_domain"):
+            handler.handle_domain(domain, up)
+
+    def _pool_of(self, domain: str):
+        if self.cluster:
+            node = self.shards.clients[0].get_node(node_name=domain)
+            return None if node is None else node
+        return self.shards.clients[self.shards.names.index(domain)].connection_pool
+
+    async def _watch(self, i: int) -> None:
+        """Shard ``i``'s liveness, every ping_interval: a PING with a deadline on each pub/sub connection
+        (its pong comes in order with the messages, so a silent connection is seen, not just a closed one)
+        and on the command connections. A shard is down when a pub/sub connection is down or silent, or the
+        command PING fails (a timeout twice in a row: once may be this process being slow)."""
+        loop = asyncio.get_running_loop()
+        name, client, conns = self.shards.names[i], self.shards.clients[i], self.shards.pubsubs[i]
+        interval, timeout = self.ping_interval, self.ping_timeout
+        strikes = 0
+        due = loop.time()
+        while True:
+            due += interval
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            now = loop.time()
+            lagged = now - due > min(0.25, timeout / 2)  # this process was late: no verdict of silence now
+            if now > due:
+                due = now
+            why = ""
+            for c in conns:
+                if not c.connected:
+                    why = "pub/sub connection down"
+                elif c.liveness.expired(now, timeout) and not lagged:
+                    self.errors += 1
+                    why = f"pub/sub connection silent for {now - c.liveness.sent:.1f} s"
+                    c.kill(why)
+                elif c.liveness.sent is None or lagged:
+                    c.send_ping(now)
+            t0 = loop.time()
+            try:
+                await asyncio.wait_for(client.ping(), timeout)
+                strikes = 0
+            except TimeoutError:
+                if loop.time() - t0 < timeout * 1.5:  # the deadline was kept: the shard did not answer
+                    strikes += 1
+                if strikes >= 2:
+                    why = why or f"no answer to PING within {timeout} s"
+            except Exception as e:
+                strikes = 2
+                why = why or f"PING failed: {e}"
+            if why and self.health_state.is_up(name):
+                self.errors += 1
+            self.health_state.set(name, not why, why)
+
+    async def _watch_cluster(self) -> None:
+        """Each Cluster master's liveness, every ping_interval: a PING with a deadline on its sharded
+        pub/sub link and on its command connections, as for a shard (``_watch``). While a master is down
+        the slot map is refreshed each round, so the channels a failover hands to a replica follow it; a
+        master that left the map is forgotten."""
+        loop = asyncio.get_running_loop()
+        cluster = self.shards.clients[0]
+        interval, timeout = self.ping_interval, self.ping_timeout
+        strikes: dict[str, int] = {}
+        due = loop.time()
+
+        async def ping(node) -> tuple[Any, str]:
+            t0 = loop.time()
+            try:
+                await asyncio.wait_for(node.execute_command("PING"), timeout)
+                return node, ""
+            except TimeoutError:
+                if loop.time() - t0 >= timeout * 1.5:
+                    return node, "late"  # this process was slow, not the master: no verdict
+                return node, "timeout"
+            except Exception as e:
+                return node, f"PING failed: {e}"
+
+        while True:
+            due += interval
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            now = loop.time()
+            lagged = now - due > min(0.25, timeout / 2)
+            if now > due:
+                due = now
+            try:
+                primaries = cluster.get_primaries()
+            except Exception:
+                primaries = []
+            names = {n.name for n in primaries}
+            for d in list(self.health_state.up):
+                if d not in names:
+                    self.health_state.forget(d)
+            links = self.sharded.links if self.sharded is not None else {}
+            for node, err in await asyncio.gather(*(ping(n) for n in primaries)):
+                why = ""
+                if err == "timeout":
+                    strikes[node.name] = strikes.get(node.name, 0) + 1
+                    if strikes[node.name] >= 2:
+                        why = f"no answer to PING within {timeout} s"
+                elif err and err != "late":
+                    strikes[node.name] = 2
+                    why = err
+                else:
+                    strikes[node.name] = 0
+                link = links.get(node.name)
+                if link is not None and link.channels:
+                    if not link.up:
+                        why = why or "pub/sub link down"
+                    elif link.liveness.expired(now, timeout) and not lagged:
+                        why = why or f"pub/sub link silent for {now - link.liveness.sent:.1f} s"
+                        link.kill()
+                    elif link.liveness.sent is None or lagged:
+                        link.send_ping(now)
+                if why and self.health_state.is_up(node.name):
+                    self.errors += 1
+                self.health_state.set(node.name, not why, why)
+            if not self.health_state.all_up() and self.sharded is not None:
+                await self.sharded.refresh_topology()  # a failover moves the slots of a down master
+
     # pub/sub ---------------------------------------------------------------------------------------
+    def _carries(self, channel: str) -> bool:
+        """This node's pub/sub subscription to ``channel`` is in place: confirmed, on a live connection."""
+        if self.sharded is not None:
+            link = self.sharded.owner.get(self._ps(channel).encode())
+            return link is not None and link.up and link.confirmed(self._ps(channel).encode())
+        conn = self.shards.pubsub(channel)
+        return conn.connected and self._ps(channel).encode() in conn.confirmed
+
+    def _wants(self, channel: str) -> bool:
+        if self.sharded is not None:
+            return self._ps(channel).encode() in self.sharded.owner
+        return self._ps(channel) in self.shards.pubsub(channel).wanted
+
     async def subscribe(self, channel: str) -> None:
+        self.health_state.check(self.domain(channel))
         timer = self._unsub_timers.pop(channel, None)
         if timer is not None:
-            timer.cancel()  # it flapped: still subscribed in Redis
-            return
+            timer.cancel()
+            if self._carries(channel):
+                return  # it flapped: still subscribed in Redis
         if self.sharded is not None:
             fut = self.sharded.subscribe(self._ps(channel))
         else:
@@ -373,8 +637,8 @@ class RedisBroker(Broker):
             raise BrokerUnavailable("redis did not confirm SUBSCRIBE in time") from None
 
     async def unsubscribe(self, channel: str) -> None:
-        if channel in self._unsub_timers:
-            return
+        if channel in self._unsub_timers or not self._wants(channel):
+            return  # leaving already, or never subscribed (its subscribe failed)
         loop = asyncio.get_running_loop()
         self._unsub_timers[channel] = loop.call_later(self.unsubscribe_delay, self._really_unsubscribe, channel)
 
@@ -440,6 +704,7 @@ class RedisBroker(Broker):
         return StreamPosition(int(off), epoch.decode()) if epoch else StreamPosition()
 
     async def publish(self, channel: str, data: Any, opts: PublishOptions) -> StreamPosition:
+        self.health_state.check(self.domain(channel))
         keys, args = self._publish_call(channel, data, opts)
         try:
             result = await self._scripts[self.shards.index(channel)]["publish"](keys=keys, args=args)
@@ -459,6 +724,10 @@ class RedisBroker(Broker):
 
         async def run(idx: int, positions: list[int]) -> None:
             script = self._scripts[idx]["publish"]
+            if not self.health_state.is_up(self.shards.names[idx]):
+                for i in positions:
+                    out[i] = BrokerUnavailable(f"redis {self.shards.names[idx]} is down")
+                return
             try:
                 async with self.shards.clients[idx].pipeline(transaction=False) as pipe:
                     for i in positions:
@@ -477,6 +746,7 @@ class RedisBroker(Broker):
         return out
 
     async def _redis_publish(self, channel: str, message: bytes) -> None:
+        self.health_state.check(self.domain(channel))
         try:
             await self.shards.client(channel).execute_command(self._publish_cmd.upper(), self._ps(channel), message)
         except Exception as e:
@@ -491,6 +761,7 @@ class RedisBroker(Broker):
 
     async def history(self, channel: str, *, since: StreamPosition | None, limit: int, reverse: bool,
                       meta_ttl: float) -> HistoryResult:
+        self.health_state.check(self.domain(channel))
         idx = self.shards.index(channel)
         try:
             top, epoch, items = await self._scripts[idx]["history"](
@@ -518,6 +789,7 @@ class RedisBroker(Broker):
         return HistoryResult(history_page(pubs, limit, reverse), pos)
 
     async def remove_history(self, channel: str) -> None:
+        self.health_state.check(self.domain(channel))
         try:
             await self.shards.client(channel).delete(self._hist(channel))
         except Exception as e:
@@ -541,6 +813,7 @@ class RedisPresenceManager(PresenceManager):
         return [f"{p}:pres:{{{channel}}}", f"{p}:pres-exp:{{{channel}}}"]
 
     def _script(self, cache: dict, channel: str, source: str):
+        self.broker.health_state.check(self.broker.domain(channel))  # a down shard: BrokerUnavailable now
         idx = self.broker.shards.index(channel)
         if idx not in cache:
             cache[idx] = self.broker.shards.clients[idx].register_script(source)

@@ -35,6 +35,7 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import AskError, ResponseError, TryAgainError
 
 from relay.brokers.base import BrokerUnavailable
+from relay.brokers.health import PING_TOKEN, Liveness
 
 __all__ = ["ShardedSubscriber"]
 
@@ -63,6 +64,7 @@ class _Link:
         self.conn: Connection | None = None
         self.up = False
         self.closed = False
+        self.liveness = Liveness()  # the broker's liveness PING on this link, until its pong
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     # subscriptions -----------------------------------------------------------------------------
@@ -80,6 +82,10 @@ class _Link:
         if slot is not None:
             self._to_unsub[channel] = slot
             self._schedule()
+
+    def confirmed(self, channel: bytes) -> bool:
+        """The master confirmed ``channel``'s SSUBSCRIBE on this connection (none of it is still waiting)."""
+        return channel in self.channels and channel not in self._waiting and channel not in self._to_sub
 
     def forget(self, channel: bytes) -> list[asyncio.Future]:
         """Drop ``channel`` without telling the server (it already dropped it); returns its waiters."""
@@ -123,6 +129,18 @@ class _Link:
             log.debug("redis sharded pub/sub write to %s failed: %s", self.name, e)
             await conn.disconnect()
 
+    def send_ping(self, now: float) -> None:
+        """A liveness PING: its pong comes back in order with the messages (RedisBroker._watch_cluster)."""
+        self.liveness.sent = now
+        self.sub.spawn(self._send([("PING", PING_TOKEN)]))
+
+    def kill(self) -> None:
+        """The link stopped answering (a silent network cut): drop it; the reader reconnects."""
+        self.liveness.reset()
+        conn = self.conn
+        if conn is not None:
+            self.sub.spawn(conn.disconnect())
+
     # the connection ------------------------------------------------------------------------------
     async def _run(self) -> None:
         backoff = BACKOFF_MIN
@@ -151,6 +169,7 @@ class _Link:
             except Exception as e:
                 self.up = False
                 self.conn = None
+                self.liveness.reset()
                 await conn.disconnect()
                 if self.closed:
                     return
@@ -184,6 +203,9 @@ class _Link:
             self._handle(reply)
 
     def _handle(self, reply: Any) -> None:
+        if reply == PING_TOKEN or (isinstance(reply, list) and reply[:1] == [b"pong"]):
+            self.liveness.pong()  # subscribed: [b"pong", token]; not yet: the token itself
+            return
         if not isinstance(reply, list) or len(reply) < 3:
             return
         kind, channel = reply[0], reply[1]
@@ -284,7 +306,7 @@ class ShardedSubscriber:
         each to the master that owns its slot now. One still placed on ``link`` is tried there again."""
         if not channels:
             return
-        await self._refresh_topology()
+        await self.refresh_topology()
         retry: list[bytes] = []
         for key in channels:
             if self.owner.get(key) is not link or key not in link.channels:
@@ -319,7 +341,7 @@ class ShardedSubscriber:
             del self.links[link.name]
         return True
 
-    async def _refresh_topology(self) -> None:
+    async def refresh_topology(self) -> None:
         """One slot-map refresh at a time; callers that arrive meanwhile share it."""
         if self._refresh is None or self._refresh.done():
             self._refresh = asyncio.get_running_loop().create_task(self._reinitialize())

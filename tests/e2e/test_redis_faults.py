@@ -329,3 +329,45 @@ async def test_after_redis_restarts_empty_every_subscriber_gets_the_whole_new_st
         old = [(o, d) for e, o, d in c.got if e == first_epoch]
         assert [o for o, _ in old] == sorted({o for o, _ in old})  # the old epoch: no duplicates either
         c.ws.close()
+
+
+async def test_a_stale_backlog_never_reaches_a_subscriber_at_or_below_its_position(redis_factory, relay_factory):
+    """Redis buffered pub/sub output for this node during a network cut: it arrives after the heal, when a
+    new client has already subscribed at a later position. Nothing at or below a subscriber's position
+    reaches it: the new client joins once the node's delivery reaches its position, and the earlier
+    subscriber gets the held-up stretch in order, as it comes."""
+    import time
+
+    import msgpack
+    import redis as redis_sync
+
+    redis = redis_factory()
+    node = relay_factory({"broker": "redis", "redis_urls": [redis.url], "position_check_interval": 30,
+                          "namespaces": {"news": {"history_size": 1000}}})
+    ch = f"news:{uuid.uuid4().hex[:8]}"
+    r = redis_sync.Redis(port=redis.port)
+    early = RecoveringClient(await ws_connected(node.ws_port, node.token("early")), ch)
+    await early.subscribe()
+    for i in range(1, 6):
+        assert api(node, "publish", {"channel": ch, "data": i})["result"]["offset"] == i
+    await early.run_until({1, 2, 3, 4, 5})
+    # offsets 6..20 are stored, but their pub/sub messages are held up on the way to this node
+    epoch = r.hget(f"relay:meta:{{{ch}}}", "e").decode()
+    expire_ms = int((time.time() + 300) * 1000)
+    held = [f"p{o}:{epoch}:".encode() + msgpack.packb({"data": o}) for o in range(6, 21)]
+    for o in range(6, 21):
+        r.rpush(f"relay:hist:{{{ch}}}", f"{o}:{expire_ms}:".encode() + msgpack.packb({"data": o}))
+    r.hset(f"relay:meta:{{{ch}}}", "s", 20)
+    late = await ws_connected(node.ws_port, node.token("late"))
+    reply = (await late.call("subscribe", {"channel": ch, "recover": True, "offset": 20, "epoch": epoch}))["subscribe"]
+    assert reply["offset"] == 20 and reply["recovered"] is True
+    for m in held:  # the held-up backlog arrives now
+        r.publish(f"relay:ps:{{{ch}}}", m)
+    assert api(node, "publish", {"channel": ch, "data": 21})["result"]["offset"] == 21
+    push = await late.push(timeout=5)
+    assert push["pub"]["offset"] == 21, push  # the first thing after the reply is new: nothing <= 20
+    await early.run_until(set(range(1, 22)))
+    assert early.got == [(o, o) for o in range(1, 22)]  # every offset once, in order
+    assert api(node, "publish", {"channel": ch, "data": 22})["result"]["offset"] == 22
+    assert (await late.push(timeout=5))["pub"]["offset"] == 22
+    late.close()

@@ -67,24 +67,43 @@ async def test_api_publish_on_one_node_reaches_the_other(two_nodes):
 
 
 async def test_readyz_and_metrics_reflect_redis(redis_factory, relay_factory):
-    """/readyz: 200 'ready', 503 'broker unreachable' while Redis is down, ready again after; the broker
-    metrics follow (errors, up, reconnects)."""
+    """/readyz: 200 'ready', 503 'broker unreachable' once the node's liveness checks see Redis down (within
+    3 s), ready again after; /healthz names the shard's state; the broker metrics follow (errors, up,
+    reconnects). Each answer comes from local state: fast while Redis is down."""
+    import time
     import urllib.error
     import urllib.request
 
     redis = redis_factory()
     node = relay_factory({"broker": "redis", "redis_urls": [redis.url], "metrics_interval": 0.2})
     url = f"http://127.0.0.1:{node.api_port}/readyz"
+    shard = f"127.0.0.1:{redis.port}"
+
+    def get(path):
+        t0 = time.monotonic()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{node.api_port}{path}", timeout=5) as r:
+                out = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            out = e.code, e.read()
+        return out, time.monotonic() - t0
+
     assert urllib.request.urlopen(url).read() == b'{"status":"ready"}'
+    assert json.loads(get("/healthz")[0][1]) == {"status": "ok", "broker": {shard: "up"}}
     m = await asyncio.to_thread(node.metrics)
     assert m["relay_broker_up"] == 1 and m["relay_broker_errors_total"] == 0
+    assert m["relay_broker_shard_up", {"shard": shard}] == 1
     redis.stop()
-    with pytest.raises(urllib.error.HTTPError) as e:
-        await asyncio.to_thread(urllib.request.urlopen, url)
-    assert e.value.code == 503 and e.value.read() == b'{"status":"broker unreachable"}'
-    await asyncio.sleep(1.5)  # the pub/sub reader notices
+    stopped = time.monotonic()
+    while (await asyncio.to_thread(get, "/readyz"))[0][0] == 200:
+        assert time.monotonic() - stopped < 3.0, "the outage was not seen within 3 s"
+        await asyncio.sleep(0.05)
+    (status, body), took = await asyncio.to_thread(get, "/readyz")
+    assert (status, body) == (503, b'{"status":"broker unreachable"}') and took < 0.5
+    assert json.loads((await asyncio.to_thread(get, "/healthz"))[0][1])["broker"] == {shard: "down"}
     m = await asyncio.to_thread(node.metrics)
     assert m["relay_broker_up"] == 0 and m["relay_ready"] == 0 and m["relay_broker_errors_total"] >= 1
+    assert m["relay_broker_shard_up", {"shard": shard}] == 0
     redis.start()
     for _ in range(50):
         m = await asyncio.to_thread(node.metrics)
@@ -93,6 +112,7 @@ async def test_readyz_and_metrics_reflect_redis(redis_factory, relay_factory):
         await asyncio.sleep(0.2)
     assert m["relay_broker_reconnects_total"] >= 1 and m["relay_broker_up"] == 1
     assert urllib.request.urlopen(url).status == 200
+    assert "broker_down" in node.log() and "broker_up" in node.log()
 
 
 async def test_batched_publishes_keep_sharing_frames_on_redis(two_nodes):
