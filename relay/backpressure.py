@@ -13,6 +13,10 @@ error 106 "limit exceeded: node overloaded", temporary) instead of buffering the
   publishes): a slow Redis means publishes pile up waiting for it;
 * ``max_publishes_in_flight``: publishes waiting for the broker right now.
 
+The first two are the node's own; the broker's two are kept per failure domain of the broker (a Redis
+shard, a Cluster master: ``Broker.domain``), so a master that fails over makes the node refuse the
+channels it owns, and only those: the others keep flowing.
+
 Signals are sampled every ``INTERVAL`` seconds (the queue sum walks the backlogged sessions only;
 the in-flight count and the latency average are updated as publishes happen, and while the latency
 is what refuses, one publication every ``PROBE_INTERVAL`` goes through to measure it). Refusing
@@ -61,28 +65,48 @@ class Backpressure:
         self.retry_after = retry_after
         self._backlog = backlog
         self._memory = memory
-        self.reason: str | None = None  # the signal that started the refusing, while refusing
+        self.node_reason: str | None = None  # "queue" or "memory" while they refuse every publication
         self.values = {"queue": 0.0, "memory": 0.0, "latency": 0.0, "in_flight": 0.0}
+        # per broker failure domain: {"latency": moving average, "in_flight": n}, and the signal refusing it
+        self.domains: dict[str, dict[str, float]] = {}
+        self.slow: dict[str, str] = {}
+        self._probe_at: dict[str, float] = {}
         self.refused: dict[str, int] = {"api": 0, "client": 0}  # publications refused, by source
         self.episodes = 0  # times refusing started
-        self._probe_at = 0.0
         self._task: asyncio.Task | None = None
 
     @property
     def enabled(self) -> bool:
         return any(self.limits.values())
 
+    @property
+    def reason(self) -> str | None:
+        """The signal refusing publications (the node's own first, else a broker domain's), or None."""
+        if self.node_reason is not None:
+            return self.node_reason
+        return next(iter(self.slow.values()), None)
+
     # --- signals --------------------------------------------------------------------------------
 
-    def publish_started(self, n: int = 1) -> None:
-        self.values["in_flight"] += n
-        self._judge()
+    def _domain(self, domain: str) -> dict[str, float]:
+        d = self.domains.get(domain)
+        if d is None:
+            d = self.domains[domain] = {"latency": 0.0, "in_flight": 0.0}
+        return d
 
-    def publish_done(self, seconds: float, n: int = 1) -> None:
+    def publish_started(self, n: int = 1, domain: str = "") -> None:
+        self._domain(domain)["in_flight"] += n
+        self.values["in_flight"] += n
+        self._judge_domain(domain)
+
+    def publish_done(self, seconds: float, n: int = 1, domain: str = "") -> None:
+        d = self._domain(domain)
+        d["in_flight"] -= n
+        d["latency"] += _EWMA * (seconds - d["latency"])
         v = self.values
         v["in_flight"] -= n
-        v["latency"] += _EWMA * (seconds - v["latency"])
-        self._judge()
+        v["latency"] = max(x["latency"] for x in self.domains.values())
+        self._judge_domain(domain)
 
     def sample(self) -> None:
         """Read the queue and memory signals (every INTERVAL) and decide."""
@@ -92,36 +116,62 @@ class Backpressure:
             self.values["memory"] = self._memory()
         self._judge()
 
+    def _over(self, name: str, value: float) -> bool:
+        limit = self.limits[name]
+        # in flight: at most max_publishes_in_flight at once, so the one that reaches it closes the door
+        return bool(limit) and (value > limit or (name == "in_flight" and value >= limit))
+
+    def _start(self, name: str, value: float, domain: str | None) -> None:
+        self.episodes += 1
+        log.warning("refusing publications: %s over its limit%s", name,
+                    "" if domain is None else f" (broker shard {domain or 'the broker'})",
+                    extra={"event": "backpressure_on", "signal": name, "value": value,
+                           "limit": self.limits[name], **({} if domain is None else {"shard": domain})})
+
     def _judge(self) -> None:
+        """The node's own signals: queue and memory refuse every publication."""
         limits, values = self.limits, self.values
-        if self.reason is None:
-            for name, limit in limits.items():
-                # in flight: at most max_publishes_in_flight at once, so the one that reaches it closes the door
-                if limit and (values[name] > limit or (name == "in_flight" and values[name] >= limit)):
-                    self.reason = name
-                    self.episodes += 1
-                    self._probe_at = time.monotonic()
-                    log.warning("refusing publications: %s over its limit", name,
-                                extra={"event": "backpressure_on", "signal": name, "value": values[name],
-                                       "limit": limit})
+        if self.node_reason is None:
+            for name in ("queue", "memory"):
+                if self._over(name, values[name]):
+                    self.node_reason = name
+                    self._start(name, values[name], None)
                     return
-        elif all(not limit or values[name] <= limit * RELEASE for name, limit in limits.items()):
-            log.info("accepting publications again", extra={"event": "backpressure_off", "signal": self.reason})
-            self.reason = None
+        elif all(not limits[n] or values[n] <= limits[n] * RELEASE for n in ("queue", "memory")):
+            log.info("accepting publications again", extra={"event": "backpressure_off", "signal": self.node_reason})
+            self.node_reason = None
+
+    def _judge_domain(self, domain: str) -> None:
+        """A broker domain's signals: latency and in flight refuse the publications of its channels."""
+        limits, d = self.limits, self.domains[domain]
+        if domain not in self.slow:
+            for name in ("latency", "in_flight"):
+                if self._over(name, d[name]):
+                    self.slow[domain] = name
+                    self._probe_at[domain] = time.monotonic()
+                    self._start(name, d[name], domain)
+                    return
+        elif all(not limits[n] or d[n] <= limits[n] * RELEASE for n in ("latency", "in_flight")):
+            log.info("accepting publications again", extra={"event": "backpressure_off", "signal": self.slow[domain],
+                                                             "shard": domain})
+            del self.slow[domain]
 
     # --- the decision ---------------------------------------------------------------------------
 
-    def refuse(self, source: str) -> bool:
-        """True (and counted) when a publication from ``source`` ('api' or 'client') must be refused."""
-        if self.reason is None:
-            return False
-        if self.reason == "latency" and not self.values["in_flight"]:
-            # the latency average only moves when publishes happen: let one through now and then as a
-            # probe, so the node learns that the broker is fast again
-            now = time.monotonic()
-            if now - self._probe_at >= PROBE_INTERVAL:
-                self._probe_at = now
+    def refuse(self, source: str, domain: str = "") -> bool:
+        """True (and counted) when a publication from ``source`` ('api' or 'client') to a channel of the
+        broker's ``domain`` must be refused."""
+        if self.node_reason is None:
+            why = self.slow.get(domain)
+            if why is None:
                 return False
+            if why == "latency" and not self.domains[domain]["in_flight"]:
+                # the latency average only moves when publishes happen: let one through now and then as a
+                # probe, so the node learns that the broker is fast again
+                now = time.monotonic()
+                if now - self._probe_at[domain] >= PROBE_INTERVAL:
+                    self._probe_at[domain] = now
+                    return False
         self.refused[source] = self.refused.get(source, 0) + 1
         return True
 

@@ -844,16 +844,33 @@ class Node:
         """Publish several (channel, data) in order with one broker round trip per shard; per item
         the StreamPosition or the ClientError to answer. ``kw`` as for ``publish``."""
         bp = self.backpressure
-        if bp.refuse(source):  # the node cannot deliver what it has: refuse, never buffer (relay/backpressure.py)
-            return [ERRORS.OVERLOADED] * len(items)
-        batch = [(ch, data, self._publish_options(ch, **kw)) for ch, data in items]
-        t0 = time.perf_counter()
-        bp.publish_started(len(batch))
-        results = await self.broker.publish_many(batch)
-        dt = time.perf_counter() - t0
-        bp.publish_done(dt, len(batch))
-        self.stats.broker_publish.observe(dt)
-        out = [ERRORS.INTERNAL if isinstance(r, Exception) else r for r in results]
+        broker = self.broker
+        out: list = [None] * len(items)
+        groups: dict[str, list[int]] = {}  # per broker failure domain: its own latency and refusals
+        for i, (ch, _) in enumerate(items):
+            groups.setdefault(broker.domain(ch), []).append(i)
+        batches = []
+        for domain, idx in groups.items():
+            if bp.refuse(source, domain):  # it cannot deliver what it has: refuse, never buffer
+                for i in idx:
+                    out[i] = ERRORS.OVERLOADED
+            else:
+                batches.append((domain, idx, [(items[i][0], items[i][1], self._publish_options(items[i][0], **kw))
+                                               for i in idx]))
+
+        async def run(domain: str, idx: list[int], batch: list) -> None:
+            t0 = time.perf_counter()
+            bp.publish_started(len(batch), domain)
+            try:
+                results = await broker.publish_many(batch)
+            finally:
+                dt = time.perf_counter() - t0
+                bp.publish_done(dt, len(batch), domain)
+                self.stats.broker_publish.observe(dt)
+            for i, r in zip(idx, results, strict=True):
+                out[i] = ERRORS.INTERNAL if isinstance(r, Exception) else r
+
+        await asyncio.gather(*(run(*b) for b in batches))
         self.stats.publications[source] += sum(1 for r in out if isinstance(r, StreamPosition))
         if self.support is not None:  # support chat namespaces: first-response time (relay/support.py)
             await self.support.published_many(items, out, kw.get("info"))
@@ -863,18 +880,19 @@ class Node:
         """Publish through the broker (kw: info, tags, skip_history, idempotency_key, lane); ``source`` is
         'client' or 'api' (a metric label)."""
         bp = self.backpressure
-        if bp.refuse(source):  # the node cannot deliver what it has: refuse, never buffer (relay/backpressure.py)
+        domain = self.broker.domain(channel)  # a failing shard refuses its own channels only
+        if bp.refuse(source, domain):  # it cannot deliver what it has: refuse, never buffer (relay/backpressure.py)
             raise ERRORS.OVERLOADED
         popts = self._publish_options(channel, **kw)
         t0 = time.perf_counter()
-        bp.publish_started()
+        bp.publish_started(1, domain)
         try:
             pos = await self.broker.publish(channel, data, popts)
         except BrokerUnavailable:
             raise ERRORS.INTERNAL from None  # never a false OK: the client retries
         finally:
             dt = time.perf_counter() - t0
-            bp.publish_done(dt)
+            bp.publish_done(dt, 1, domain)
             self.stats.broker_publish.observe(dt)
         self.stats.publications[source] += 1
         if self.support is not None:  # support chat namespaces: first-response time (relay/support.py)

@@ -309,12 +309,16 @@ def free_cluster_port() -> int:
 
 
 class RedisClusterProcess:
-    """A throw-away Redis Cluster of ``masters`` redis-servers, built with ``redis-cli --cluster create``."""
+    """A throw-away Redis Cluster of ``masters`` redis-servers, each with ``replicas`` replicas (which take
+    over when their master fails: node timeout 2 s), built with ``redis-cli --cluster create``."""
 
-    def __init__(self, masters: int = 3) -> None:
+    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
+        self.replicas = replicas
         self.nodes = [RedisProcess(port=free_cluster_port(),
-                                   extra=["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-                      for _ in range(masters)]
+                                   extra=["--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
+                                          # a failing master stops its own slots only (docs/deploy.md)
+                                          "--cluster-require-full-coverage", "no"])
+                      for _ in range(masters * (1 + replicas))]
 
     @property
     def urls(self) -> list[str]:
@@ -325,8 +329,8 @@ class RedisClusterProcess:
             n.extra += ["--cluster-config-file", f"{n.tmp.name}/nodes.conf"]
             n.start()
         addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
-        r = subprocess.run(["redis-cli", "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
-                           capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(["redis-cli", "--cluster", "create", *addrs, "--cluster-replicas", str(self.replicas),
+                            "--cluster-yes"], capture_output=True, text=True, timeout=timeout)
         if r.returncode != 0:
             self.cleanup()
             raise RuntimeError(f"redis-cli --cluster create failed:\n{r.stdout}\n{r.stderr}")
@@ -334,7 +338,10 @@ class RedisClusterProcess:
         while time.monotonic() < deadline:
             states = [subprocess.run(["redis-cli", "-p", str(n.port), "cluster", "info"], capture_output=True,
                                      text=True).stdout for n in self.nodes]
-            if all("cluster_state:ok" in s for s in states):
+            if all("cluster_state:ok" in s for s in states) and (not self.replicas or all(
+                    "master_link_status:up" in subprocess.run(["redis-cli", "-p", str(p), "info", "replication"],
+                                                              capture_output=True, text=True).stdout
+                    for p in self.replica_ports())):
                 return self
             time.sleep(0.1)
         self.cleanup()
@@ -343,6 +350,22 @@ class RedisClusterProcess:
     def cleanup(self) -> None:
         for n in self.nodes:
             n.cleanup()
+
+    def _role_ports(self, role: str) -> list[int]:
+        out = []
+        for n in self.nodes:
+            info = subprocess.run(["redis-cli", "-p", str(n.port), "info", "replication"], capture_output=True,
+                                  text=True).stdout
+            if f"role:{role}" in info:
+                out.append(n.port)
+        return out
+
+    def master_ports(self) -> list[int]:
+        """The ports of the nodes that are masters now (a failover changes them)."""
+        return self._role_ports("master")
+
+    def replica_ports(self) -> list[int]:
+        return self._role_ports("slave")
 
     def __enter__(self) -> "RedisClusterProcess":
         return self.start()

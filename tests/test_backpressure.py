@@ -83,3 +83,25 @@ def test_retry_after_is_spread_whole_seconds():
 
 def test_resident_bytes_reads_this_process():
     assert resident_bytes() > 10 << 20
+
+
+def test_a_slow_broker_shard_refuses_only_its_own_channels():
+    bp, _ = make(queue_bytes=0, publish_latency=0.1, max_in_flight=3)
+    bp.publish_started(domain="m1")
+    bp.publish_done(2.0, domain="m1")  # a master failing over: its publishes hang
+    bp.publish_started(domain="m2")
+    bp.publish_done(0.001, domain="m2")
+    assert bp.slow == {"m1": "latency"} and bp.reason == "latency"
+    assert bp.refuse("api", "m1") and not bp.refuse("api", "m2") and not bp.refuse("api", "m3")
+    for _ in range(3):  # publishes stuck on one shard fill only its own in-flight budget
+        bp.publish_started(domain="m3")
+    assert bp.slow["m3"] == "in_flight" and bp.refuse("client", "m3") and not bp.refuse("client", "m2")
+    for _ in range(3):
+        bp.publish_done(0.001, domain="m3")
+    assert "m3" not in bp.slow
+    time.sleep(PROBE_INTERVAL + 0.01)
+    assert not bp.refuse("api", "m1")  # the slow shard's probe
+    for _ in range(20):
+        bp.publish_started(domain="m1")
+        bp.publish_done(0.001, domain="m1")
+    assert bp.slow == {} and bp.reason is None
