@@ -348,6 +348,9 @@ class RedisClusterProcess:
         raise RuntimeError("Redis Cluster did not reach cluster_state:ok")
 
     def cleanup(self) -> None:
+        for n in self.nodes:  # all at once: a master stopping alone waits up to 10 s for its replicas
+            if n.proc is not None and n.proc.poll() is None:
+                n.proc.terminate()
         for n in self.nodes:
             n.cleanup()
 

@@ -59,6 +59,9 @@ CONTRACT = {
     "relay_broker_errors": "counter",
     "relay_broker_reconnects": "counter",
     "relay_broker_up": "gauge",
+    # issue 19, broker liveness per shard (docs/operations.md)
+    "relay_broker_shard_up": "gauge",
+    "relay_broker_outage_resyncs": "counter",
     "relay_resyncs": "counter",
     "relay_api_requests": "counter",
     "relay_worker_restarts": "counter",

@@ -1,12 +1,16 @@
 """A node cut off from Redis by a silent network partition (packets dropped: nothing is closed, nobody is
 told), while numbered publications go through another node.
 
-Two cut nodes at once, one healed after 15 s and one after 60 s (tests/tcpproxy.py's blackhole sits between
-each and Redis), and a healthy node that all publications go through. On every node: clients of the
-published Python SDK with recovery on, and a raw client that checks each publication against the position
-it holds. Asserted: nothing lost or repeated, nothing at or below a client's position; the cut is seen
-within 3 s; each client of a cut node is told (2500) within the grace and receives again within grace + 5 s
-of the heal; /metrics, /healthz and /readyz answer within 50 ms throughout.
+Four cut nodes at once, on each core (compiled and pure Python) one healed after 15 s and one after 60 s
+(tests/tcpproxy.py's blackhole sits between each and Redis), and a healthy node that all publications go
+through. On every node: clients of the published Python SDK with recovery on, and a raw client that checks
+each publication against the position it holds. Asserted: nothing lost or repeated, nothing at or below a
+client's position; the cut is seen within 3 s; each client of a cut node is told (2500) within the grace
+and receives again within grace + 5 s of the heal; /metrics, /healthz and /readyz answer within 50 ms
+throughout.
+
+The nodes are processes of their own, so one run covers both cores: the test runs in the compiled pass of
+`make test` only (a minute of cuts is not worth doing twice).
 """
 
 from __future__ import annotations
@@ -19,8 +23,14 @@ import urllib.error
 import urllib.request
 import uuid
 
+import os
+
+import pytest
+
 from tests.rawclients import ws_connected
 from tests.tcpproxy import TcpProxy
+
+CORES = {"cython": {"RELAY_PUREPYTHON": "0"}, "python": {"RELAY_PUREPYTHON": "1"}}
 
 GRACE = 4.0  # broker_down_grace (the default)
 DETECT = 3.0  # the goal: a silent cut is a broker failure within this
@@ -174,15 +184,21 @@ class Scraper(threading.Thread):
             time.sleep(0.05)
 
 
+@pytest.mark.skipif(os.environ.get("RELAY_PUREPYTHON") == "1", reason="covers both cores in the compiled pass")
 async def test_silent_partitions_tell_clients_and_replay_nothing_old(redis_factory, relay_factory):
     redis = redis_factory()
     ns = {"chat": {"history_size": 50000, "history_ttl": 900}}
     common = {"broker": "redis", "namespaces": ns, "broker_down_grace": GRACE}
     healthy = relay_factory({**common, "redis_urls": [redis.url]})
-    proxies = [TcpProxy("127.0.0.1", redis.port) for _ in CUTS]
+    plan = [(core, seconds) for core in CORES for seconds in CUTS]  # each cut node: its core, how long
+    proxies = [TcpProxy("127.0.0.1", redis.port) for _ in plan]
     for p in proxies:
         p.start()
-    cut_nodes = [relay_factory({**common, "redis_urls": [f"redis://127.0.0.1:{p.port}/0"]}) for p in proxies]
+    cut_nodes = [relay_factory({**common, "redis_urls": [f"redis://127.0.0.1:{p.port}/0"]}, env=CORES[core])
+                 for p, (core, _) in zip(proxies, plan, strict=True)]
+    for n, (core, _) in zip(cut_nodes, plan, strict=True):
+        if core == "cython" and os.environ.get("RELAY_EXPECT_COMPILED") == "1":
+            assert "core=cython" in n.log(), "the compiled core did not load"
     ch = f"chat:{uuid.uuid4().hex[:8]}"
 
     sdks = {n: [SdkClient(n, ch, f"shopper{i}") for i in range(2)] for n in [healthy, *cut_nodes]}
@@ -223,7 +239,7 @@ async def test_silent_partitions_tell_clients_and_replay_nothing_old(redis_facto
     for p in proxies:
         await asyncio.to_thread(p.blackhole)
     heal_at = {}
-    for p, seconds, n in sorted(zip(proxies, CUTS, cut_nodes, strict=True), key=lambda x: x[1]):
+    for p, (_, seconds), n in sorted(zip(proxies, plan, cut_nodes, strict=True), key=lambda x: x[1][1]):
         await asyncio.sleep(cut_at + seconds - time.monotonic())
         await asyncio.to_thread(p.heal)
         heal_at[n] = time.monotonic()
@@ -260,7 +276,7 @@ async def test_silent_partitions_tell_clients_and_replay_nothing_old(redis_facto
         assert p.got == acked
     assert not any(c.told for c in sdks[healthy]) and not probes[healthy].told  # the healthy node's never knew
     report = {}
-    for n, seconds in zip(cut_nodes, CUTS, strict=True):
+    for n, (core, seconds) in zip(cut_nodes, plan, strict=True):
         detected = scrapers[n].down_at[0] - cut_at if scrapers[n].down_at else None
         assert detected is not None and detected <= DETECT, detected
         told = [min(t for t in c.told if t >= cut_at) - cut_at if c.told else None for c in sdks[n]]
@@ -270,13 +286,16 @@ async def test_silent_partitions_tell_clients_and_replay_nothing_old(redis_facto
         assert all(a is not None and a - heal_at[n] <= GRACE + 5 for a in again), \
             [a and a - heal_at[n] for a in again]
         slowest = max(scrapers[n].times, key=lambda x: x[1])
-        report[seconds] = {"detected_s": round(detected, 2), "told_s": [round(t, 2) for t in told],
+        report[f"{core} {seconds:.0f} s"] = {"detected_s": round(detected, 2), "told_s": [round(t, 2) for t in told],
                            "receiving_again_after_heal_s": [round(a - heal_at[n], 2) for a in again],
                            "slowest_scrape": (slowest[0], round(slowest[1] * 1000, 1)),
                            "scrapes": len(scrapers[n].times)}
     print(f"silent partitions, {len(acked)} publications: {report}")
     for n in cut_nodes:
         assert max(t for _, t in scrapers[n].times) <= SCRAPE_LIMIT, report
+        m = await asyncio.to_thread(n.metrics)  # the cut counted as a broker failure, and a reconnect
+        assert m["relay_broker_errors_total"] >= 1 and m["relay_broker_reconnects_total"] >= 1
+        assert m["relay_broker_outage_resyncs_total"] == 3 and m["relay_broker_up"] == 1
     for cs in sdks.values():
         for c in cs:
             await c.client.disconnect()
