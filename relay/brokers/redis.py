@@ -51,6 +51,8 @@ log = logging.getLogger("relay.redis")
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
+SETTLE = 0.05  # seconds the liveness watch waits before calling a connection silent: pongs already here get read
+
 
 def jump_hash(key: int, buckets: int) -> int:
     """Jump consistent hash (Lamping & Veach 2014): adding a bucket moves only ~1/n of the keys."""
@@ -515,6 +517,9 @@ class RedisBroker(Broker):
             if now > due:
                 due = now
             why = ""
+            if not lagged and any(c.connected and c.liveness.expired(now, timeout) for c in conns):
+                await asyncio.sleep(SETTLE)  # a pong this process has received but not read yet gets read
+                now = loop.time()
             for c in conns:
                 if not c.connected:
                     why = "pub/sub connection down"
@@ -579,6 +584,9 @@ class RedisBroker(Broker):
                 if d not in names:
                     self.health_state.forget(d)
             links = self.sharded.links if self.sharded is not None else {}
+            if not lagged and any(lk.up and lk.liveness.expired(now, timeout) for lk in links.values()):
+                await asyncio.sleep(SETTLE)  # a pong this process has received but not read yet gets read
+                now = loop.time()
             for node, err in await asyncio.gather(*(ping(n) for n in primaries)):
                 why = ""
                 if err == "timeout":
