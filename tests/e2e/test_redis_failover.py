@@ -2,7 +2,8 @@
 master: its replica takes over, and the channels of the two healthy masters never notice.
 
 Two relay nodes, one on each core (compiled and pure Python), each publishing half of the channels and
-each with a subscriber to all of them: one run covers both cores, in the compiled pass of `make test`."""
+each with a subscriber to all of them: one run covers both cores
+(`make test` runs it once, beside the pure-Python pass: .ci/suites)."""
 
 from __future__ import annotations
 
@@ -143,7 +144,8 @@ class Publisher(threading.Thread):
                 time.sleep(0.05)
 
 
-@pytest.mark.skipif(os.environ.get("RELAY_PUREPYTHON") == "1", reason="covers both cores in the compiled pass")
+@pytest.mark.both_cores
+@pytest.mark.skipif(os.environ.get("RELAY_PUREPYTHON") == "1", reason="starts nodes of both cores: run once")
 async def test_a_killed_master_stops_only_its_own_channels(cluster_with_replicas, relay_factory):
     cluster = cluster_with_replicas
     masters = cluster.master_ports()

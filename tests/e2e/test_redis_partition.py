@@ -9,8 +9,8 @@ client's position; the cut is seen within 3 s; each client of a cut node is told
 and receives again within grace + 5 s of the heal; /metrics, /healthz and /readyz answer within 50 ms
 throughout.
 
-The nodes are processes of their own, so one run covers both cores: the test runs in the compiled pass of
-`make test` only (a minute of cuts is not worth doing twice).
+The nodes are processes of their own, so one run covers both cores: `make test` runs it once, beside
+the pure-Python pass (.ci/suites): a minute of cuts is not worth doing twice.
 """
 
 from __future__ import annotations
@@ -184,7 +184,8 @@ class Scraper(threading.Thread):
             time.sleep(0.05)
 
 
-@pytest.mark.skipif(os.environ.get("RELAY_PUREPYTHON") == "1", reason="covers both cores in the compiled pass")
+@pytest.mark.both_cores
+@pytest.mark.skipif(os.environ.get("RELAY_PUREPYTHON") == "1", reason="starts nodes of both cores: run once")
 async def test_silent_partitions_tell_clients_and_replay_nothing_old(redis_factory, relay_factory):
     redis = redis_factory()
     ns = {"chat": {"history_size": 50000, "history_ttl": 900}}
@@ -243,7 +244,10 @@ async def test_silent_partitions_tell_clients_and_replay_nothing_old(redis_facto
         await asyncio.sleep(cut_at + seconds - time.monotonic())
         await asyncio.to_thread(p.heal)
         heal_at[n] = time.monotonic()
-    await asyncio.sleep(GRACE + 5 + 1)
+    deadline = time.monotonic() + GRACE + 5 + 1  # until every client of a cut node receives again
+    while time.monotonic() < deadline and not all(c.first_after(heal_at[n]) for n in cut_nodes for c in sdks[n]):
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
     stop.set()
     await asyncio.to_thread(publisher.join, 10)
     for s in scrapers.values():
