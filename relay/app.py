@@ -14,6 +14,8 @@ from relay.brokers.base import Broker, PresenceManager
 from relay.brokers.memory import MemoryBroker, MemoryPresenceManager
 from relay.config import Config
 from relay.node import Node
+from relay.proxy import EventProxy
+from relay.support import SupportDesk
 from relay.transports.tcp import TcpProtocol
 from relay.transports.websocket import WebSocketProtocol
 
@@ -34,10 +36,19 @@ def build_broker(cfg: Config) -> tuple[Broker, PresenceManager]:
     return MemoryBroker(), MemoryPresenceManager()
 
 
+def build_proxy(cfg: Config) -> EventProxy | None:
+    """The event proxy to the backend (relay/proxy.py), when any of its hooks is configured."""
+    px = cfg.proxy
+    endpoints = [px.connect_endpoint, px.refresh_endpoint, px.subscribe_endpoint, px.sub_refresh_endpoint,
+                 px.publish_endpoint, px.rpc_endpoint, *px.rpc_routes.values()]
+    return EventProxy(px) if any(endpoints) else None
+
+
 class App:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.node = Node(cfg, *build_broker(cfg))
+        broker, presence = build_broker(cfg)
+        self.node = Node(cfg, broker, presence, proxy=build_proxy(cfg), support=SupportDesk.for_node(cfg, broker))
         self.servers: list[asyncio.AbstractServer] = []
         self._api_runner: web.AppRunner | None = None
         self.ready = False

@@ -18,59 +18,24 @@ close codes come from fixed sets; never a channel, user or client id.
 
 from __future__ import annotations
 
-import bisect
 import os
 import platform
 from typing import TYPE_CHECKING, Any
 
 from relay import __version__, logs
 from relay.backpressure import resident_bytes
+from relay.histogram import FIRST_RESPONSE_BUCKETS, LATENCY_BUCKETS
 
 if TYPE_CHECKING:  # pragma: no cover
     from relay.node import Node
 
-__all__ = ["Exporter", "LocalHistogram", "multiprocess_dir", "LATENCY_BUCKETS"]
-
-# seconds: 50 µs to 5 s; fan-out and a Redis round trip both live at the low end
-LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                   0.5, 1.0, 2.5, 5.0)
+__all__ = ["Exporter", "multiprocess_dir"]
 
 TRANSPORTS = {0: "websocket", 1: "tcp"}  # relay.core WIRE_WS, WIRE_TCP
 
 
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
-
-
-class LocalHistogram:
-    """Bucket counts kept in a list (a bisect and two additions per observation); ``flush`` adds them
-    to a prometheus-client Histogram in one step per bucket."""
-
-    __slots__ = ("bounds", "counts", "total", "n")
-
-    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
-        self.total = 0.0
-        self.n = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-        self.n += 1
-
-    def flush(self, hist: Any) -> None:
-        if not self.n:
-            return
-        # prometheus-client keeps one (non-cumulative) value per bucket and the sum; adding to them is
-        # what observe() does, once per observation; tests/test_metrics.py checks the result
-        for value, count in zip(hist._buckets, self.counts, strict=True):
-            if count:
-                value.inc(count)
-        hist._sum.inc(self.total)
-        self.counts = [0] * len(self.counts)
-        self.total = 0.0
-        self.n = 0
 
 
 class Exporter:
@@ -171,7 +136,6 @@ class Exporter:
                                      ("reason",))
         self.recoveries_coalesced = counter("relay_recoveries_coalesced", "subscribe stream reads (position or "
                                             "recovery) served by a broker read made for another subscribe too")
-        from relay.support import FIRST_RESPONSE_BUCKETS
 
         self.first_response = Histogram("relay_first_response_seconds", "support chats: a customer's message to "
                                         "the first reply by someone else, by namespace (each counted once, by the "

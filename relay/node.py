@@ -17,7 +17,7 @@ import re
 import socket
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay import __version__
 from relay.auth import TokenVerifier
@@ -27,13 +27,16 @@ from relay.brokers.base import (Broker, BrokerUnavailable, PresenceManager, Publ
 from relay.codes import DISCONNECTS, ERRORS, Disconnect
 from relay.config import ChannelOptions, Config
 from relay.core import IMPLEMENTATION, LANE_CHAT, LANES, Hub
-from relay.proxy import EventProxy
 from relay.recovery import RecoveryCoalescer
 from relay.redact import Redactor
 from relay.session import JOIN_LEAVE_PREFIX, ClientSession, join_leave_channel
-from relay.support import SupportDesk
+from relay.stats import Stats
 
-__all__ = ["Node", "Stats"]
+if TYPE_CHECKING:  # pragma: no cover
+    from relay.proxy import EventProxy
+    from relay.support import SupportDesk
+
+__all__ = ["Node", "Stats"]  # Stats: relay/stats.py, kept importable from here
 
 log = logging.getLogger("relay.node")
 
@@ -53,42 +56,6 @@ def connection_cap() -> int:
     return max(1, int(soft * 0.9) - 64)
 
 
-class Stats:
-    """Counters kept up to date as things happen, in plain ints (relay.metrics exports them)."""
-
-    def __init__(self) -> None:
-        from relay.metrics import LocalHistogram
-
-        self.commands: Counter[tuple[str, str]] = Counter()
-        self.disconnects: Counter[int] = Counter()
-        self.auth_failures: Counter[str] = Counter()
-        self.redactions: Counter[str] = Counter()  # "card" / "pattern": replaced in client publications
-        self.handshake_failures: Counter[str] = Counter()
-        self.accepted: Counter[int] = Counter()  # sessions by wire
-        self.publications: Counter[str] = Counter()  # by source: client, api
-        self.api_requests: Counter[tuple[str, str]] = Counter()
-        self.resyncs = 0
-        self.outage_resyncs = 0  # subscriptions dropped with 2500 because their broker shard stayed down
-        self.lane_resyncs = 0  # subscriptions dropped with 2500 after their update/bulk lane overflowed
-        self.history_reads: Counter[str] = Counter()  # broker history reads by reason (recover/position/history)
-        self.fanout = LocalHistogram()
-        self.broker_publish = LocalHistogram()
-
-    def command(self, method: str, result: str) -> None:
-        self.commands[(method, result)] += 1
-
-    def disconnect(self, code: int) -> None:
-        self.disconnects[code] += 1
-
-    def auth_failure(self, reason: str, **ids: Any) -> None:
-        self.auth_failures[reason] += 1
-        log.info("authentication failed: %s", reason, extra={"event": "auth_failed", "reason": reason, **ids})
-
-    def handshake_failure(self, reason: str, **ids: Any) -> None:
-        self.handshake_failures[reason] += 1
-        log.info("connection refused: %s", reason, extra={"event": "refused", "reason": reason, **ids})
-
-
 _CONTROL_CHAR = re.compile("[\x00-\x1f\x7f]").search  # not allowed in a channel name
 
 
@@ -98,7 +65,10 @@ def _user_listed(s: ClientSession, channel: str) -> bool:
     return not sep or (bool(s.user) and s.user in users.split(","))
 
 class Node:
-    def __init__(self, cfg: Config, broker: Broker, presence: PresenceManager) -> None:
+    def __init__(self, cfg: Config, broker: Broker, presence: PresenceManager, *,
+                 proxy: EventProxy | None = None, support: SupportDesk | None = None) -> None:
+        """``proxy`` (the event proxy to the backend) and ``support`` (support chat timing) are the node's
+        hooks, made and handed over by the composition root (relay/app.py), each None when not configured."""
         self.cfg = cfg
         self.broker = broker
         self.presence = presence
@@ -106,10 +76,7 @@ class Node:
         self.started_at = time.time()
         self.stats = Stats()
         self.tokens = TokenVerifier.from_config(cfg)
-        px = cfg.proxy
-        endpoints = [px.connect_endpoint, px.refresh_endpoint, px.subscribe_endpoint, px.sub_refresh_endpoint,
-                     px.publish_endpoint, px.rpc_endpoint, *px.rpc_routes.values()]
-        self.proxy: EventProxy | None = EventProxy(px) if any(endpoints) else None
+        self.proxy = proxy
         self._redactors: dict[int, Redactor | None] = {}
         # subscribe-time stream reads (position, recovery), one broker read per channel for many clients
         self.recovery = RecoveryCoalescer(broker, coalesce=cfg.recovery_coalesce,
@@ -118,7 +85,7 @@ class Node:
                                           meta_ttl=cfg.history_meta_ttl, reads=self.stats.history_reads)
         self.outbox: Any = None  # relay.outbox.OutboxConsumer, made by the app when outbox_dsn is set
         # first-response tracking (relay/support.py); None unless a namespace has support_chat
-        self.support: SupportDesk | None = SupportDesk.for_node(cfg, broker)
+        self.support = support
         self.hub: Hub = None  # type: ignore[assignment]  # created in start(), needs the loop
         # refuses new publications while the node cannot deliver what it has (relay/backpressure.py)
         self.backpressure = Backpressure(queue_bytes=cfg.backpressure_queue_bytes,

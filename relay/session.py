@@ -19,7 +19,7 @@ import sys
 import termios
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 
 from relay import __version__
@@ -33,11 +33,66 @@ from relay.proxy import ProxyFailure
 from relay.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
-    from relay.node import Node
+    from collections.abc import Coroutine
 
-__all__ = ["ClientSession", "join_leave_channel"]
+    from relay.auth import TokenVerifier
+    from relay.brokers.base import Broker, PresenceManager
+    from relay.config import ChannelOptions, Config
+    from relay.core import Hub
+    from relay.proxy import EventProxy
+    from relay.recovery import RecoveryCoalescer
+    from relay.redact import Redactor
+    from relay.stats import Stats
+
+__all__ = ["ClientSession", "SessionHost", "join_leave_channel"]
 
 log = logging.getLogger("relay.session")
+
+
+class SessionHost(Protocol):
+    """What a session needs of the node that hosts it (relay.node.Node is one): its registry, the
+    channels' broker interest and stream positions, publishing and history. A session knows the node by
+    this contract only, so the node can import the session and not the other way round."""
+
+    cfg: Config
+    name: str
+    stats: Stats
+    hub: Hub
+    broker: Broker
+    presence: PresenceManager
+    tokens: TokenVerifier
+    recovery: RecoveryCoalescer
+    proxy: EventProxy | None
+    users: dict[str, set[ClientSession]]
+    backlogged: set[ClientSession]
+
+    # registry and pings
+    def register(self, s: ClientSession) -> None: ...
+    def unregister(self, s: ClientSession) -> None: ...
+    def await_pong(self, s: ClientSession) -> None: ...
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
+
+    # channels: rules, broker interest, positions
+    def valid_channel(self, channel: str) -> bool: ...
+    def lane(self, channel: str, lane: int | None = None) -> int: ...
+    def redactor(self, opts: ChannelOptions) -> Redactor | None: ...
+    def check_subscribe(self, s: ClientSession, channel: str, opts: ChannelOptions) -> None: ...
+    def check_access(self, s: ClientSession, channel: str, mode: str) -> None: ...
+    async def acquire(self, channel: str) -> None: ...
+    def release(self, channel: str) -> None: ...
+    def collect(self, channel: str) -> list[dict]: ...
+    def stop_collecting(self, channel: str, box: list[dict]) -> None: ...
+    def delivered_offset(self, channel: str, epoch: str) -> int: ...
+    async def offset_reached(self, channel: str, offset: int, timeout: float) -> None: ...
+    def track_position(self, channel: str, pos: StreamPosition) -> str: ...
+    async def add_subscription(self, s: ClientSession, channel: str, join_leave: bool, opts: ChannelOptions,
+                               after: int = 0) -> None: ...
+    def drop_subscription(self, s: ClientSession, channel: str, join_leave: bool) -> None: ...
+
+    # publications and history
+    async def publish(self, channel: str, data: Any, *, source: str = "api", **kw: Any) -> StreamPosition: ...
+    async def publish_many(self, items: list[tuple[str, Any]], *, source: str = "api", **kw: Any) -> list: ...
+    async def history(self, channel: str, p: dict) -> dict: ...
 
 METHODS = ("connect", "subscribe", "unsubscribe", "publish", "presence", "presence_stats", "history",
            "refresh", "rpc", "sub_refresh", "send")
@@ -91,7 +146,7 @@ class ClientSession:
                  "_info_cache", "remote", "_commands", "_publishes", "_refused", "_expiry_timer", "_sub_timers",
                  "_server_subs", "_token_subs", "headers", "meta", "_proxied", "_pending_bytes", "_reading_paused")
 
-    def __init__(self, node: "Node", transport: Any, raw_transport: asyncio.Transport, wire: int,
+    def __init__(self, node: SessionHost, transport: Any, raw_transport: asyncio.Transport, wire: int,
                  remote: str = "") -> None:
         self.node = node
         self.transport = transport
@@ -697,7 +752,7 @@ class ClientSession:
         When this node is receiving the channel (it tracks its position, or publications are arriving)
         and is behind ``pos``, wait briefly (CATCH_UP_WAIT) until it has caught up (the node wakes this when
         the offset arrives). Still behind after that (a backlog held up in the network), the client joins
-        the hub only once the node's delivery reaches ``pos`` (Node.track_position)."""
+        the hub only once the node's delivery reaches ``pos`` (relay.node.Node.track_position)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CATCH_UP_WAIT
         while True:

@@ -43,7 +43,7 @@ import aiohttp
 import orjson
 
 from relay.brokers.base import StreamPosition
-from relay.metrics import LocalHistogram
+from relay.histogram import FIRST_RESPONSE_BUCKETS, LocalHistogram
 
 if TYPE_CHECKING:  # pragma: no cover
     from relay.brokers.base import Broker
@@ -54,9 +54,6 @@ __all__ = ["FIRST_RESPONSE_BUCKETS", "SupportRules", "Escalation", "WaitTracker"
 
 log = logging.getLogger("relay.support")
 
-#: seconds: human replies, from a few seconds to an hour (a bot's instant answer lands in the first bucket)
-FIRST_RESPONSE_BUCKETS = (5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0, 900.0, 1800.0,
-                          3600.0)
 #: the author of a publication made without a user: the server API or the outbox (the shop's backend)
 SERVER = ""
 #: escalation requests per waiting episode: the first and two retries
