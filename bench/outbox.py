@@ -216,7 +216,7 @@ class Database:
 async def amain(args: argparse.Namespace) -> int:
     import asyncpg
 
-    from relay.outbox import init_table
+    from relay.integrations.outbox import init_table
 
     pin_to(GENERATOR_CPU)
     db = Database(args.dsn)

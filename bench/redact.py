@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_description, write_result  # noqa: E402
 
-from relay.redact import Redactor  # noqa: E402
+from relay.rules.redact import Redactor  # noqa: E402
 
 MESSAGES = {
     "short question": {"type": "msg", "text": "Do you have the Storm Shell in size M?", "mid": "a1b2c3"},

@@ -1,7 +1,7 @@
 -- The relay outbox: server API commands a backend inserts in the same transaction as its
 -- business change; relay executes them after the commit (docs/outbox.md).
 --
--- This is what `relay outbox init` runs for the table relay_outbox (relay.outbox.schema_sql).
+-- This is what `relay outbox init` runs for the table relay_outbox (relay.integrations.outbox.schema_sql).
 -- Running it again is harmless.
 --
 -- A backend writes, inside its own transaction:

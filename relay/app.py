@@ -14,8 +14,8 @@ from relay.brokers.base import Broker, PresenceManager
 from relay.brokers.memory import MemoryBroker, MemoryPresenceManager
 from relay.config import Config
 from relay.node import Node
-from relay.proxy import EventProxy
-from relay.support import SupportDesk
+from relay.integrations.proxy import EventProxy
+from relay.rules.support import SupportDesk
 from relay.transports.tcp import TcpProtocol
 from relay.transports.websocket import WebSocketProtocol
 
@@ -77,12 +77,12 @@ class App:
         if self.node.support is not None:  # support chats: the waiting gauge and escalations (relay/support.py)
             self.node.support.start()
         if cfg.outbox_dsn:
-            from relay.outbox import OutboxConsumer
+            from relay.integrations.outbox import OutboxConsumer
 
             self.node.outbox = OutboxConsumer(self.node, cfg)
             await self.node.outbox.start()
         if cfg.metrics:
-            from relay.metrics import Exporter
+            from relay.ops.metrics import Exporter
 
             self.node.metrics = Exporter(self.node)
             self._metrics_task = loop.create_task(self._metrics_loop())

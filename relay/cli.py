@@ -41,7 +41,7 @@ def cmd_serve(args) -> int:
     from relay import core
 
     cfg = _load(args)
-    from relay import logs
+    from relay.ops import logs
 
     logs.setup(cfg)
 
@@ -70,7 +70,7 @@ Publish: curl -s -H 'X-API-Key: {cfg.api_key}' -d '{{"channel":"sale:flash","dat
 """, flush=True)
 
     if cfg.worker_count() > 1:
-        from relay.supervisor import supervise
+        from relay.ops.supervisor import supervise
 
         started(None)
         return supervise(cfg)
@@ -129,7 +129,7 @@ def cmd_outbox_init(args) -> int:
     import asyncio
 
     from relay.config import load
-    from relay.outbox import init_table, notify_channel
+    from relay.integrations.outbox import init_table, notify_channel
 
     # only the outbox keys matter here: a config without a token secret (not yet complete for serving) will do
     cfg = load(args.config, overrides={"allow_anonymous_connect": True})
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="version, active core, libraries")
     i.set_defaults(func=cmd_info)
 
-    from relay import capacity
+    from relay.ops import capacity
 
     capacity.add_parser(sub)
 

@@ -21,20 +21,20 @@ from typing import TYPE_CHECKING, Any
 
 from relay import __version__
 from relay.auth import TokenVerifier
-from relay.backpressure import Backpressure
+from relay.rules.backpressure import Backpressure
 from relay.brokers.base import (Broker, BrokerUnavailable, PresenceManager, PublishOptions, StreamPosition,
                                 UnrecoverablePosition)
 from relay.codes import DISCONNECTS, ERRORS, Disconnect
 from relay.config import ChannelOptions, Config
 from relay.core import IMPLEMENTATION, LANE_CHAT, LANES, Hub
 from relay.recovery import RecoveryCoalescer
-from relay.redact import Redactor
+from relay.rules.redact import Redactor
 from relay.session import JOIN_LEAVE_PREFIX, ClientSession, join_leave_channel
-from relay.stats import Stats
+from relay.ops.stats import Stats
 
 if TYPE_CHECKING:  # pragma: no cover
-    from relay.proxy import EventProxy
-    from relay.support import SupportDesk
+    from relay.integrations.proxy import EventProxy
+    from relay.rules.support import SupportDesk
 
 __all__ = ["Node", "Stats"]  # Stats: relay/stats.py, kept importable from here
 
@@ -83,7 +83,7 @@ class Node:
                                           max_concurrent_reads=cfg.recovery_max_concurrent_reads,
                                           read_interval=cfg.recovery_read_interval,
                                           meta_ttl=cfg.history_meta_ttl, reads=self.stats.history_reads)
-        self.outbox: Any = None  # relay.outbox.OutboxConsumer, made by the app when outbox_dsn is set
+        self.outbox: Any = None  # relay.integrations.outbox.OutboxConsumer, made by the app when outbox_dsn is set
         # first-response tracking (relay/support.py); None unless a namespace has support_chat
         self.support = support
         self.hub: Hub = None  # type: ignore[assignment]  # created in start(), needs the loop
@@ -143,7 +143,7 @@ class Node:
         self._fanout_started: list[float] = []  # when each publication of this loop iteration arrived
         self._schedule: Any = None
         self._pace_timer: asyncio.Handle | None = None  # delivers the paced broadcasts' slots as they come due
-        self.metrics: Any = None  # relay.metrics.Exporter, made by the app
+        self.metrics: Any = None  # relay.ops.metrics.Exporter, made by the app
 
     # --- lifecycle -------------------------------------------------------------------------------
 

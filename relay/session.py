@@ -29,8 +29,8 @@ from relay.codes import DISCONNECTS, ERRORS, ClientError, Disconnect
 from relay.core import LANE_BULK, WIRE_TCP
 from relay.protocol.codec import codec_for, json_exact
 from relay.protocol.errors import ProtocolError
-from relay.proxy import ProxyFailure
-from relay.ratelimit import TokenBucket
+from relay.integrations.proxy import ProxyFailure
+from relay.rules.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -39,10 +39,10 @@ if TYPE_CHECKING:
     from relay.brokers.base import Broker, PresenceManager
     from relay.config import ChannelOptions, Config
     from relay.core import Hub
-    from relay.proxy import EventProxy
+    from relay.integrations.proxy import EventProxy
     from relay.recovery import RecoveryCoalescer
-    from relay.redact import Redactor
-    from relay.stats import Stats
+    from relay.rules.redact import Redactor
+    from relay.ops.stats import Stats
 
 __all__ = ["ClientSession", "SessionHost", "join_leave_channel"]
 

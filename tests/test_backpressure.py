@@ -3,7 +3,7 @@ every limit, latency is probed while it refuses, and Retry-After is spread."""
 
 import time
 
-from relay.backpressure import PROBE_INTERVAL, Backpressure, resident_bytes
+from relay.rules.backpressure import PROBE_INTERVAL, Backpressure, resident_bytes
 
 
 def make(**kw):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from relay.capacity import MissingFigure, Traffic, load_profile, plan
+from relay.ops.capacity import MissingFigure, Traffic, load_profile, plan
 from relay.testing import ROOT
 
 MACHINE = {"relay_core": "cython", "cores": 2}

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from relay import logs
+from relay.ops import logs
 from relay.config import Config
 
 

@@ -4,7 +4,7 @@ import random
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from relay.histogram import LATENCY_BUCKETS, LocalHistogram
+from relay.ops.histogram import LATENCY_BUCKETS, LocalHistogram
 from relay.testing import Samples
 
 

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from relay.codes import ClientError, Disconnect
-from relay.proxy import RESULT_FIELDS, ProxyFailure, forward_headers, parse_reply
+from relay.integrations.proxy import RESULT_FIELDS, ProxyFailure, forward_headers, parse_reply
 
 
 def reply(obj) -> bytes:

@@ -1,4 +1,4 @@
-from relay.ratelimit import TokenBucket
+from relay.rules.ratelimit import TokenBucket
 
 
 def test_burst_then_rate():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from relay.redact import Redactor, card_brand_ok, luhn_ok
+from relay.rules.redact import Redactor, card_brand_ok, luhn_ok
 
 R = Redactor(cards=True)
 

@@ -13,7 +13,7 @@ import pytest
 from relay.brokers.base import StreamPosition
 from relay.brokers.redis import RedisBroker
 from relay.config import ConfigError, from_mapping
-from relay.support import (SERVER, MemoryWaitTracker, RedisWaitTracker, SupportDesk, SupportRules, author_of)
+from relay.rules.support import (SERVER, MemoryWaitTracker, RedisWaitTracker, SupportDesk, SupportRules, author_of)
 from relay.testing import free_port
 from tests.webhook import Webhook
 

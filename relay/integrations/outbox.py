@@ -64,7 +64,7 @@ SCHEMA_TEMPLATE = """\
 -- The relay outbox: server API commands a backend inserts in the same transaction as its
 -- business change; relay executes them after the commit (docs/outbox.md).
 --
--- This is what `relay outbox init` runs for the table {table} (relay.outbox.schema_sql).
+-- This is what `relay outbox init` runs for the table {table} (relay.integrations.outbox.schema_sql).
 -- Running it again is harmless.
 --
 -- A backend writes, inside its own transaction:
@@ -156,7 +156,7 @@ class _Outcome:
 class OutboxConsumer:
     """Consumes the outbox table of ``cfg.outbox_dsn`` into ``node``; see the module docstring.
 
-    Counters (plain ints, exported by relay.metrics): ``rows_done``, ``rows_failed`` (given up on),
+    Counters (plain ints, exported by relay.ops.metrics): ``rows_done``, ``rows_failed`` (given up on),
     ``batches`` (committed), ``errors`` (database errors and transient execution failures, each
     followed by a retry), ``reconnects``; and ``lag_seconds`` (the age of the oldest row claimed by
     the last poll, 0 when it found none) and ``partitions_owned``.

@@ -40,7 +40,7 @@ import orjson
 
 from relay.codes import ClientError, Disconnect
 from relay.config import PROXY_HOOKS, ProxyOptions
-from relay.histogram import LocalHistogram
+from relay.ops.histogram import LocalHistogram
 
 __all__ = ["EventProxy", "ProxyFailure", "HookStats", "FAILURE_KINDS", "parse_reply", "RESULT_FIELDS",
            "forward_headers"]

@@ -1,5 +1,5 @@
 """Latency histograms kept in plain Python lists on the hot paths (fan-out, broker publishes, proxy calls,
-support chats), and their buckets. relay.metrics adds them to Prometheus histograms at each sync, so the
+support chats), and their buckets. relay.ops.metrics adds them to Prometheus histograms at each sync, so the
 parts that observe never import the exporter (or prometheus-client)."""
 
 from __future__ import annotations

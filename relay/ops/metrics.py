@@ -22,9 +22,11 @@ import os
 import platform
 from typing import TYPE_CHECKING, Any
 
-from relay import __version__, logs
-from relay.backpressure import resident_bytes
-from relay.histogram import FIRST_RESPONSE_BUCKETS, LATENCY_BUCKETS
+from relay import __version__
+
+from relay.ops import logs
+from relay.rules.backpressure import resident_bytes
+from relay.ops.histogram import FIRST_RESPONSE_BUCKETS, LATENCY_BUCKETS
 
 if TYPE_CHECKING:  # pragma: no cover
     from relay.node import Node

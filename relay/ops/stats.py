@@ -1,4 +1,4 @@
-"""The node's counters, kept up to date as things happen in plain ints and local histograms; relay.metrics
+"""The node's counters, kept up to date as things happen in plain ints and local histograms; relay.ops.metrics
 reads them (through the node) at each sync. No dependency on the node, the sessions or the exporter."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import logging
 from collections import Counter
 from typing import Any
 
-from relay.histogram import LocalHistogram
+from relay.ops.histogram import LocalHistogram
 
 __all__ = ["Stats"]
 
@@ -15,7 +15,7 @@ log = logging.getLogger("relay.node")  # the logger these events always had
 
 
 class Stats:
-    """Counters kept up to date as things happen, in plain ints (relay.metrics exports them)."""
+    """Counters kept up to date as things happen, in plain ints (relay.ops.metrics exports them)."""
 
     def __init__(self) -> None:
         self.commands: Counter[tuple[str, str]] = Counter()

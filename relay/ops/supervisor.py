@@ -26,7 +26,7 @@ RESTART_BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
 def _worker_main(cfg: Config, index: int) -> None:
-    from relay import logs
+    from relay.ops import logs
 
     logs.setup(cfg, worker=index)
     from relay.app import run
@@ -112,7 +112,7 @@ def _supervise(cfg: Config) -> int:
                 w.restarts += 1
                 w.start()
                 if cfg.metrics:
-                    from relay.metrics import count_worker_restart
+                    from relay.ops.metrics import count_worker_restart
 
                     count_worker_restart()
                 log.info("worker %d restarted (pid %d)", w.index, w.proc.pid)

@@ -43,7 +43,7 @@ import aiohttp
 import orjson
 
 from relay.brokers.base import StreamPosition
-from relay.histogram import FIRST_RESPONSE_BUCKETS, LocalHistogram
+from relay.ops.histogram import FIRST_RESPONSE_BUCKETS, LocalHistogram
 
 if TYPE_CHECKING:  # pragma: no cover
     from relay.brokers.base import Broker
@@ -308,7 +308,7 @@ def _rules(cfg: Config) -> dict[str, SupportRules]:
 
 class SupportDesk:
     """The node's side of first-response tracking: feeds accepted publications to the tracker, keeps
-    the figures relay.metrics exports, and runs the scan and the escalation webhook."""
+    the figures relay.ops.metrics exports, and runs the scan and the escalation webhook."""
 
     def __init__(self, cfg: Config, tracker: WaitTracker) -> None:
         self.cfg = cfg

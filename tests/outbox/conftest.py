@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from relay.outbox import init_table
+from relay.integrations.outbox import init_table
 from relay.testing import PostgresProcess
 
 MACHINE_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from relay.auth import make_connect_token
-from relay.outbox import schema_sql
+from relay.integrations.outbox import schema_sql
 from relay.testing import merge
 from tests.rawclients import ws_connected
 from tests.relayproc import ROOT, SECRET, RelayProcess
@@ -90,7 +90,7 @@ async def wait_metric(relay, name: str, want, timeout: float = 15.0, labels: dic
 
 @pytest.fixture(scope="module")
 def mem_relay(postgres):
-    from relay.outbox import init_table
+    from relay.integrations.outbox import init_table
 
     table = f"ob_mem_{secrets.token_hex(4)}"
     asyncio.run(init_table(postgres.dsn, table))
@@ -230,7 +230,7 @@ async def test_relay_killed_mid_batch_every_row_delivered_exactly_once(postgres,
 
 
 async def test_a_missing_table_is_waited_for_and_relay_serves_meanwhile(postgres, db):
-    from relay.outbox import init_table
+    from relay.integrations.outbox import init_table
 
     table = f"ob_late_{secrets.token_hex(4)}"
     relay = RelayProcess(outbox_config(postgres, table)).start()  # ready although the table does not exist
@@ -366,7 +366,8 @@ async def test_two_nodes_split_partitions_without_duplicates_in_order(postgres, 
 
 def test_deploy_sql_is_the_code_s_sql():
     assert (ROOT / "deploy" / "outbox.sql").read_text() == schema_sql("relay_outbox"), \
-        "regenerate: python -c 'from relay.outbox import schema_sql; print(schema_sql(), end=\"\")' > deploy/outbox.sql"
+        ("regenerate: python -c 'from relay.integrations.outbox import schema_sql; "
+         "print(schema_sql(), end=\"\")' > deploy/outbox.sql")
 
 
 def _relay_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -33,7 +33,7 @@ def need(reason: str) -> None:
 def outbox_unavailable() -> str | None:
     """Why relay's outbox consumer cannot be used here (None: it can)."""
     try:
-        import relay.outbox  # noqa: F401
+        import relay.integrations.outbox  # noqa: F401
     except ImportError as e:
         return f"relay.outbox cannot be imported ({e}): order-status pushes need relay's outbox consumer"
     return None

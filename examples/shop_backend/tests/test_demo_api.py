@@ -109,7 +109,7 @@ async def test_agent_endpoints_take_the_agents_cookie(http, shop_dsn):
         assert (await call(http, "POST", "/demo/api/order-status", body, cookie))[0] == code, body
     if outbox_unavailable():
         pytest.skip(outbox_unavailable())
-    from relay.outbox import init_table
+    from relay.integrations.outbox import init_table
 
     await init_table(shop_dsn)
     status, data, _ = await call(http, "POST", "/demo/api/order-status",

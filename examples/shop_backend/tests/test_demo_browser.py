@@ -69,7 +69,7 @@ def stack(shop_dsn):
     why = outbox_unavailable()
     if why:
         need(why)
-    from relay.outbox import init_table
+    from relay.integrations.outbox import init_table
 
     _run(init_table(shop_dsn))
     port = free_port()

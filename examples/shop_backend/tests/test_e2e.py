@@ -49,7 +49,7 @@ class Stack:
 async def stack(shop_dsn):
     outbox = outbox_unavailable() is None
     if outbox:
-        from relay.outbox import init_table
+        from relay.integrations.outbox import init_table
 
         await init_table(shop_dsn)
     port = free_port()

@@ -1,0 +1,2 @@
+"""Rules applied per message or per connection: publisher backpressure, rate limits, redaction, support-chat
+first-response timing."""
