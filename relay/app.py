@@ -13,7 +13,7 @@ from relay.api.http import build_api_app
 from relay.brokers.base import Broker, PresenceManager
 from relay.brokers.memory import MemoryBroker, MemoryPresenceManager
 from relay.config import Config
-from relay.node import Node
+from relay.node.registry import Node
 from relay.integrations.proxy import EventProxy
 from relay.rules.support import SupportDesk
 from relay.transports.tcp import TcpProtocol

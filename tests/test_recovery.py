@@ -1,4 +1,4 @@
-"""The recovery coalescer (relay/recovery.py) against real brokers: the memory broker, and the Redis broker on a
+"""The recovery coalescer (relay/node/recovery.py) against real brokers: the memory broker, and the Redis broker on a
 real redis-server. Slow reads are made by pausing that redis-server (CLIENT PAUSE WRITE: the history script may
 write, so it waits), and what is in flight is read back from Redis itself (INFO clients: blocked_clients)."""
 
@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from relay.brokers.base import BrokerUnavailable, PublishOptions, StreamPosition
 from relay.brokers.memory import MemoryBroker
 from relay.brokers.redis import RedisBroker
-from relay.recovery import RecoveryCoalescer, serve
+from relay.node.recovery import RecoveryCoalescer, serve
 
 OPTS = PublishOptions(history_size=50, history_ttl=300.0, history_meta_ttl=600.0)
 

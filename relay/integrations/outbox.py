@@ -49,7 +49,7 @@ from relay.codes import ClientError
 
 if TYPE_CHECKING:  # pragma: no cover
     from relay.config import Config
-    from relay.node import Node
+    from relay.node.registry import Node
 
 __all__ = ["OutboxConsumer", "init_table", "schema_sql", "notify_channel", "DEFAULT_TABLE"]
 

@@ -29,7 +29,7 @@ from relay.rules.backpressure import resident_bytes
 from relay.ops.histogram import FIRST_RESPONSE_BUCKETS, LATENCY_BUCKETS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from relay.node import Node
+    from relay.node.registry import Node
 
 __all__ = ["Exporter", "multiprocess_dir"]
 

@@ -2,7 +2,7 @@
 cut together by a TCP proxy, publications made while they are away, then all reconnect at once and recover,
 half through ``subscribe`` (recover=true) and half through ``connect.subs`` (token channels). Each client gets
 every missed publication once and in order, and relay's metrics show far fewer broker history reads than clients
-(relay/recovery.py coalesces them per channel)."""
+(relay/node/recovery.py coalesces them per channel)."""
 
 from __future__ import annotations
 

@@ -27,9 +27,9 @@ from relay.brokers.base import (Broker, BrokerUnavailable, PresenceManager, Publ
 from relay.codes import DISCONNECTS, ERRORS, Disconnect
 from relay.config import ChannelOptions, Config
 from relay.core import IMPLEMENTATION, LANE_CHAT, LANES, Hub
-from relay.recovery import RecoveryCoalescer
+from relay.node.recovery import RecoveryCoalescer
 from relay.rules.redact import Redactor
-from relay.session import JOIN_LEAVE_PREFIX, ClientSession, join_leave_channel
+from relay.node.session import JOIN_LEAVE_PREFIX, ClientSession, join_leave_channel
 from relay.ops.stats import Stats
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from relay.config import ChannelOptions, Config
     from relay.core import Hub
     from relay.integrations.proxy import EventProxy
-    from relay.recovery import RecoveryCoalescer
+    from relay.node.recovery import RecoveryCoalescer
     from relay.rules.redact import Redactor
     from relay.ops.stats import Stats
 
@@ -50,7 +50,7 @@ log = logging.getLogger("relay.session")
 
 
 class SessionHost(Protocol):
-    """What a session needs of the node that hosts it (relay.node.Node is one): its registry, the
+    """What a session needs of the node that hosts it (relay.node.registry.Node is one): its registry, the
     channels' broker interest and stream positions, publishing and history. A session knows the node by
     this contract only, so the node can import the session and not the other way round."""
 
@@ -752,7 +752,7 @@ class ClientSession:
         When this node is receiving the channel (it tracks its position, or publications are arriving)
         and is behind ``pos``, wait briefly (CATCH_UP_WAIT) until it has caught up (the node wakes this when
         the offset arrives). Still behind after that (a backlog held up in the network), the client joins
-        the hub only once the node's delivery reaches ``pos`` (relay.node.Node.track_position)."""
+        the hub only once the node's delivery reaches ``pos`` (relay.node.registry.Node.track_position)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CATCH_UP_WAIT
         while True:
