@@ -29,7 +29,8 @@ from relay.config import ChannelOptions, Config
 from relay.core import IMPLEMENTATION, LANE_CHAT, LANES, Hub
 from relay.node.recovery import RecoveryCoalescer
 from relay.rules.redact import Redactor
-from relay.node.session import JOIN_LEAVE_PREFIX, ClientSession, join_leave_channel
+from relay.node.session import ClientSession
+from relay.node.subscribe import JOIN_LEAVE_PREFIX, join_leave_channel
 from relay.ops.stats import Stats
 
 if TYPE_CHECKING:  # pragma: no cover

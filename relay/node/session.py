@@ -13,116 +13,34 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
-import random
 import secrets
 import sys
 import termios
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 
 from relay import __version__
 from relay.auth import TokenExpired, TokenInvalid
-from relay.brokers.base import BrokerUnavailable, StreamPosition
 from relay.codes import DISCONNECTS, ERRORS, ClientError, Disconnect
-from relay.core import LANE_BULK, WIRE_TCP
+from relay.core import WIRE_TCP
 from relay.protocol.codec import codec_for, json_exact
 from relay.protocol.errors import ProtocolError
-from relay.integrations.proxy import ProxyFailure
+from relay.node.proxycalls import ProxyCalls
+from relay.node.subscribe import Subscriptions, _check_position
 from relay.rules.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from relay.node.host import SessionHost
 
-    from relay.auth import TokenVerifier
-    from relay.brokers.base import Broker, PresenceManager
-    from relay.config import ChannelOptions, Config
-    from relay.core import Hub
-    from relay.integrations.proxy import EventProxy
-    from relay.node.recovery import RecoveryCoalescer
-    from relay.rules.redact import Redactor
-    from relay.ops.stats import Stats
-
-__all__ = ["ClientSession", "SessionHost", "join_leave_channel"]
+__all__ = ["ClientSession"]
 
 log = logging.getLogger("relay.session")
 
 
-class SessionHost(Protocol):
-    """What a session needs of the node that hosts it (relay.node.registry.Node is one): its registry, the
-    channels' broker interest and stream positions, publishing and history. A session knows the node by
-    this contract only, so the node can import the session and not the other way round."""
-
-    cfg: Config
-    name: str
-    stats: Stats
-    hub: Hub
-    broker: Broker
-    presence: PresenceManager
-    tokens: TokenVerifier
-    recovery: RecoveryCoalescer
-    proxy: EventProxy | None
-    users: dict[str, set[ClientSession]]
-    backlogged: set[ClientSession]
-
-    # registry and pings
-    def register(self, s: ClientSession) -> None: ...
-    def unregister(self, s: ClientSession) -> None: ...
-    def await_pong(self, s: ClientSession) -> None: ...
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
-
-    # channels: rules, broker interest, positions
-    def valid_channel(self, channel: str) -> bool: ...
-    def lane(self, channel: str, lane: int | None = None) -> int: ...
-    def redactor(self, opts: ChannelOptions) -> Redactor | None: ...
-    def check_subscribe(self, s: ClientSession, channel: str, opts: ChannelOptions) -> None: ...
-    def check_access(self, s: ClientSession, channel: str, mode: str) -> None: ...
-    async def acquire(self, channel: str) -> None: ...
-    def release(self, channel: str) -> None: ...
-    def collect(self, channel: str) -> list[dict]: ...
-    def stop_collecting(self, channel: str, box: list[dict]) -> None: ...
-    def delivered_offset(self, channel: str, epoch: str) -> int: ...
-    async def offset_reached(self, channel: str, offset: int, timeout: float) -> None: ...
-    def track_position(self, channel: str, pos: StreamPosition) -> str: ...
-    async def add_subscription(self, s: ClientSession, channel: str, join_leave: bool, opts: ChannelOptions,
-                               after: int = 0) -> None: ...
-    def drop_subscription(self, s: ClientSession, channel: str, join_leave: bool) -> None: ...
-
-    # publications and history
-    async def publish(self, channel: str, data: Any, *, source: str = "api", **kw: Any) -> StreamPosition: ...
-    async def publish_many(self, items: list[tuple[str, Any]], *, source: str = "api", **kw: Any) -> list: ...
-    async def history(self, channel: str, p: dict) -> dict: ...
-
 METHODS = ("connect", "subscribe", "unsubscribe", "publish", "presence", "presence_stats", "history",
            "refresh", "rpc", "sub_refresh", "send")
-
-FLAG_REJECT_UNRECOVERED = 2  # subscribe "flag" bit: error 112 instead of recovered=false
-# unsubscribe push codes >= 2500 make the SDKs resubscribe (and recover when positioned)
-INSUFFICIENT_STATE = {"code": 2500, "reason": "insufficient state"}
-# seconds a subscribe waits for this node's delivery of a channel to reach the position its history read
-# gave (Session._catch_up) before it replies; still behind, the client joins when the delivery gets there
-CATCH_UP_WAIT = 0.1
-
-
-def _uint(p: dict, key: str) -> int:
-    """``p[key]`` as a non-negative integer (absent or null: 0); anything else is a bad request (107)."""
-    v = p.get(key)
-    if v is None:
-        return 0
-    if type(v) is not int or v < 0:
-        raise ERRORS.BAD_REQUEST
-    return v
-
-
-def _check_position(p: dict) -> None:
-    """The stream fields of a subscribe (or of one connect.subs entry): ``flag`` and ``offset`` integers,
-    ``epoch`` a string. Refused with 107 before any work, instead of failing halfway through it."""
-    _uint(p, "flag")
-    _uint(p, "offset")
-    if p.get("epoch") is not None and not isinstance(p["epoch"], str):
-        raise ERRORS.BAD_REQUEST
-
 
 def _method(cmd: dict) -> str | None:
     """The command's method: the first protocol method key it has."""
@@ -132,15 +50,10 @@ def _method(cmd: dict) -> str | None:
     return None
 
 
-JOIN_LEAVE_PREFIX = "\x00jl\x00"
+class ClientSession(Subscriptions, ProxyCalls):
+    """One client connection: its commands, its queue, its lifetime. Subscribing (with recovery and catch-up)
+    is relay/node/subscribe.py's part of it, the calls to the backend's event proxy relay/node/proxycalls.py's."""
 
-
-def join_leave_channel(channel: str) -> str:
-    """The hub channel whose subscribers receive join/leave pushes for ``channel``."""
-    return JOIN_LEAVE_PREFIX + channel
-
-
-class ClientSession:
     __slots__ = ("node", "transport", "conn", "codec", "client_id", "user", "conn_info", "expire_at",
                  "connected", "closed", "subs", "_queue", "_task", "_pong_deadline", "_stale_timer",
                  "_info_cache", "remote", "_commands", "_publishes", "_refused", "_expiry_timer", "_sub_timers",
@@ -606,185 +519,6 @@ class ClientSession:
             raise ERRORS.BAD_REQUEST
         return channel
 
-    async def _cmd_subscribe(self, p: dict, cmd_id: int) -> None:
-        node = self.node
-        channel = self._channel(p)
-        _check_position(p)
-        if channel in self.subs:
-            raise ERRORS.ALREADY_SUBSCRIBED
-        if len(self.subs) >= node.cfg.max_channels_per_connection:
-            raise ERRORS.LIMIT_EXCEEDED
-        opts = node.cfg.channel_options(channel)
-        if opts is None:
-            raise ERRORS.UNKNOWN_CHANNEL
-        lane = node.lane(channel)
-        conn = self.conn
-        if lane and conn.paused and conn.queued > (conn.bulk_limit if lane == LANE_BULK else conn.update_limit) // 2:
-            # still behind on what its lane lost (lane_dropped): the SDK retries with backoff, and the
-            # recovery then comes once the queue has drained rather than onto the backlog
-            raise ERRORS.CATCHING_UP
-        token = p.get("token")
-        sub_expires: float | None = None
-        proxied: dict | None = None
-        if token:  # a subscription token is the permission (private channels, token-only namespaces)
-            sub_expires = self._verify_sub_token(token, channel)
-        else:
-            node.check_subscribe(self, channel, opts)
-            if opts.proxy_subscribe and node.proxy is not None:  # the backend may refuse what config allows
-                fields = {"channel": channel, **({"data": p["data"]} if "data" in p else {})}
-                proxied = await self._proxy_call("subscribe", self._proxy_body(**fields))
-                if proxied.get("expire_at"):
-                    sub_expires = float(proxied["expire_at"])
-                    if sub_expires <= time.time():
-                        raise ERRORS.EXPIRED
-        granted = self._token_subs
-        if token:
-            if granted is None:
-                granted = self._token_subs = set()
-            granted.add(channel)
-        elif granted is not None:
-            granted.discard(channel)
-        join_leave = opts.join_leave and (bool(p.get("join_leave")) or opts.force_push_join_leave)
-        prepared = await self._prepare(channel, p, opts)
-        if prepared is None:
-            return
-        if proxied is not None and "data" in proxied:
-            prepared[0]["data"] = proxied["data"]
-        if sub_expires is not None:
-            prepared[0]["expires"] = True
-            prepared[0]["ttl"] = max(1, int(sub_expires - time.time()))
-            if proxied is not None and opts.proxy_sub_refresh:
-                self._refresh_sub_at(channel, sub_expires)
-            else:
-                self._expire_sub_at(channel, sub_expires)
-        # Queue the reply, then join the hub in the same step: the reply precedes every
-        # publication, and nothing published since the history read is lost.
-        self.send({"id": cmd_id, "subscribe": prepared[0]})
-        await self._join(channel, *prepared, join_leave, opts)
-
-    async def _prepare(self, channel: str, p: dict, opts) -> tuple[dict, list[dict]] | None:
-        """Receive the channel on this node first, then read its position: a publication can then be
-        missed by neither (it is in the history, or it is collected here). The subscribe result and the
-        publications still to push, or None if the client went away meanwhile."""
-        node = self.node
-        await node.acquire(channel)
-        box = node.collect(channel)
-        try:
-            result, extra = await self._position(channel, p, opts, box)
-        except BaseException:
-            node.stop_collecting(channel, box)
-            node.release(channel)
-            raise
-        node.stop_collecting(channel, box)
-        if self.closed or channel in self.subs:
-            node.release(channel)
-            return None
-        return result, extra
-
-    async def _join(self, channel: str, result: dict, extra: list[dict], join_leave: bool, opts) -> None:
-        """After the reply is queued: the publications collected meanwhile, then the hub and presence."""
-        for pub in extra:
-            self.send({"push": {"channel": channel, "pub": pub}})
-        self.subs[channel] = join_leave
-        after = 0
-        if "epoch" in result:
-            last = max(result["offset"], extra[-1].get("offset", 0) if extra else 0)
-            verdict = self.node.track_position(channel, StreamPosition(last, result["epoch"]))
-            if verdict == "behind":
-                # the node has delivered past what this client got: 2500, and the SDK resubscribes and
-                # recovers the stretch from history
-                self.node.release(channel)
-                del self.subs[channel]
-                self.send({"push": {"channel": channel, "unsubscribe": INSUFFICIENT_STATE}})
-                return
-            if verdict == "wait":
-                after = last  # the node's delivery has not reached it: join when it does
-        await self.node.add_subscription(self, channel, join_leave, opts, after)
-
-    def lane_dropped(self, channel: str) -> None:
-        """A publication of ``channel`` in the update or bulk lane did not fit this connection's queue: the
-        channel is dropped with 2500, as for a gap, so the SDK resubscribes and recovers (once caught up)."""
-        if channel in self.subs or channel in self._server_subs:
-            self.node.stats.lane_resyncs += 1
-            self.resync(channel)
-
-    def resync(self, channel: str) -> None:
-        """Drop ``channel`` with Centrifugo's 'insufficient state' (2500): the SDK resubscribes and recovers.
-        A server-side subscription cannot be resubscribed by the client: it reconnects (3010) and recovers
-        it through connect.subs."""
-        if channel in self._server_subs:
-            self.disconnect(DISCONNECTS.INSUFFICIENT_STATE)
-        elif channel in self.subs:
-            jl = self.subs.pop(channel)
-            self.node.drop_subscription(self, channel, jl)
-            self.send({"push": {"channel": channel, "unsubscribe": INSUFFICIENT_STATE}})
-
-    async def _position(self, channel: str, p: dict, opts, box: list[dict]) -> tuple[dict, list[dict]]:
-        """The subscribe reply (stream position, recovered publications) and the publications
-        collected meanwhile that the client must still get, in order."""
-        result: dict = {}
-        if not (opts.history_size > 0 and (opts.force_recovery or p.get("recoverable"))):
-            return result, box  # no stream: what arrived since the broker subscription follows the reply
-        result["recoverable"] = True
-        result["positioned"] = True
-        pos, pubs, recovered = await self._recover(channel, p, opts)
-        if self.node.broker.lossy_delivery:
-            await self._catch_up(channel, pos, box)
-        newer = [x for x in box if x.get("offset", 0) > pos.offset]
-        if p.get("recover"):
-            if not recovered and _uint(p, "flag") & FLAG_REJECT_UNRECOVERED:
-                raise ERRORS.UNRECOVERABLE_POSITION
-            result["was_recovering"] = True
-            result["recovered"] = recovered
-            if recovered and newer:
-                pubs = pubs + newer
-                pos = StreamPosition(newer[-1]["offset"], pos.epoch)
-                newer = []
-            if pubs:
-                result["publications"] = pubs
-        result["epoch"] = pos.epoch
-        result["offset"] = pos.offset
-        return result, newer
-
-    async def _catch_up(self, channel: str, pos: StreamPosition, box: list[dict]) -> None:
-        """On Redis the history read can see a publication before its pub/sub message reaches this node;
-        delivered through the hub after the reply, it would repeat an offset the reply already covers.
-        When this node is receiving the channel (it tracks its position, or publications are arriving)
-        and is behind ``pos``, wait briefly (CATCH_UP_WAIT) until it has caught up (the node wakes this when
-        the offset arrives). Still behind after that (a backlog held up in the network), the client joins
-        the hub only once the node's delivery reaches ``pos`` (relay.node.registry.Node.track_position)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + CATCH_UP_WAIT
-        while True:
-            seen = self.node.delivered_offset(channel, pos.epoch)
-            if box:
-                seen = max(seen, box[-1].get("offset", 0))
-            left = deadline - loop.time()
-            if seen == 0 or seen >= pos.offset or left <= 0:
-                return  # nothing known to be in flight, caught up, or given up
-            await self.node.offset_reached(channel, pos.offset, left)
-
-    async def _recover(self, channel: str, p: dict, opts) -> tuple[StreamPosition, list, bool]:
-        """The stream position and, when the client asks to recover, what it missed since its offset:
-        (position, publications, recovered). The read goes through the node's RecoveryCoalescer, which
-        serves every subscribe of the channel waiting at that moment with one broker read, and never with a
-        read issued before this call (so before this subscribe's collector existed: see _prepare)."""
-        since = None
-        if p.get("recover"):
-            since = StreamPosition(_uint(p, "offset"), p.get("epoch") or "")
-        try:
-            return await self.node.recovery.read(channel, since)
-        except BrokerUnavailable:
-            raise ERRORS.INTERNAL from None
-
-    async def _cmd_unsubscribe(self, p: dict, cmd_id: int) -> dict:
-        channel = self._channel(p)
-        if channel in self.subs:
-            jl = self.subs.pop(channel)
-            self.node.drop_subscription(self, channel, jl)
-            if self._sub_timers:
-                self._expire_sub_at(channel, None)
-        return {}
 
     async def _cmd_publish(self, p: dict, cmd_id: int) -> dict:
         channel, data, opts = self._check_publish(p)
@@ -822,9 +556,6 @@ class ClientSession:
             raise ERRORS.BAD_REQUEST
         return channel, data, opts
 
-    def token_granted(self, channel: str) -> bool:
-        """Whether the subscription to ``channel`` came from a signed token (connect or subscription)."""
-        return channel in self._server_subs or (self._token_subs is not None and channel in self._token_subs)
 
     def _allowed_opts(self, p: dict, op: str):
         channel = self._channel(p)
@@ -868,153 +599,4 @@ class ClientSession:
         res = await self._proxy_call("rpc", self._proxy_body(**fields), endpoint=endpoint)
         return {"data": res["data"]} if "data" in res else {}
 
-    async def _cmd_sub_refresh(self, p: dict, cmd_id: int) -> dict:
-        channel = self._channel(p)
-        token = p.get("token")
-        if channel not in self.subs or not isinstance(token, str) or not token:
-            raise ERRORS.BAD_REQUEST
-        expires = self._verify_sub_token(token, channel)
-        self._expire_sub_at(channel, expires)
-        if expires is None:
-            return {}
-        return {"expires": True, "ttl": max(1, int(expires - time.time()))}
 
-    def _verify_sub_token(self, token: Any, channel: str) -> float | None:
-        if not isinstance(token, str):
-            raise ERRORS.BAD_REQUEST
-        try:
-            return self.node.tokens.verify_subscription(token, self.user, channel)
-        except TokenExpired:
-            raise ERRORS.TOKEN_EXPIRED from None
-        except TokenInvalid:
-            self.node.stats.auth_failure("invalid_sub_token", client=self.client_id, user=self.user)
-            raise ERRORS.PERMISSION_DENIED from None
-
-    def _expire_sub_at(self, channel: str, expires: float | None) -> None:
-        """A subscription whose token expired and was not refreshed (sub_refresh) within the grace ends
-        the connection with 3006 (subscription expired): the SDK reconnects with fresh tokens."""
-        delay = None if expires is None else max(0.0, expires - time.time()) + self.node.cfg.token_expire_grace
-        self._sub_timer(channel, delay, self._sub_expired, channel)
-
-    def _sub_timer(self, channel: str, delay: float | None, callback, *args) -> None:
-        """The one timer of ``channel``'s subscription (token expiry or proxy refresh): replaced, or
-        cancelled when ``delay`` is None."""
-        timers = self._sub_timers
-        if timers is None:
-            timers = self._sub_timers = {}
-        old = timers.pop(channel, None)
-        if old is not None:
-            old.cancel()
-        if delay is not None:
-            timers[channel] = asyncio.get_running_loop().call_later(delay, callback, *args)
-
-    def _sub_expired(self, channel: str) -> None:
-        if channel in self.subs:
-            self.disconnect(DISCONNECTS.SUB_EXPIRED)
-
-    # --- event proxy -----------------------------------------------------------------------------
-
-    def _proxy_body(self, **fields: Any) -> dict:
-        """A hook request in Centrifugo's proxy format."""
-        tcp = self.conn.wire == WIRE_TCP
-        body = {"client": self.client_id, "transport": "tcp" if tcp else "websocket",
-                "protocol": "msgpack" if tcp else "json", "encoding": "json", "user": self.user}
-        if self.meta is not None:
-            body["meta"] = self.meta
-        body.update(fields)
-        return body
-
-    async def _proxy_call(self, hook: str, body: dict, endpoint: str | None = None) -> dict:
-        """The hook's result; its error or disconnect as ours; a failure as the temporary error 100 (the
-        SDKs retry with backoff), 111 when shed, and for connect the configured code or, when shed, a
-        reconnect-later disconnect with jittered advice."""
-        proxy = self.node.proxy
-        assert proxy is not None
-        try:
-            return await proxy.call(hook, body, self.headers, endpoint)
-        except ClientError:
-            if hook == "connect":
-                self.node.stats.auth_failure("proxy_refused", remote=self.remote)
-            raise
-        except ProxyFailure as e:
-            if hook == "connect":
-                if e.kind == "overloaded":
-                    raise Disconnect(DISCONNECTS.TOO_MANY_REQUESTS.code,
-                                     f"backend busy, retry in {proxy.shed_advice():.1f}s") from None
-                code = proxy.opts.connect_failure_code
-                if code:
-                    raise Disconnect(code, "backend unavailable") from None
-            if e.kind == "overloaded":
-                raise ERRORS.TOO_MANY_REQUESTS from None
-            raise ERRORS.INTERNAL from None
-
-    def _proxy_channels(self, channels: list[str]) -> tuple[str, ...]:
-        """The server-side subscriptions a connect hook named that config allows: known namespace, valid
-        name, and a '#' user list that names this user. The others are refused and logged."""
-        node = self.node
-        out: list[str] = []
-        for ch in dict.fromkeys(channels):
-            _, sep, users = ch.rpartition("#")
-            listed = not sep or (bool(self.user) and self.user in users.split(","))
-            if not node.valid_channel(ch) or node.cfg.channel_options(ch) is None or not listed:
-                node.stats.auth_failure("proxy_channel", client=self.client_id, user=self.user)
-                log.warning("connect hook named channel %r for user %r: refused by config", ch, self.user,
-                            extra={"event": "proxy_channel_refused", "user": self.user})
-                continue
-            out.append(ch)
-        return tuple(out)
-
-    async def _proxy_publish(self, channel: str, data: Any) -> tuple[Any, bool]:
-        """The publish hook: (data to fan out, skip history)."""
-        res = await self._proxy_call("publish", self._proxy_body(channel=channel, data=data))
-        return res.get("data", data), bool(res.get("skip_history"))
-
-    async def _proxy_refresh(self) -> None:
-        """A proxy-authenticated connection reached expire_at: the refresh hook prolongs it or ends it (3005).
-        A failed hook is retried every few seconds (the backend may be restarting)."""
-        if self.closed:
-            return
-        try:
-            res = await self._proxy_call("refresh", self._proxy_body())
-        except Disconnect as d:
-            self.disconnect(d)
-            return
-        except ClientError:
-            if not self.closed:
-                self._expiry_timer = asyncio.get_running_loop().call_later(
-                    random.uniform(3.0, 6.0), self._expired)
-            return
-        if self.closed:
-            return
-        expire_at = res.get("expire_at") or 0
-        if res.get("expired") or (expire_at and expire_at <= time.time()):
-            self.disconnect(DISCONNECTS.EXPIRED)
-            return
-        if "info" in res:
-            self.conn_info = res["info"]
-            self._info_cache = None
-        self.expire_at = float(expire_at) if expire_at else None
-        self._schedule_expiry()
-
-    def _refresh_sub_at(self, channel: str, expires: float) -> None:
-        """A proxied subscription with an expiry: at expire_at ask the sub_refresh hook to prolong it."""
-        self._sub_timer(channel, max(0.0, expires - time.time()),
-                        lambda: self.node.spawn(self._proxy_sub_refresh(channel)))
-
-    async def _proxy_sub_refresh(self, channel: str) -> None:
-        if self.closed or channel not in self.subs:
-            return
-        try:
-            res = await self._proxy_call("sub_refresh", self._proxy_body(channel=channel))
-        except Disconnect as d:
-            self.disconnect(d)
-            return
-        except ClientError:
-            if not self.closed and channel in self.subs:
-                self._refresh_sub_at(channel, time.time() + random.uniform(3.0, 6.0))
-            return
-        expire_at = res.get("expire_at") or 0
-        if res.get("expired") or (expire_at and expire_at <= time.time()):
-            self.disconnect(DISCONNECTS.SUB_EXPIRED)
-        elif expire_at:
-            self._refresh_sub_at(channel, float(expire_at))

@@ -1,0 +1,69 @@
+"""The contract between a client session and the node that hosts it: what a session needs of its node
+(relay.node.registry.Node fulfils it). The session and its parts know the node by this contract only, so the
+node can import the session and not the other way round."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from relay.auth import TokenVerifier
+    from relay.brokers.base import Broker, PresenceManager, StreamPosition
+    from relay.config import ChannelOptions, Config
+    from relay.core import Hub
+    from relay.integrations.proxy import EventProxy
+    from relay.node.recovery import RecoveryCoalescer
+    from relay.ops.stats import Stats
+    from relay.rules.redact import Redactor
+
+__all__ = ["SessionHost", "Session"]
+
+#: a relay.node.session.ClientSession (named loosely here: the session imports this module)
+Session = Any
+
+
+class SessionHost(Protocol):
+    """What a session needs of the node that hosts it: its registry, the channels' broker interest and stream
+    positions, publishing and history."""
+
+    cfg: Config
+    name: str
+    stats: Stats
+    hub: Hub
+    broker: Broker
+    presence: PresenceManager
+    tokens: TokenVerifier
+    recovery: RecoveryCoalescer
+    proxy: EventProxy | None
+    users: dict[str, set[Session]]
+    backlogged: set[Session]
+
+    # registry and pings
+    def register(self, s: Session) -> None: ...
+    def unregister(self, s: Session) -> None: ...
+    def await_pong(self, s: Session) -> None: ...
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
+
+    # channels: rules, broker interest, positions
+    def valid_channel(self, channel: str) -> bool: ...
+    def lane(self, channel: str, lane: int | None = None) -> int: ...
+    def redactor(self, opts: ChannelOptions) -> Redactor | None: ...
+    def check_subscribe(self, s: Session, channel: str, opts: ChannelOptions) -> None: ...
+    def check_access(self, s: Session, channel: str, mode: str) -> None: ...
+    async def acquire(self, channel: str) -> None: ...
+    def release(self, channel: str) -> None: ...
+    def collect(self, channel: str) -> list[dict]: ...
+    def stop_collecting(self, channel: str, box: list[dict]) -> None: ...
+    def delivered_offset(self, channel: str, epoch: str) -> int: ...
+    async def offset_reached(self, channel: str, offset: int, timeout: float) -> None: ...
+    def track_position(self, channel: str, pos: StreamPosition) -> str: ...
+    async def add_subscription(self, s: Session, channel: str, join_leave: bool, opts: ChannelOptions,
+                               after: int = 0) -> None: ...
+    def drop_subscription(self, s: Session, channel: str, join_leave: bool) -> None: ...
+
+    # publications and history
+    async def publish(self, channel: str, data: Any, *, source: str = "api", **kw: Any) -> StreamPosition: ...
+    async def publish_many(self, items: list[tuple[str, Any]], *, source: str = "api", **kw: Any) -> list: ...
+    async def history(self, channel: str, p: dict) -> dict: ...
