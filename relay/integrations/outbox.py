@@ -59,7 +59,7 @@ DEFAULT_TABLE = "relay_outbox"
 
 #: the table, its index and the NOTIFY trigger; ``{table}`` (as configured, maybe ``schema.name``),
 #: ``{base}`` (the name without schema), ``{func}`` and ``{channel}`` are filled in by ``schema_sql``.
-#: deploy/outbox.sql is this text for the default table (tests/outbox checks that they agree).
+#: deploy/outbox.sql is this text for the default table (tests/integrations/outbox checks that they agree).
 SCHEMA_TEMPLATE = """\
 -- The relay outbox: server API commands a backend inserts in the same transaction as its
 -- business change; relay executes them after the commit (docs/outbox.md).

@@ -40,7 +40,7 @@ class LocalHistogram:
         if not self.n:
             return
         # prometheus-client keeps one (non-cumulative) value per bucket and the sum; adding to them is
-        # what observe() does, once per observation; tests/test_metrics.py checks the result
+        # what observe() does, once per observation; tests/ops/test_metrics.py checks the result
         for value, count in zip(hist._buckets, self.counts, strict=True):
             if count:
                 value.inc(count)

@@ -18,7 +18,7 @@ What counts as a card number (each rule keeps a class of look-alikes out):
 * passing the Luhn check.
 
 Order numbers, phone numbers, tracking codes and prices fail at least one of these; the
-tests in tests/test_redact.py list the ones we checked.
+tests in tests/rules/test_redact.py list the ones we checked.
 """
 
 from __future__ import annotations
