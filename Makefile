@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-CORE   := relay/_core$(shell $(PYTHON) -c "import sysconfig;print(sysconfig.get_config_var('EXT_SUFFIX'))")
+CORE   := relay/core/_core$(shell $(PYTHON) -c "import sysconfig;print(sysconfig.get_config_var('EXT_SUFFIX'))")
 NODE_STAMP := tests/e2e/js/node_modules/.installed-stamp
 BENCH_NODE_STAMP := bench/peers/node/node_modules/.installed-stamp
 # the shop demo's pages bundle the Centrifugo JS SDK (npm) with esbuild into relay/demo/static
@@ -33,7 +33,7 @@ $(STAMP): $(PY) $(LOCK) pyproject.toml setup.py
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-$(CORE): $(STAMP) relay/_core.pyx relay/_core.pxd setup.py
+$(CORE): $(STAMP) relay/core/_core.pyx relay/core/_core.pxd setup.py
 	$(PY) setup.py --quiet build_ext --inplace
 
 $(DEMO_STAMP): $(DEMO_WEB)/package.json $(DEMO_WEB)/package-lock.json
@@ -114,4 +114,4 @@ loadtest: build
 		$(if $(URL),--url $(URL)) $(LOADTEST_ARGS)
 
 clean:
-	rm -rf build relay/_core.c relay/_core*.so relay/_core.html $(DEMO_JS) $(LATEST) $(LOWEST)
+	rm -rf build relay/core/_core.c relay/core/_core*.so relay/core/_core.html $(DEMO_JS) $(LATEST) $(LOWEST)

@@ -1,7 +1,7 @@
-"""Builds relay's compiled core (relay/_core.pyx).
+"""Builds relay's compiled core (relay/core/_core.pyx).
 
 Compiler directives live here and only here. ``RELAY_DEBUG_BUILD=1`` builds with
-line tracing, bounds checks and an annotated HTML report (relay/_core.html) for
+line tracing, bounds checks and an annotated HTML report (relay/core/_core.html) for
 profiling and coverage of the core.
 """
 
@@ -27,8 +27,8 @@ if DEBUG:
 
 extensions = [
     Extension(
-        "relay._core",
-        ["relay/_core.pyx"],
+        "relay.core._core",
+        ["relay/core/_core.pyx"],
         define_macros=macros,
         extra_compile_args=["-O0", "-g"] if DEBUG else ["-O2"],
     )

@@ -11,7 +11,8 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from relay import _core_py, core
+    from relay import core
+    from relay.core import _core_py
     from relay.protocol.codec import JsonCodec, MsgpackCodec
     from relay.protocol.errors import ProtocolError
     from relay.protocol.tcp import TcpFrameReader

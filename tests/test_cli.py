@@ -56,7 +56,7 @@ def test_broken_compiled_core_is_reported_loudly():
     """A compiled core that cannot be imported is never a silent fallback."""
     import os
 
-    code = ("import sys; sys.modules['relay._core'] = None\n"  # makes `import relay._core` fail
+    code = ("import sys; sys.modules['relay.core._core'] = None\n"  # makes `import relay.core._core` fail
             "from relay.cli import main; sys.exit(main(['info']))")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("RELAY_PUREPYTHON", None)  # the compiled core must be attempted
@@ -64,8 +64,8 @@ def test_broken_compiled_core_is_reported_loudly():
                        env=env)
     assert r.returncode == 0
     info = json.loads(r.stdout)
-    assert info["core"] == "python" and "relay._core" in info["core_import_error"]
-    assert "compiled core relay._core failed to import" in r.stderr  # the ERROR log line
+    assert info["core"] == "python" and "relay.core._core" in info["core_import_error"]
+    assert "compiled core relay.core._core failed to import" in r.stderr  # the ERROR log line
     assert "WARNING: compiled core not loaded" in r.stderr
 
 

@@ -2,10 +2,10 @@ import importlib
 
 import pytest
 
-IMPLS = ["relay._core_py"]
+IMPLS = ["relay.core._core_py"]
 try:
-    importlib.import_module("relay._core")
-    IMPLS.insert(0, "relay._core")
+    importlib.import_module("relay.core._core")
+    IMPLS.insert(0, "relay.core._core")
 except ImportError:  # test_core_loaded reports this when the compiled core was expected
     pass
 

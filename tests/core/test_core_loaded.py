@@ -12,9 +12,9 @@ def test_compiled_core_loaded_when_expected():
         pytest.skip("RELAY_EXPECT_COMPILED is not set (running the pure-Python pass)")
     assert core.IMPORT_ERROR is None, core.IMPORT_ERROR
     assert core.IMPLEMENTATION == "cython"
-    import relay._core
+    import relay.core._core
 
-    assert relay._core.__file__.endswith(".so")
+    assert relay.core._core.__file__.endswith(".so")
 
 
 def test_pure_python_forced():
@@ -24,10 +24,10 @@ def test_pure_python_forced():
 
 
 def test_both_cores_export_the_same_api():
-    import relay._core_py as py
+    import relay.core._core_py as py
 
     try:
-        import relay._core as cy
+        import relay.core._core as cy
     except ImportError:
         pytest.skip("compiled core not built")
     assert set(py.__all__) == set(cy.__all__)

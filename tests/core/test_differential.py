@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 from tests.core.conftest import FakeLoop, RecordingTransport
 
 try:
-    cy = importlib.import_module("relay._core")
+    cy = importlib.import_module("relay.core._core")
 except ImportError:  # pragma: no cover
     cy = None
-py = importlib.import_module("relay._core_py")
+py = importlib.import_module("relay.core._core_py")
 
 N_CONNS = 5
 CHANNELS = ["a", "b", "chat:é", "x" * 40]

@@ -528,11 +528,12 @@ def test_dockerfile_copies_only_what_the_context_has():
     for src in copied:
         assert (ROOT / src).exists(), src
         assert not dockerignored(src, patterns), f"{src} is excluded by .dockerignore"
-    for needed in ("relay/_core.pyx", "relay/_core.pxd", "relay/cli.py", "relay/demo/index.html", "setup.py",
+    for needed in ("relay/core/_core.pyx", "relay/core/_core.pxd", "relay/cli.py", "relay/demo/index.html", "setup.py",
                    "pyproject.toml", "README.md"):
         assert not dockerignored(needed, patterns), needed
     assert not dockerignored("deploy/requirements.lock", patterns)
-    for kept_out in (".git/HEAD", ".venv/bin/python", "relay/_core.c", "relay/_core.cpython-311-x86_64-linux-gnu.so",
+    for kept_out in (".git/HEAD", ".venv/bin/python", "relay/core/_core.c",
+                     "relay/core/_core.cpython-311-x86_64-linux-gnu.so",
                      "build/lib/x.py", "tests/conftest.py", "bench/fanout.py", "deploy/k8s/secret.example.yaml",
                      "relay/__pycache__/cli.cpython-311.pyc"):
         assert dockerignored(kept_out, patterns), kept_out

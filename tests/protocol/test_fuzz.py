@@ -11,9 +11,9 @@ from relay.protocol.tcp import TcpFrameReader
 from relay.protocol.websocket import HandshakeError, parse_handshake
 from tests.wsframes import client_frame
 
-IMPLS = [importlib.import_module("relay._core_py")]
+IMPLS = [importlib.import_module("relay.core._core_py")]
 try:
-    IMPLS.append(importlib.import_module("relay._core"))
+    IMPLS.append(importlib.import_module("relay.core._core"))
 except ImportError:  # pragma: no cover
     pass
 

@@ -1,4 +1,4 @@
-"""The fan-out core in plain Python: the readable twin of ``relay/_core.pyx``.
+"""The fan-out core in plain Python: the readable twin of ``relay/core/_core.pyx``.
 
 Both implementations expose the same names and behave identically; the test
 suite runs against each (``RELAY_PUREPYTHON=1`` selects this one). Keep the two

@@ -1,5 +1,5 @@
 # The compiled core's contract. Python code sees the cpdef/def methods and the
-# readonly attributes; Cython code may cimport the rest. relay/_core_py.py is
+# readonly attributes; Cython code may cimport the rest. relay/core/_core_py.py is
 # the same API in plain Python, and tests/core runs against both.
 
 cdef class Hub

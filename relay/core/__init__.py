@@ -1,4 +1,4 @@
-"""Chooses the fan-out core: compiled (relay._core) unless RELAY_PUREPYTHON=1.
+"""Chooses the fan-out core: compiled (relay.core._core) unless RELAY_PUREPYTHON=1.
 
 A compiled core that fails to import is never a silent fallback: the failure
 is logged at ERROR level, kept in ``IMPORT_ERROR`` and shown by ``relay info``
@@ -20,15 +20,15 @@ FORCED_PURE = os.environ.get("RELAY_PUREPYTHON", "") not in ("", "0")
 IMPORT_ERROR: str | None = None
 
 if FORCED_PURE:
-    from relay import _core_py as _impl
+    from relay.core import _core_py as _impl
 else:
     try:
-        from relay import _core as _impl  # type: ignore[attr-defined]
+        from relay.core import _core as _impl  # type: ignore[attr-defined]
     except ImportError as e:  # pragma: no cover - exercised by test_core_loaded
         IMPORT_ERROR = f"{type(e).__name__}: {e}"
-        log.error("compiled core relay._core failed to import (%s); running the pure-Python core, "
+        log.error("compiled core relay.core._core failed to import (%s); running the pure-Python core, "
                   "which is several times slower. Run `make build` (or pip install -e .).", IMPORT_ERROR)
-        from relay import _core_py as _impl
+        from relay.core import _core_py as _impl
 
 IMPLEMENTATION: str = _impl.IMPLEMENTATION
 Hub = _impl.Hub

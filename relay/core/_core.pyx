@@ -1,7 +1,7 @@
 # cython: language_level=3
 """The fan-out core, compiled: Hub, Conn, FrameReader and frame encoders.
 
-Same API and behaviour as relay/_core_py.py (read that file first: it is the
+Same API and behaviour as relay/core/_core_py.py (read that file first: it is the
 readable version). Directives live in setup.py.
 """
 
@@ -161,7 +161,7 @@ def tcp_frame(bytes body):
 
 
 cdef class FrameReader:
-    """Incremental RFC 6455 parser for client frames (see relay/_core_py.py)."""
+    """Incremental RFC 6455 parser for client frames (see relay/core/_core_py.py)."""
 
     def __init__(self, Py_ssize_t max_message, Py_ssize_t max_fragments=FRAGMENTS_MAX):
         self.max_message = max_message
@@ -177,7 +177,7 @@ cdef class FrameReader:
         return len(self._buf) + len(self._frag)
 
     def feed(self, data):
-        """Complete messages so far (see relay/_core_py.py: valid messages before a violation first)."""
+        """Complete messages so far (see relay/core/_core_py.py: valid messages before a violation first)."""
         if self.error is not None:
             raise self.error
         cdef list out = []
@@ -305,7 +305,7 @@ cdef class FrameReader:
 
 
 cdef class Conn:
-    """A connection's outbound queue (see relay/_core_py.py)."""
+    """A connection's outbound queue (see relay/core/_core_py.py)."""
 
     def __init__(self, Hub hub, transport, int wire, Py_ssize_t cap, session=None):
         self.hub = hub
@@ -342,7 +342,7 @@ cdef class Conn:
         return self._offer(item, _LANE_CHAT) == _QUEUED
 
     cpdef int offer(self, bytes item, int lane):
-        """Queue ``item`` of priority ``lane``: QUEUED, DROPPED or OVER_CAP (see relay/_core_py.py)."""
+        """Queue ``item`` of priority ``lane``: QUEUED, DROPPED or OVER_CAP (see relay/core/_core_py.py)."""
         return self._offer(item, lane)
 
     def pause_writing(self):
@@ -385,7 +385,7 @@ cdef class _Channel:
 
 
 cdef class _Round:
-    """A paced broadcast in progress on one channel (see relay/_core_py.py)."""
+    """A paced broadcast in progress on one channel (see relay/core/_core_py.py)."""
 
     def __init__(self, _Channel ch, double start, double window):
         cdef Py_ssize_t slots = max(1, <Py_ssize_t>round(window / _PACE_TICK)), k
@@ -416,7 +416,7 @@ cdef inline bint _same(list a, list b):
 
 
 cdef class Hub:
-    """Channels and their local subscribers, and the fan-out to them (see relay/_core_py.py)."""
+    """Channels and their local subscribers, and the fan-out to them (see relay/core/_core_py.py)."""
 
     def __init__(self, call_soon, on_slow, Py_ssize_t num_shards=64, on_drop=None):
         if num_shards < 1:
@@ -520,7 +520,7 @@ cdef class Hub:
         return self._fanout(ch, channel, ws_item, tcp_item, lane)
 
     cpdef Py_ssize_t broadcast_paced(self, str channel, dict push, int lane, double window, double now):
-        """Like ``broadcast``, spread over ``window`` seconds by each subscriber's phase (see relay/_core_py.py)."""
+        """Like ``broadcast``, spread over ``window`` seconds by each subscriber's phase (see relay/core/_core_py.py)."""
         cdef _Channel ch = self._shard(channel).get(channel)
         if ch is None:
             return 0
