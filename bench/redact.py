@@ -1,4 +1,4 @@
-"""Cost of card-number redaction per chat message (relay/redact.py), in one process.
+"""Cost of card-number redaction per chat message (relay/rules/redact.py), in one process.
 
     .venv/bin/python bench/redact.py
 

@@ -37,7 +37,7 @@ def build_broker(cfg: Config) -> tuple[Broker, PresenceManager]:
 
 
 def build_proxy(cfg: Config) -> EventProxy | None:
-    """The event proxy to the backend (relay/proxy.py), when any of its hooks is configured."""
+    """The event proxy to the backend (relay/integrations/proxy.py), when any of its hooks is configured."""
     px = cfg.proxy
     endpoints = [px.connect_endpoint, px.refresh_endpoint, px.subscribe_endpoint, px.sub_refresh_endpoint,
                  px.publish_endpoint, px.rpc_endpoint, *px.rpc_routes.values()]
@@ -74,7 +74,7 @@ class App:
         if core.IMPORT_ERROR:
             log.error("compiled core not loaded (%s): running the pure-Python core", core.IMPORT_ERROR)
         await self.node.start()
-        if self.node.support is not None:  # support chats: the waiting gauge and escalations (relay/support.py)
+        if self.node.support is not None:  # support chats: the waiting gauge and escalations (relay/rules/support.py)
             self.node.support.start()
         if cfg.outbox_dsn:
             from relay.integrations.outbox import OutboxConsumer

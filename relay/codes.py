@@ -57,7 +57,7 @@ class ERRORS:
     # a subscribe to an update/bulk channel while the connection is still behind (priority lanes):
     # temporary, so the SDKs retry with backoff
     CATCHING_UP = ClientError(111, "too many requests: catching up", temporary=True)
-    # publisher backpressure (relay/backpressure.py): the node refuses new publications for now; the
+    # publisher backpressure (relay/rules/backpressure.py): the node refuses new publications for now; the
     # server API answers it with HTTP 429 and Retry-After
     OVERLOADED = ClientError(106, "limit exceeded: node overloaded, retry later", temporary=True)
 

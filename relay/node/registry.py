@@ -85,10 +85,10 @@ class Node:
                                           read_interval=cfg.recovery_read_interval,
                                           meta_ttl=cfg.history_meta_ttl, reads=self.stats.history_reads)
         self.outbox: Any = None  # relay.integrations.outbox.OutboxConsumer, made by the app when outbox_dsn is set
-        # first-response tracking (relay/support.py); None unless a namespace has support_chat
+        # first-response tracking (relay/rules/support.py); None unless a namespace has support_chat
         self.support = support
         self.hub: Hub = None  # type: ignore[assignment]  # created in start(), needs the loop
-        # refuses new publications while the node cannot deliver what it has (relay/backpressure.py)
+        # refuses new publications while the node cannot deliver what it has (relay/rules/backpressure.py)
         self.backpressure = Backpressure(queue_bytes=cfg.backpressure_queue_bytes,
                                          memory_bytes=cfg.backpressure_memory_bytes,
                                          publish_latency=cfg.backpressure_publish_latency,
@@ -840,7 +840,7 @@ class Node:
 
         await asyncio.gather(*(run(*b) for b in batches))
         self.stats.publications[source] += sum(1 for r in out if isinstance(r, StreamPosition))
-        if self.support is not None:  # support chat namespaces: first-response time (relay/support.py)
+        if self.support is not None:  # support chat namespaces: first-response time (relay/rules/support.py)
             await self.support.published_many(items, out, kw.get("info"))
         return out
 
@@ -849,7 +849,7 @@ class Node:
         'client' or 'api' (a metric label)."""
         bp = self.backpressure
         domain = self.broker.domain(channel)  # a failing shard refuses its own channels only
-        if bp.refuse(source, domain):  # it cannot deliver what it has: refuse, never buffer (relay/backpressure.py)
+        if bp.refuse(source, domain):  # it cannot deliver what it has: refuse, never buffer (rules/backpressure.py)
             raise ERRORS.OVERLOADED
         popts = self._publish_options(channel, **kw)
         t0 = time.perf_counter()
@@ -863,7 +863,7 @@ class Node:
             bp.publish_done(dt, 1, domain)
             self.stats.broker_publish.observe(dt)
         self.stats.publications[source] += 1
-        if self.support is not None:  # support chat namespaces: first-response time (relay/support.py)
+        if self.support is not None:  # support chat namespaces: first-response time (relay/rules/support.py)
             await self.support.published(channel, data, kw.get("info"))
         return pos
 

@@ -13,7 +13,7 @@ __all__ = ["LocalHistogram", "LATENCY_BUCKETS", "FIRST_RESPONSE_BUCKETS"]
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                    0.5, 1.0, 2.5, 5.0)
 
-# seconds: a support chat's first response (relay/support.py): human replies, from a few seconds to an hour
+# seconds: a support chat's first response (relay/rules/support.py): human replies, from a few seconds to an hour
 # (a bot's instant answer lands in the first bucket)
 FIRST_RESPONSE_BUCKETS = (5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0, 900.0, 1800.0,
                           3600.0)

@@ -1,4 +1,4 @@
-"""relay/proxy.py without a network: what a hook reply may hold, and which headers leave relay."""
+"""relay/integrations/proxy.py without a network: what a hook reply may hold, and which headers leave relay."""
 
 import base64
 

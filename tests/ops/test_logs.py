@@ -1,4 +1,4 @@
-"""relay.logs: JSON or text lines with the event and its ids, secrets masked, floods rate-limited."""
+"""relay.ops.logs: JSON or text lines with the event and its ids, secrets masked, floods rate-limited."""
 
 import io
 import json

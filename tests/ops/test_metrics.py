@@ -1,4 +1,4 @@
-"""relay.metrics: the local histogram adds up to what prometheus-client's observe() gives."""
+"""relay.ops.metrics: the local histogram adds up to what prometheus-client's observe() gives."""
 
 import random
 

@@ -1,4 +1,4 @@
-"""relay/redact.py: card numbers out, look-alikes in."""
+"""relay/rules/redact.py: card numbers out, look-alikes in."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""relay.support: the waiting state machine on every tracker (memory, real Redis, a real Redis Cluster, two
+"""relay.rules.support: the waiting state machine on every tracker (memory, real Redis, a real Redis Cluster, two
 Redis shards), the desk's figures and escalation webhook against a real aiohttp server, and the config keys."""
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def outbox_unavailable() -> str | None:
     try:
         import relay.integrations.outbox  # noqa: F401
     except ImportError as e:
-        return f"relay.outbox cannot be imported ({e}): order-status pushes need relay's outbox consumer"
+        return f"relay.integrations.outbox cannot be imported ({e}): order-status pushes need relay's outbox consumer"
     return None
 
 
