@@ -21,7 +21,7 @@ LOCK_FLAGS  := --generate-hashes --universal --python-version 3.11 --custom-comp
 LATEST      := .venv-latest
 LOWEST      := .venv-lowest
 
-.PHONY: run test test-compiled test-pure build bench bench-quick clean demo-push lock test-latest test-lowest chromium
+.PHONY: run test test-compiled test-pure build bench bench-quick clean demo-push lock test-latest test-lowest
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -58,12 +58,9 @@ run: build
 
 # The whole suite twice: on the compiled core (and a test fails if it was not loaded),
 # then on the pure-Python twin. Both always run and are reported; either failing fails the target.
-test: build $(NODE_STAMP) $(BENCH_NODE_STAMP) chromium
-	.ci/suites $(PY)
-
-# Debian's chromium for the browser tests (a prerequisite, so `make -j` installs it beside the rest)
-chromium:
+test: build $(NODE_STAMP) $(BENCH_NODE_STAMP)
 	.ci/install-chromium
+	.ci/suites $(PY)
 
 test-compiled:
 	RELAY_EXPECT_COMPILED=1 $(PY) -m pytest -q -p no:cacheprovider
