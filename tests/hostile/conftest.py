@@ -52,6 +52,25 @@ class PeakRSS:
         return self.peak - self.start
 
 
+def cpu_seconds(relay) -> float:
+    """The relay process's CPU time so far (utime + stime)."""
+    with open(f"/proc/{relay.pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(relay, quiet: float = 0.3, limit: float = 30.0) -> None:
+    """Until the relay process stops using CPU for ``quiet`` seconds: it has read what was sent to it."""
+    deadline = time.monotonic() + limit
+    last = cpu_seconds(relay)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = cpu_seconds(relay)
+        if now - last < quiet * 0.05:
+            return
+        last = now
+
+
 def frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
     """A masked client frame (all-zero mask: the payload goes as is, which relay must accept)."""
     b0 = (0x80 if fin else 0) | opcode
