@@ -12,7 +12,6 @@ channels after a grace period.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 from relay.brokers.base import BrokerUnavailable
@@ -48,17 +47,13 @@ class Health:
 
     def __init__(self, on_change: Callable[[str, bool], None] | None = None) -> None:
         self.up: dict[str, bool] = {}
-        self.since: dict[str, float] = {}  # wall-clock time of the last change
         self.on_change = on_change
-        self.changes = 0
 
     def set(self, domain: str, up: bool, why: str = "") -> None:
         prev = self.up.get(domain)
         self.up[domain] = up
         if prev == up or (prev is None and up):
             return  # no change (a domain first seen up is no news)
-        self.since[domain] = time.time()
-        self.changes += 1
         if up:
             log.info("broker %s is back", domain, extra={"event": "broker_up", "shard": domain})
         else:
@@ -71,7 +66,6 @@ class Health:
         """A domain that left the topology (a Cluster master replaced by its replica)."""
         if not self.up.pop(domain, True) and self.on_change is not None:
             self.on_change(domain, True)  # nothing is routed to it any more
-        self.since.pop(domain, None)
 
     def is_up(self, domain: str) -> bool:
         return self.up.get(domain, True)
@@ -83,6 +77,3 @@ class Health:
 
     def all_up(self) -> bool:
         return all(self.up.values())
-
-    def any_up(self) -> bool:
-        return not self.up or any(self.up.values())
