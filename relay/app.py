@@ -182,8 +182,8 @@ async def _serve(cfg: Config, on_started=None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     await stop.wait()
-    log.info("draining: %d connections over %.1fs", app.node.num_connections, cfg.drain_window,
-             extra={"event": "draining", "connections": app.node.num_connections, "window": cfg.drain_window})
+    log.info("draining: %d connections over %.1fs", app.node.admission.num_connections, cfg.drain_window,
+             extra={"event": "draining", "connections": app.node.admission.num_connections, "window": cfg.drain_window})
     await app.stop(hurry=hurry)
     log.info("stopped", extra={"event": "stopped"})
 

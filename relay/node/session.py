@@ -323,7 +323,7 @@ class ClientSession(Subscriptions, ProxyCalls):
             return
         if not self._pong_deadline:
             self._pong_deadline = now + self.node.cfg.pong_timeout
-            self.node.await_pong(self)
+            self.node.pings.await_pong(self)
 
     def pong_due(self, now: float) -> None:
         """Called by the node's ping loop once pong_timeout has passed since the ping."""

@@ -151,7 +151,7 @@ class Subscriptions:
         after = 0
         if "epoch" in result:
             last = max(result["offset"], extra[-1].get("offset", 0) if extra else 0)
-            verdict = self.node.track_position(channel, StreamPosition(last, result["epoch"]))
+            verdict = self.node.streams.track(channel, StreamPosition(last, result["epoch"]))
             if verdict == "behind":
                 # the node has delivered past what this client got: 2500, and the SDK resubscribes and
                 # recovers the stretch from history
@@ -214,17 +214,17 @@ class Subscriptions:
         When this node is receiving the channel (it tracks its position, or publications are arriving)
         and is behind ``pos``, wait briefly (CATCH_UP_WAIT) until it has caught up (the node wakes this when
         the offset arrives). Still behind after that (a backlog held up in the network), the client joins
-        the hub only once the node's delivery reaches ``pos`` (relay.node.registry.Node.track_position)."""
+        the hub only once the node's delivery reaches ``pos`` (relay.node.streams.Streams.track)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CATCH_UP_WAIT
         while True:
-            seen = self.node.delivered_offset(channel, pos.epoch)
+            seen = self.node.streams.delivered_offset(channel, pos.epoch)
             if box:
                 seen = max(seen, box[-1].get("offset", 0))
             left = deadline - loop.time()
             if seen == 0 or seen >= pos.offset or left <= 0:
                 return  # nothing known to be in flight, caught up, or given up
-            await self.node.offset_reached(channel, pos.offset, left)
+            await self.node.streams.offset_reached(channel, pos.offset, left)
 
     async def _recover(self, channel: str, p: dict, opts) -> tuple[StreamPosition, list, bool]:
         """The stream position and, when the client asks to recover, what it missed since its offset:

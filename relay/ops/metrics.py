@@ -20,20 +20,42 @@ from __future__ import annotations
 
 import os
 import platform
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from relay import __version__
 
 from relay.ops import logs
-from relay.rules.backpressure import resident_bytes
 from relay.ops.histogram import FIRST_RESPONSE_BUCKETS, LATENCY_BUCKETS
+from relay.ops.stats import Stats
+from relay.rules.backpressure import Backpressure, resident_bytes
 
-if TYPE_CHECKING:  # pragma: no cover
-    from relay.node.registry import Node
-
-__all__ = ["Exporter", "multiprocess_dir"]
+__all__ = ["Exporter", "NodeView", "multiprocess_dir"]
 
 TRANSPORTS = {0: "websocket", 1: "tcp"}  # relay.core WIRE_WS, WIRE_TCP
+
+
+class NodeView(Protocol):
+    """What the exporter reads of the node, and all it reads (relay.node.registry.Node fulfils it): counters
+    and gauges, never the sessions. The exporter knows the node by this view only."""
+
+    core: str  # "cython" or "python"
+    stats: Stats
+    hub: Any  # relay.core.Hub, None before start: its delivery counters
+    connected_by_wire: Mapping[int, int]
+    join_leave_subs: int
+    recovery: Any  # relay.node.recovery.RecoveryCoalescer: .coalesced
+    broker: Any  # relay.brokers.base.Broker: health(), and .errors, .reconnects where it counts them
+    backpressure: Backpressure
+    outbox: Any  # relay.integrations.outbox.OutboxConsumer or None
+    proxy: Any  # relay.integrations.proxy.EventProxy or None
+    support: Any  # relay.rules.support.SupportDesk or None
+
+    @property
+    def max_connections(self) -> int: ...
+    @property
+    def num_channels(self) -> int: ...
+    def backlog_bytes(self) -> int: ...
 
 
 def multiprocess_dir() -> str | None:
@@ -43,7 +65,7 @@ def multiprocess_dir() -> str | None:
 class Exporter:
     """The node's metrics. Made after PROMETHEUS_MULTIPROC_DIR is set (it decides where values live)."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeView) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.node = node
@@ -174,7 +196,7 @@ class Exporter:
         self.connections_max.set(node.max_connections)
         if hub is not None:
             self.subscriptions.set(hub.num_subscriptions - node.join_leave_subs)
-            self.channels.set(len(node._interest))
+            self.channels.set(node.num_channels)
             tcp = hub.deliveries_tcp
             self._add(self.deliveries.labels("tcp"), "dtcp", tcp)
             self._add(self.deliveries.labels("websocket"), "dws", hub.deliveries - tcp)

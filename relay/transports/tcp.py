@@ -30,7 +30,7 @@ class TcpProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if peer else ""
         self.node.tune_socket(transport)
-        refused = self.node.admit(self.remote)
+        refused = self.node.admission.admit(self.remote)
         if refused is not None:
             d = DISCONNECTS.SERVER_FULL if refused == "full" else DISCONNECTS.CONNECTION_LIMIT
             transport.write(self._disconnect_push(d.code, d.reason))
@@ -92,6 +92,6 @@ class TcpProtocol(asyncio.Protocol):
         self.open = False
         self.transport = None
         if self.session is not None:
-            self.node.release_connection(self.remote)
+            self.node.admission.release(self.remote)
             self.session.conn.close(b"", False)
             self.session.on_closed()

@@ -32,7 +32,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self.session = None
         self._timer: asyncio.TimerHandle | None = None
         self.remote = ""
-        self._admitted: str | None = None  # "handshake" (pending, node.handshaking), then "open" (node.per_ip)
+        # "handshake" (pending, node.admission.handshaking), then "open" (node.admission.per_ip)
+        self._admitted: str | None = None
         self.echo = False  # the conformance-test echo endpoint (ws_echo_path)
         self._pong: bytes | None = None  # the latest ping not answered while the peer was not reading
         self._paused = False  # the transport's buffer is full: the peer is not reading
@@ -45,7 +46,7 @@ class WebSocketProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if peer else ""
         self.node.tune_socket(transport)
-        if self.node.admit_handshake(self.remote, self) is not None:
+        if self.node.admission.admit_handshake(self.remote, self) is not None:
             self._refuse(HandshakeError(503, "server full"))
             return
         self._admitted = "handshake"
@@ -100,7 +101,7 @@ class WebSocketProtocol(asyncio.Protocol):
             self._refuse(HandshakeError(503, "shutting down"))
             return
         self._admitted = None
-        if self.node.handshake_done(self.remote, self, True) is not None:
+        if self.node.admission.handshake_done(self.remote, self, True) is not None:
             self._refuse(HandshakeError(429, "too many connections from this address"))
             return
         self._admitted = "open"
@@ -235,9 +236,9 @@ class WebSocketProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = _CLOSED
         if self._admitted == "handshake":
-            self.node.handshake_done(self.remote, self, False)
+            self.node.admission.handshake_done(self.remote, self, False)
         elif self._admitted == "open":
-            self.node.release_connection(self.remote)
+            self.node.admission.release(self.remote)
         self._admitted = None
         if self._timer is not None:
             self._timer.cancel()
