@@ -17,7 +17,8 @@ from relay.core import LANE_BULK
 if TYPE_CHECKING:
     from relay.node.host import SessionHost
 
-__all__ = ["Subscriptions", "join_leave_channel", "JOIN_LEAVE_PREFIX", "INSUFFICIENT_STATE", "CATCH_UP_WAIT"]
+__all__ = ["Subscriptions", "join_leave_channel", "JOIN_LEAVE_PREFIX", "INSUFFICIENT_STATE", "CATCH_UP_WAIT",
+           "check_position"]
 
 FLAG_REJECT_UNRECOVERED = 2  # subscribe "flag" bit: error 112 instead of recovered=false
 # unsubscribe push codes >= 2500 make the SDKs resubscribe (and recover when positioned)
@@ -37,7 +38,7 @@ def _uint(p: dict, key: str) -> int:
     return v
 
 
-def _check_position(p: dict) -> None:
+def check_position(p: dict) -> None:
     """The stream fields of a subscribe (or of one connect.subs entry): ``flag`` and ``offset`` integers,
     ``epoch`` a string. Refused with 107 before any work, instead of failing halfway through it."""
     _uint(p, "flag")
@@ -71,7 +72,7 @@ class Subscriptions:
     async def _cmd_subscribe(self, p: dict, cmd_id: int) -> None:
         node = self.node
         channel = self._channel(p)
-        _check_position(p)
+        check_position(p)
         if channel in self.subs:
             raise ERRORS.ALREADY_SUBSCRIBED
         if len(self.subs) >= node.cfg.max_channels_per_connection:
