@@ -8,39 +8,23 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from relay import __version__
 from relay.auth import TokenExpired, TokenInvalid
 from relay.codes import DISCONNECTS, ERRORS, Disconnect
 from relay.node.subscribe import check_position
-
-if TYPE_CHECKING:
-    from relay.node.host import SessionHost
+from relay.node.host import SessionState
 
 __all__ = ["Connecting"]
 
 log = logging.getLogger("relay.session")  # the logger these events always had
 
 
-class Connecting:
+class Connecting(SessionState):
     """A session's connect, refresh and expiry (mixed into relay.node.session.ClientSession)."""
 
     __slots__ = ()
-    # the session's state this part reads and writes (set by ClientSession.__init__)
-    node: SessionHost
-    client_id: str
-    user: str
-    remote: str
-    conn_info: Any
-    meta: Any
-    expire_at: float | None
-    connected: bool
-    closed: bool
-    _proxied: bool
-    _server_subs: frozenset[str]
-    _stale_timer: asyncio.TimerHandle
-    _expiry_timer: asyncio.TimerHandle | None
 
     async def _cmd_connect(self, p: dict, cmd_id: int) -> None:
         node = self.node

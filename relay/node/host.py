@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Coroutine
 
     from relay.auth import TokenVerifier
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from relay.ops.stats import Stats
     from relay.rules.redact import Redactor
 
-__all__ = ["SessionHost", "Session"]
+__all__ = ["SessionHost", "SessionState", "Session"]
 
 #: a relay.node.session.ClientSession (named loosely here: the session imports this module)
 Session = Any
@@ -67,3 +68,28 @@ class SessionHost(Protocol):
     async def publish(self, channel: str, data: Any, *, source: str = "api", **kw: Any) -> StreamPosition: ...
     async def publish_many(self, items: list[tuple[str, Any]], *, source: str = "api", **kw: Any) -> list: ...
     async def history(self, channel: str, p: dict) -> dict: ...
+
+
+class SessionState:
+    """The state of a session that its parts (relay/node/connect.py, subscribe.py, proxycalls.py) read and
+    write: declared once here, set by relay.node.session.ClientSession.__init__, which mixes the parts in."""
+
+    __slots__ = ()
+    node: SessionHost
+    conn: Any  # relay.core.Conn
+    client_id: str
+    user: str
+    remote: str
+    conn_info: Any
+    meta: Any  # the connect hook's meta: sent back to the backend, never to the client
+    headers: dict[str, str]  # handshake headers the event proxy forwards
+    expire_at: float | None
+    connected: bool
+    closed: bool
+    subs: dict[str, bool]  # channel -> receives join/leave
+    _proxied: bool
+    _server_subs: frozenset[str]
+    _token_subs: set[str] | None
+    _sub_timers: dict[str, asyncio.TimerHandle] | None
+    _stale_timer: asyncio.TimerHandle
+    _expiry_timer: asyncio.TimerHandle | None

@@ -9,34 +9,22 @@ import asyncio
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from relay.codes import DISCONNECTS, ERRORS, ClientError, Disconnect
 from relay.core import WIRE_TCP
 from relay.integrations.proxy import ProxyFailure
-
-if TYPE_CHECKING:
-    from relay.node.host import SessionHost
+from relay.node.host import SessionState
 
 __all__ = ["ProxyCalls"]
 
 log = logging.getLogger("relay.session")  # the logger these events always had
 
 
-class ProxyCalls:
+class ProxyCalls(SessionState):
     """A session's calls to the event proxy (mixed into relay.node.session.ClientSession)."""
 
     __slots__ = ()
-    node: SessionHost
-    subs: dict[str, bool]
-    closed: bool
-    user: str
-    client_id: str
-    remote: str
-    meta: Any
-    headers: dict[str, str]
-    conn_info: Any
-    expire_at: float | None
 
     def _proxy_body(self, **fields: Any) -> dict:
         """A hook request in Centrifugo's proxy format."""

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from relay.auth import TokenExpired, TokenInvalid
 from relay.brokers.base import BrokerUnavailable, StreamPosition
 from relay.codes import DISCONNECTS, ERRORS
 from relay.core import LANE_BULK
-
-if TYPE_CHECKING:
-    from relay.node.host import SessionHost
+from relay.node.host import SessionState
 
 __all__ = ["Subscriptions", "join_leave_channel", "JOIN_LEAVE_PREFIX", "INSUFFICIENT_STATE", "CATCH_UP_WAIT",
            "check_position"]
@@ -55,19 +53,10 @@ def join_leave_channel(channel: str) -> str:
     return JOIN_LEAVE_PREFIX + channel
 
 
-class Subscriptions:
+class Subscriptions(SessionState):
     """A session's subscriptions (mixed into relay.node.session.ClientSession, whose state it uses)."""
 
     __slots__ = ()
-    # the session's state this part reads and writes (set by ClientSession.__init__)
-    node: SessionHost
-    subs: dict[str, bool]
-    closed: bool
-    user: str
-    client_id: str
-    _server_subs: frozenset[str]
-    _token_subs: set[str] | None
-    _sub_timers: dict[str, asyncio.TimerHandle] | None
 
     async def _cmd_subscribe(self, p: dict, cmd_id: int) -> None:
         node = self.node
