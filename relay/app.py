@@ -26,7 +26,8 @@ log = logging.getLogger("relay")
 
 def build_broker(cfg: Config) -> tuple[Broker, PresenceManager]:
     if cfg.broker == "redis":
-        from relay.brokers.redis import RedisBroker, RedisPresenceManager
+        from relay.brokers.redis import RedisBroker
+        from relay.brokers.redis_presence import RedisPresenceManager
 
         broker = RedisBroker(cfg.redis_urls, prefix=cfg.redis_prefix, pubsub_per_instance=cfg.redis_pubsub_connections,
                              unsubscribe_delay=cfg.redis_unsubscribe_delay, node_name=cfg.node_name,

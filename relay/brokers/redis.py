@@ -12,8 +12,7 @@ pub/sub all live on one Redis Cluster slot):
 * ``<prefix>:idem:{ch}:<key>`` the stream position of an idempotent publish.
 * pub/sub channel ``<prefix>:ps:{ch}``; messages are ``p<offset>:<epoch>:<msgpack pub>``,
   ``j<msgpack info>`` (join) or ``l<msgpack info>`` (leave).
-* ``<prefix>:pres:{ch}`` hash client -> msgpack info, and ``<prefix>:pres-exp:{ch}``
-  zset client -> expiry; entries not refreshed within ``presence_ttl`` disappear.
+* ``<prefix>:pres:{ch}`` and ``<prefix>:pres-exp:{ch}``: presence (relay.brokers.redis_presence).
 
 Publishing runs one Lua script: the history append, the offset increment and the
 PUBLISH are applied together or not at all.
@@ -31,28 +30,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import secrets
 import time
 import zlib
+from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
 
-from relay.brokers.base import (Broker, BrokerEventHandler, BrokerUnavailable, HistoryResult, PresenceManager,
+from relay.brokers.base import (Broker, BrokerEventHandler, BrokerUnavailable, HistoryResult,
                                 PublishOptions, StreamPosition, UnrecoverablePosition, history_page)
-from relay.brokers.health import PING_TOKEN, Health, Liveness
-from relay.brokers.redis_sharded import BACKOFF_MAX, BACKOFF_MIN, ShardedSubscriber
+from relay.brokers.health import Health, LinkEvents, Strikes, check_link, command_ping, watch
+from relay.brokers.redis_pubsub import PubSubConn
+from relay.brokers.redis_sharded import ShardedSubscriber
 
-__all__ = ["RedisBroker", "RedisPresenceManager", "RedisShards", "jump_hash", "BrokerUnavailable"]
+__all__ = ["RedisBroker", "RedisShards", "jump_hash", "BrokerUnavailable"]  # presence: relay.brokers.redis_presence
 
 log = logging.getLogger("relay.redis")
 
 _packb = msgpack.Packer(use_bin_type=True).pack
-
-SETTLE = 0.05  # seconds the liveness watch waits before calling a connection silent: pongs already here get read
-
 
 def jump_hash(key: int, buckets: int) -> int:
     """Jump consistent hash (Lamping & Veach 2014): adding a bucket moves only ~1/n of the keys."""
@@ -140,199 +138,6 @@ if want == "1" then items = redis.call("lrange", hist, 0, -1) end
 return {top, epoch, items}
 """
 
-PRESENCE_ADD_LUA = """
-redis.call("hset", KEYS[1], ARGV[1], ARGV[2])
-redis.call("zadd", KEYS[2], ARGV[3], ARGV[1])
-redis.call("pexpire", KEYS[1], ARGV[4])
-redis.call("pexpire", KEYS[2], ARGV[4])
-return 1
-"""
-
-PRESENCE_REMOVE_LUA = """
-redis.call("hdel", KEYS[1], ARGV[1])
-redis.call("zrem", KEYS[2], ARGV[1])
-return 1
-"""
-
-PRESENCE_GET_LUA = """
-local expired = redis.call("zrangebyscore", KEYS[2], "-inf", ARGV[1])
-for _, c in ipairs(expired) do redis.call("hdel", KEYS[1], c) end
-if #expired > 0 then redis.call("zremrangebyscore", KEYS[2], "-inf", ARGV[1]) end
-return redis.call("hgetall", KEYS[1])
-"""
-
-
-class _PubSubConn:
-    """One pub/sub connection to one Redis instance and its reader task. (A Redis Cluster's sharded pub/sub
-    is relay.brokers.redis_sharded's.)
-
-    ``wanted`` is the set of channels this connection should carry; SUBSCRIBE and UNSUBSCRIBE go out
-    batched per loop iteration, one batch at a time and only while connected, each name checked against
-    ``wanted`` as it leaves, so a late UNSUBSCRIBE never undoes a newer SUBSCRIBE. After a reconnect
-    (redis-py subscribes again to what it knew) the server's set is brought back to ``wanted``."""
-
-    def __init__(self, broker: "RedisBroker", client, name: str) -> None:
-        self.broker = broker
-        self.client = client
-        self.pubsub = client.pubsub()
-        self.control = f"{broker.prefix}:ctl:{name}"
-        self.task: asyncio.Task | None = None
-        self.wanted: set[str] = set()
-        self.confirmed: set[bytes] = set()  # what the server has confirmed on the current connection
-        self._to_sub: set[str] = set()
-        self._to_unsub: set[str] = set()
-        self._waiting: dict[bytes, list[asyncio.Future]] = {}
-        self._flush_scheduled = False
-        self._flush_lock = asyncio.Lock()
-        self.liveness = Liveness()  # the PING the broker's watch sent on this connection, until its pong
-        self.connected = False
-        self.killed = ""  # why the watch dropped this connection, until it is back
-
-    async def start(self) -> None:
-        await self.pubsub.subscribe(self.control)  # the connection exists before any channel
-        self.connected = True
-        self.task = asyncio.get_running_loop().create_task(self._read())
-
-    def send_ping(self, now: float) -> None:
-        """A liveness PING on this connection: its pong comes back in order with the messages."""
-        self.liveness.sent = now
-        self.broker._spawn(self._ping())
-
-    async def _ping(self) -> None:
-        try:
-            await asyncio.wait_for(self.pubsub.ping(PING_TOKEN), self.broker.ping_timeout)
-        except Exception:
-            pass  # an unanswered PING is what the watch looks for; a failed write, the reader sees
-
-    def kill(self, why: str) -> None:
-        """The connection stopped answering (a silent network cut): drop it, so the reader reconnects and
-        subscribes again, and fail the subscribes waiting on it now rather than at their timeout."""
-        self.connected = False
-        self.confirmed.clear()
-        self.killed = why
-        self.liveness.reset()
-        self._fail_waiting(BrokerUnavailable(why))
-        conn = self.pubsub.connection
-        if conn is not None:
-            self.broker._spawn(conn.disconnect())
-
-    def _fail_waiting(self, error: Exception) -> None:
-        waiting, self._waiting = self._waiting, {}
-        for futs in waiting.values():
-            for fut in futs:
-                if not fut.done():
-                    fut.set_exception(error)
-
-    async def close(self) -> None:
-        if self.task:
-            self.task.cancel()
-            try:
-                await self.task
-            except (asyncio.CancelledError, Exception):
-                pass
-        await self.pubsub.aclose()
-
-    def subscribe(self, name: str) -> asyncio.Future:
-        """The future resolves when Redis confirms the SUBSCRIBE (or fails with BrokerUnavailable)."""
-        fut = asyncio.get_running_loop().create_future()
-        self.wanted.add(name)
-        self._to_unsub.discard(name)
-        if not self.connected:  # the reconnect subscribes to everything wanted; this caller learns now
-            fut.set_exception(BrokerUnavailable(self.killed or "redis pub/sub connection down"))
-            return fut
-        self._waiting.setdefault(name.encode(), []).append(fut)
-        self._to_sub.add(name)
-        self._schedule()
-        return fut
-
-    def unsubscribe(self, name: str) -> None:
-        self.wanted.discard(name)
-        self._to_sub.discard(name)
-        self._to_unsub.add(name)
-        self._schedule()
-
-    def _schedule(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(lambda: self.broker._spawn(self._flush()))
-
-    async def _flush(self) -> None:
-        async with self._flush_lock:  # one batch on the wire at a time: they reach Redis in order
-            self._flush_scheduled = False
-            if not self.connected:
-                return  # the reconnect brings the server's set back to self.wanted (_reconcile)
-            subs = [n for n in self._to_sub if n in self.wanted]
-            unsubs = [n for n in self._to_unsub if n not in self.wanted]
-            self._to_sub, self._to_unsub = set(), set()
-            try:
-                if subs:
-                    await self.pubsub.subscribe(*subs)  # one SUBSCRIBE for the whole batch
-                if unsubs:
-                    await self.pubsub.unsubscribe(*unsubs)
-            except Exception as e:  # connection down: the waiters learn it now, not at a timeout
-                for name in subs:
-                    for fut in self._waiting.pop(name.encode(), []):
-                        if not fut.done():
-                            fut.set_exception(BrokerUnavailable(str(e)))
-
-    def _reconcile(self) -> None:
-        """Reconnected: redis-py subscribed again to the channels it knew, those being left included."""
-        known = {self.pubsub.encoder.decode(c, force=True) for c in self.pubsub.channels}
-        known.discard(self.control)
-        self._to_unsub |= known - self.wanted
-        self._to_sub |= self.wanted - known
-        if self._to_sub or self._to_unsub:
-            self._schedule()
-
-    async def _read(self) -> None:
-        failures = 0
-        backoff = BACKOFF_MIN
-        while True:
-            try:
-                msg = await self.pubsub.get_message(timeout=1.0)  # reconnects (and resubscribes) when down
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                self.connected = False
-                self.confirmed.clear()
-                self.liveness.reset()
-                self._fail_waiting(BrokerUnavailable(str(e)))
-                self.broker.errors += 1
-                failures += 1
-                if failures == 1:  # once per outage: the broker's watch logs the state changes
-                    log.warning("redis pub/sub connection failed (%s); reconnecting", self.killed or e,
-                                extra={"event": "broker_error"})
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(backoff * 2, BACKOFF_MAX)
-                continue
-            if failures:
-                log.info("redis pub/sub reconnected after %d failed attempts", failures,
-                         extra={"event": "broker_reconnected"})
-                failures, backoff = 0, BACKOFF_MIN
-                self.broker.reconnects += 1
-            if not self.connected:  # back (redis-py reconnected in get_message, or after failures)
-                self.connected = True
-                self.killed = ""
-                self._reconcile()
-            if msg is not None:
-                self._handle(msg)
-
-    def _handle(self, msg: dict) -> None:
-        kind = msg["type"]
-        if isinstance(kind, bytes):
-            kind = kind.decode()
-        if kind == "message":
-            self.broker._on_message(msg["channel"], msg["data"])
-        elif kind == "subscribe":
-            self.confirmed.add(msg["channel"])
-            for fut in self._waiting.pop(msg["channel"], []):
-                if not fut.done():
-                    fut.set_result(None)
-        elif kind == "unsubscribe":
-            self.confirmed.discard(msg["channel"])
-        elif kind == "pong" and msg["data"] == PING_TOKEN:
-            self.liveness.pong()
-
 
 class RedisShards:
     """The Redis instances and their pub/sub connections; picks both by channel hash.
@@ -357,7 +162,7 @@ class RedisShards:
                                                     socket_timeout=5.0, socket_connect_timeout=2.0)
                             for u in urls]
         self.pubsub_per_instance = pubsub_per_instance
-        self.pubsubs: list[list[_PubSubConn]] = []
+        self.pubsubs: list[list[PubSubConn]] = []
         self.names = [_domain_name(u) for u in urls]  # each instance's failure domain (not for a cluster)
 
     def index(self, channel: str) -> int:
@@ -366,7 +171,7 @@ class RedisShards:
     def client(self, channel: str) -> aioredis.Redis:
         return self.clients[self.index(channel)]
 
-    def pubsub(self, channel: str) -> _PubSubConn:
+    def pubsub(self, channel: str) -> PubSubConn:
         conns = self.pubsubs[self.index(channel)]
         return conns[zlib.crc32(channel.encode()[::-1]) % len(conns)]
 
@@ -425,10 +230,11 @@ class RedisBroker(Broker):
                 "publish": client.register_script(PUBLISH_LUA),
                 "history": client.register_script(HISTORY_LUA),
             })
+            events = LinkEvents(on_message=self._on_message, on_error=self._count_error,
+                                on_reconnect=self._count_reconnect, spawn=self._spawn)
             if self.cluster:
-                self.sharded = ShardedSubscriber(client, on_message=self._on_message, on_error=self._count_error,
-                                                 on_reconnect=self._count_reconnect, spawn=self._spawn)
-            conns = [_PubSubConn(self, client, f"{self.node_name}:{i}:{j}")
+                self.sharded = ShardedSubscriber(client, events)
+            conns = [PubSubConn(client, f"{self.prefix}:ctl:{self.node_name}:{i}:{j}", events, self.ping_timeout)
                      for j in range(self.shards.pubsub_per_instance)]
             for c in conns:
                 await c.start()
@@ -499,82 +305,40 @@ class RedisBroker(Broker):
             return None if node is None else node
         return self.shards.clients[self.shards.names.index(domain)].connection_pool
 
+    def _verdict(self, domain: str, why: str) -> None:
+        if why and self.health_state.is_up(domain):
+            self.errors += 1
+        self.health_state.set(domain, not why, why)
+
     async def _watch(self, i: int) -> None:
-        """Shard ``i``'s liveness, every ping_interval: a PING with a deadline on each pub/sub connection
-        (its pong comes in order with the messages, so a silent connection is seen, not just a closed one)
-        and on the command connections. A shard is down when a pub/sub connection is down or silent, or the
-        command PING fails (a timeout twice in a row: once may be this process being slow)."""
-        loop = asyncio.get_running_loop()
+        """Shard ``i``'s liveness (relay.brokers.health.watch): a PING with a deadline on each pub/sub
+        connection and on the command connections. Down when a pub/sub connection is down or silent, or
+        the command PING fails (a timeout twice in a row)."""
         name, client, conns = self.shards.names[i], self.shards.clients[i], self.shards.pubsubs[i]
-        interval, timeout = self.ping_interval, self.ping_timeout
-        strikes = 0
-        due = loop.time()
-        while True:
-            due += interval
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            now = loop.time()
-            lagged = now - due > min(0.25, timeout / 2)  # this process was late: no verdict of silence now
-            if now > due:
-                due = now
+        timeout = self.ping_timeout
+        strikes = Strikes()
+
+        async def check(now: float, lagged: bool) -> None:
             why = ""
-            if not lagged and any(c.connected and c.liveness.expired(now, timeout) for c in conns):
-                await asyncio.sleep(SETTLE)  # a pong this process has received but not read yet gets read
-                now = loop.time()
             for c in conns:
-                if not c.connected:
-                    why = "pub/sub connection down"
-                elif c.liveness.expired(now, timeout) and not lagged:
-                    self.errors += 1
-                    why = f"pub/sub connection silent for {now - c.liveness.sent:.1f} s"
-                    c.kill(why)
-                elif c.liveness.sent is None or lagged:
-                    c.send_ping(now)
-            t0 = loop.time()
-            try:
-                await asyncio.wait_for(client.ping(), timeout)
-                strikes = 0
-            except TimeoutError:
-                if loop.time() - t0 < timeout * 1.5:  # the deadline was kept: the shard did not answer
-                    strikes += 1
-                if strikes >= 2:
-                    why = why or f"no answer to PING within {timeout} s"
-            except Exception as e:
-                strikes = 2
-                why = why or f"PING failed: {e}"
-            if why and self.health_state.is_up(name):
-                self.errors += 1
-            self.health_state.set(name, not why, why)
+                why = check_link(c, now, timeout, lagged) or why
+            result = await command_ping(client.ping, timeout)
+            self._verdict(name, strikes.verdict(name, result, timeout) or why)
+
+        await watch(self.ping_interval, timeout, lambda: conns, check)
 
     async def _watch_cluster(self) -> None:
-        """Each Cluster master's liveness, every ping_interval: a PING with a deadline on its sharded
-        pub/sub link and on its command connections, as for a shard (``_watch``). While a master is down
-        the slot map is refreshed each round, so the channels a failover hands to a replica follow it; a
-        master that left the map is forgotten."""
-        loop = asyncio.get_running_loop()
+        """Each Cluster master's liveness, as for a shard (``_watch``): its sharded pub/sub link and its
+        command connections. While a master is down the slot map is refreshed each round, so the channels a
+        failover hands to a replica follow it; a master that left the map is forgotten."""
         cluster = self.shards.clients[0]
-        interval, timeout = self.ping_interval, self.ping_timeout
-        strikes: dict[str, int] = {}
-        due = loop.time()
+        timeout = self.ping_timeout
+        strikes = Strikes()
 
-        async def ping(node) -> tuple[Any, str]:
-            t0 = loop.time()
-            try:
-                await asyncio.wait_for(node.execute_command("PING"), timeout)
-                return node, ""
-            except TimeoutError:
-                if loop.time() - t0 >= timeout * 1.5:
-                    return node, "late"  # this process was slow, not the master: no verdict
-                return node, "timeout"
-            except Exception as e:
-                return node, f"PING failed: {e}"
+        def links() -> Iterable[Any]:
+            return self.sharded.links.values() if self.sharded is not None else ()
 
-        while True:
-            due += interval
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            now = loop.time()
-            lagged = now - due > min(0.25, timeout / 2)
-            if now > due:
-                due = now
+        async def check(now: float, lagged: bool) -> None:
             try:
                 primaries = cluster.get_primaries()
             except Exception:
@@ -583,35 +347,19 @@ class RedisBroker(Broker):
             for d in list(self.health_state.up):
                 if d not in names:
                     self.health_state.forget(d)
-            links = self.sharded.links if self.sharded is not None else {}
-            if not lagged and any(lk.up and lk.liveness.expired(now, timeout) for lk in links.values()):
-                await asyncio.sleep(SETTLE)  # a pong this process has received but not read yet gets read
-                now = loop.time()
-            for node, err in await asyncio.gather(*(ping(n) for n in primaries)):
-                why = ""
-                if err == "timeout":
-                    strikes[node.name] = strikes.get(node.name, 0) + 1
-                    if strikes[node.name] >= 2:
-                        why = f"no answer to PING within {timeout} s"
-                elif err and err != "late":
-                    strikes[node.name] = 2
-                    why = err
-                else:
-                    strikes[node.name] = 0
-                link = links.get(node.name)
+            by_name = self.sharded.links if self.sharded is not None else {}
+            results = await asyncio.gather(*(command_ping(partial(n.execute_command, "PING"), timeout)
+                                             for n in primaries))
+            for node, result in zip(primaries, results, strict=True):
+                why = strikes.verdict(node.name, result, timeout)
+                link = by_name.get(node.name)
                 if link is not None and link.channels:
-                    if not link.up:
-                        why = why or "pub/sub link down"
-                    elif link.liveness.expired(now, timeout) and not lagged:
-                        why = why or f"pub/sub link silent for {now - link.liveness.sent:.1f} s"
-                        link.kill()
-                    elif link.liveness.sent is None or lagged:
-                        link.send_ping(now)
-                if why and self.health_state.is_up(node.name):
-                    self.errors += 1
-                self.health_state.set(node.name, not why, why)
+                    why = check_link(link, now, timeout, lagged) or why
+                self._verdict(node.name, why)
             if not self.health_state.all_up() and self.sharded is not None:
                 await self.sharded.refresh_topology()  # a failover moves the slots of a down master
+
+        await watch(self.ping_interval, timeout, links, check)
 
     # pub/sub ---------------------------------------------------------------------------------------
     def _carries(self, channel: str) -> bool:
@@ -803,53 +551,3 @@ class RedisBroker(Broker):
         except Exception as e:
             self.errors += 1
             raise BrokerUnavailable(str(e)) from None
-
-
-class RedisPresenceManager(PresenceManager):
-    """Presence per channel in Redis; an entry lives ``ttl`` seconds unless refreshed."""
-
-    def __init__(self, broker: RedisBroker, ttl: float = 60.0) -> None:
-        self.broker = broker
-        self.ttl = ttl
-        self.refresh_interval = ttl / 3
-        self._add: dict[int, Any] = {}
-        self._get: dict[int, Any] = {}
-        self._remove: dict[int, Any] = {}
-
-    def _keys(self, channel: str) -> list[str]:
-        p = self.broker.prefix
-        return [f"{p}:pres:{{{channel}}}", f"{p}:pres-exp:{{{channel}}}"]
-
-    def _script(self, cache: dict, channel: str, source: str):
-        self.broker.health_state.check(self.broker.domain(channel))  # a down shard: BrokerUnavailable now
-        idx = self.broker.shards.index(channel)
-        if idx not in cache:
-            cache[idx] = self.broker.shards.clients[idx].register_script(source)
-        return cache[idx]
-
-    async def add_presence(self, channel: str, client_id: str, info: dict) -> None:
-        now = time.time()
-        try:
-            await self._script(self._add, channel, PRESENCE_ADD_LUA)(
-                keys=self._keys(channel),
-                args=[client_id, _packb(info), int((now + self.ttl) * 1000), int(self.ttl * 1000) + 1000])
-        except Exception as e:
-            raise BrokerUnavailable(str(e)) from None
-
-    async def remove_presence(self, channel: str, client_id: str) -> None:
-        try:
-            await self._script(self._remove, channel, PRESENCE_REMOVE_LUA)(keys=self._keys(channel), args=[client_id])
-        except Exception as e:
-            raise BrokerUnavailable(str(e)) from None
-
-    async def presence(self, channel: str) -> dict[str, dict]:
-        try:
-            flat = await self._script(self._get, channel, PRESENCE_GET_LUA)(
-                keys=self._keys(channel), args=[int(time.time() * 1000)])
-        except Exception as e:
-            raise BrokerUnavailable(str(e)) from None
-        return {flat[i].decode(): msgpack.unpackb(flat[i + 1], raw=False) for i in range(0, len(flat), 2)}
-
-    async def presence_stats(self, channel: str) -> tuple[int, int]:
-        clients = await self.presence(channel)
-        return len(clients), len({i.get("user", "") for i in clients.values()})

@@ -28,21 +28,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from redis.asyncio.connection import Connection
 from redis.exceptions import AskError, ResponseError, TryAgainError
 
 from relay.brokers.base import BrokerUnavailable
-from relay.brokers.health import PING_TOKEN, Liveness
+from relay.brokers.health import BACKOFF_MAX, BACKOFF_MIN, PING_TOKEN, LinkEvents, Liveness
 
 __all__ = ["ShardedSubscriber"]
 
 log = logging.getLogger("relay.redis")
 
-BACKOFF_MIN = 0.05  # seconds before the first reconnect attempt of a link
-BACKOFF_MAX = 2.0  # the cap of the exponential backoff
 REROUTE_RETRY = 0.1  # a channel whose slot the topology still places here is tried again after this
 CONNECT_TIMEOUT = 5.0  # connect and handshake of a link, so a black-holed master does not hold it forever
 
@@ -104,7 +102,7 @@ class _Link:
     def _schedule(self) -> None:
         if not self._flush_scheduled and self.up:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.sub.spawn, self._flush())
+            asyncio.get_running_loop().call_soon(self.sub.events.spawn, self._flush())
 
     async def _flush(self) -> None:
         self._flush_scheduled = False
@@ -130,16 +128,16 @@ class _Link:
             await conn.disconnect()
 
     def send_ping(self, now: float) -> None:
-        """A liveness PING: its pong comes back in order with the messages (RedisBroker._watch_cluster)."""
+        """A liveness PING: its pong comes back in order with the messages (relay.brokers.health.watch)."""
         self.liveness.sent = now
-        self.sub.spawn(self._send([("PING", PING_TOKEN)]))
+        self.sub.events.spawn(self._send([("PING", PING_TOKEN)]))
 
-    def kill(self) -> None:
+    def kill(self, why: str = "") -> None:
         """The link stopped answering (a silent network cut): drop it; the reader reconnects."""
         self.liveness.reset()
         conn = self.conn
         if conn is not None:
-            self.sub.spawn(conn.disconnect())
+            self.sub.events.spawn(conn.disconnect())
 
     # the connection ------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -158,7 +156,7 @@ class _Link:
                 self.up = True
                 await self._send(_by_slot("SSUBSCRIBE", self.channels))
                 if failures:
-                    self.sub.on_reconnect()
+                    self.sub.events.on_reconnect()
                     log.info("redis sharded pub/sub to %s reconnected after %d failed attempts", self.name,
                              failures, extra={"event": "broker_reconnected"})
                 failures, backoff = 0, BACKOFF_MIN
@@ -174,7 +172,7 @@ class _Link:
                 if self.closed:
                     return
                 failures += 1
-                self.sub.on_error()
+                self.sub.events.on_error()
                 if failures == 1:
                     log.warning("redis sharded pub/sub to %s failed (%s); reconnecting", self.name, e,
                                 extra={"event": "broker_error"})
@@ -197,7 +195,7 @@ class _Link:
                 continue
             except ResponseError as e:  # CLUSTERDOWN and the like: the subscribes in flight are retried
                 log.warning("redis sharded pub/sub on %s: %s", self.name, e, extra={"event": "broker_error"})
-                self.sub.on_error()
+                self.sub.events.on_error()
                 self._rejected(None)
                 continue
             self._handle(reply)
@@ -211,7 +209,7 @@ class _Link:
         kind, channel = reply[0], reply[1]
         if kind == b"smessage":
             if channel in self.channels:  # not one already left (its SUNSUBSCRIBE crossed this message)
-                self.sub.on_message(channel, reply[2])
+                self.sub.events.on_message(channel, reply[2])
         elif kind == b"ssubscribe":
             for fut in self._waiting.pop(channel, []):
                 if not fut.done():
@@ -224,7 +222,7 @@ class _Link:
                 else:
                     self._unsub_sent[channel] = sent - 1
             elif channel in self.channels:  # the server's own: the slot left this master
-                self.sub.spawn(self.sub.relocate(self, [channel]))
+                self.sub.events.spawn(self.sub.relocate(self, [channel]))
 
     def _rejected(self, slot: int | None) -> None:
         """An SSUBSCRIBE was refused; the channels of ``slot`` (all unconfirmed ones if unknown) move on."""
@@ -232,7 +230,7 @@ class _Link:
         if slot is not None and not channels:
             channels = [c for c, s in self.channels.items() if s == slot]
         if channels:
-            self.sub.spawn(self.sub.relocate(self, channels))
+            self.sub.events.spawn(self.sub.relocate(self, channels))
 
     async def close(self) -> None:
         self.closed = True
@@ -259,14 +257,9 @@ class ShardedSubscriber:
     ``cluster`` is the ``RedisCluster`` client the broker publishes with: its slot map
     places channels, and is refreshed when a channel turns out to live elsewhere."""
 
-    def __init__(self, cluster, *, on_message: Callable[[bytes, bytes], None], on_error: Callable[[], None],
-                 on_reconnect: Callable[[], None], spawn: Callable[[Any], None],
-                 connection_kwargs: dict | None = None) -> None:
+    def __init__(self, cluster, events: LinkEvents, connection_kwargs: dict | None = None) -> None:
         self.cluster = cluster
-        self.on_message = on_message
-        self.on_error = on_error
-        self.on_reconnect = on_reconnect
-        self.spawn = spawn
+        self.events = events
         self.connection_kwargs = connection_kwargs or {}
         self.links: dict[str, _Link] = {}
         self.owner: dict[bytes, _Link] = {}

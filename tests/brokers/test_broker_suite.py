@@ -8,7 +8,8 @@ import pytest
 
 from relay.brokers.base import BrokerUnavailable, PublishOptions, StreamPosition, UnrecoverablePosition
 from relay.brokers.memory import MemoryBroker, MemoryPresenceManager
-from relay.brokers.redis import RedisBroker, RedisPresenceManager
+from relay.brokers.redis import RedisBroker
+from relay.brokers.redis_presence import RedisPresenceManager
 
 
 class Handler:
