@@ -7,7 +7,7 @@ Set-up (in one run, twice: ``recovery_coalesce = true``, then ``false`` as the b
   ``force_recovery``;
 * ``--clients`` WebSocket clients (default 10,000) on ``--channels`` channels (default 10), client i on
   channel i mod channels, in ``--workers`` generator processes on CPU 1 (``bench/common.run_worker``:
-  they die with this process). Each client is connrate.py's minimal hand-written client: fixed upgrade
+  they die with this process). Each client is wsclient.py's minimal hand-written client: fixed upgrade
   request, frames masked with the zero key; it sends ``connect`` and ``subscribe`` in one frame and
   keeps the offset and epoch of its subscribe reply;
 * **the cut**: every worker drops all its connections at once (RST), as a mobile network blip or a
@@ -44,9 +44,10 @@ import orjson
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (GENERATOR_CPU, SERVER_CPU, RelayServer, machine_description, pin_to,  # noqa: E402
                     raise_nofile, run_worker, write_result)
-from connrate import _WS_KEY, _abort, _failure_kind, _server_frames, client_frame, take_upgrade  # noqa: E402
-from loadgen import Histogram  # noqa: E402
+from histogram import Histogram  # noqa: E402
 from scenarios_common import Printer, WorkerPool, banner, fmt_ms, percentiles, serve_pipe, sleep_until_ns  # noqa: E402
+from wsclient import (PONG, abort, abort_all, client_frame, closed_by_server, failure_kind, server_frames,  # noqa: E402
+                      take_upgrade, upgrade_request)
 
 from relay.testing import RedisProcess  # noqa: E402
 
@@ -54,7 +55,6 @@ __all__ = ["run_mode", "format_line", "main", "GOAL_READS_PER_CLIENT"]
 
 GOAL_READS_PER_CLIENT = 0.01  #: issue 11: broker history reads per recovering client with coalescing
 CHANNEL = "bench:storm{}"
-PONG = client_frame(b"{}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -121,7 +121,7 @@ class _Client(asyncio.Protocol):
         st.failure_sample = st.failure_sample or f"{kind}: {detail}"[:200]
         st.finished(time.time_ns())
         if self.transport is not None:
-            _abort(self.transport)
+            abort(self.transport)
 
     def _subscribed(self, res: dict, now: int) -> None:
         st = self.st
@@ -149,11 +149,9 @@ class _Client(asyncio.Protocol):
             if buf is None:
                 return
             self.transport.write(self._commands())  # type: ignore[union-attr]
-        frames, self.buf = _server_frames(buf)
+        frames, self.buf = server_frames(buf)
         for opcode, payload in frames:
-            if opcode == 8:
-                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-                self.failed(f"closed_{code}", payload[2:80].decode(errors="replace"))
+            if closed_by_server(self, opcode, payload):
                 return
             if opcode != 1:
                 continue
@@ -170,7 +168,7 @@ class _Client(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         if not self.done:
-            self.failed(_failure_kind(exc) if exc else "closed_before_reply", repr(exc))
+            self.failed(failure_kind(exc) if exc else "closed_before_reply", repr(exc))
 
 
 async def _connect_all(st: _State, host: str, port: int, spread_ns: int, limit: int, timeout: float) -> None:
@@ -191,7 +189,7 @@ async def _connect_all(st: _State, host: str, port: int, spread_ns: int, limit: 
         try:
             await loop.create_connection(lambda: c, host, port)
         except OSError as e:
-            c.failed(_failure_kind(e), f"{type(e).__name__}: {e}")
+            c.failed(failure_kind(e), f"{type(e).__name__}: {e}")
 
     async def gated(c: _Client) -> None:
         async with gate:  # type: ignore[union-attr]
@@ -214,8 +212,7 @@ async def _connect_all(st: _State, host: str, port: int, spread_ns: int, limit: 
 
 async def _worker_async(pipe: Connection, host: str, port: int, path: str, token: str, first: int, n: int,
                         channels: int) -> None:
-    request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               f"Sec-WebSocket-Key: {_WS_KEY.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+    request = upgrade_request(host, port, path)
     connect = orjson.dumps({"id": 1, "connect": {"token": token}})
     st = _State()
     st.clients = [_Client(st, CHANNEL.format(i % channels), request, connect) for i in range(first, first + n)]
@@ -235,15 +232,13 @@ async def _worker_async(pipe: Connection, host: str, port: int, path: str, token
             for c in st.clients:
                 if c.transport is not None and not c.transport.is_closing():
                     c.done = True
-                    _abort(c.transport)
+                    abort(c.transport)
                     n_cut += 1
             return ("cut", n_cut)
         return ("error", f"unknown command {cmd!r}")
 
     await serve_pipe(pipe, handle)
-    for c in st.clients:
-        if c.transport is not None:
-            _abort(c.transport)
+    abort_all(st.clients)
 
 
 def worker_main(pipe: Connection, *args: Any) -> None:

@@ -49,22 +49,18 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-import msgpack
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (GENERATOR_CPU, SERVER_CPU, RelayServer, apply_run_defaults, child_pids, cpu_stat, fmt_rate,  # noqa: E402
                     machine_description, pin_to, raise_nofile, sum_cpu_times, write_result)
 from fanout import (GEN_LIMIT_PCT, NOISE_PCT, SATURATION_P50_MS, Step, result_marks,  # noqa: E402
                     _core_use, _drain, _pct)
-from loadgen import LoadGenerator, Publisher, Target, make_payload, self_cpu_seconds  # noqa: E402
+from loadgen import LoadGenerator, Publisher, Target, self_cpu_seconds  # noqa: E402
+from redis_publishers import PREFIX, ApiBroadcastPublisher, RedisDirectPublisher  # noqa: E402
 
-from relay.brokers.redis import _key_hash, jump_hash  # noqa: E402
 from relay.testing import RedisProcess  # noqa: E402
 
 __all__ = ["ServerSpec", "SERVERS", "RelayNode", "ApiBroadcastPublisher", "RedisDirectPublisher",
            "ScaleCase", "CASES", "run_step", "run_case", "format_line", "summary", "main"]
-
-PREFIX = "relay"  #: relay's default redis_prefix (pub/sub channels are ``relay:ps:{<channel>}``)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -184,195 +180,6 @@ class RelayNode:
 
     def redis_ports(self) -> list[int]:
         return [r.port for r in self.redis]
-
-
-# ------------------------------------------------------------------------------------------------
-# publishers (same interface as loadgen.Publisher's run(): what the step runner calls)
-# ------------------------------------------------------------------------------------------------
-
-class _TickPublisher:
-    """Fixed-rate tick loop on an absolute grid (late ticks are caught up), like loadgen.Publisher.
-
-    Subclasses implement ``_tick(stamp_ns, batch) -> int`` (messages sent) and count
-    ``replies`` and ``errors``.
-    """
-
-    def __init__(self, channels: list[str]) -> None:
-        self.channels = channels
-        self.next_channel = 0
-        self.replies = 0
-        self.errors = 0
-        self.error_sample = ""
-        self.published = 0
-
-    def _take(self, n: int) -> list[str]:
-        """The next ``n`` channels, round-robin."""
-        out = []
-        chs, i = self.channels, self.next_channel
-        for _ in range(n):
-            out.append(chs[i])
-            i = (i + 1) % len(chs)
-        self.next_channel = i
-        return out
-
-    def _tick(self, stamp_ns: int, batch: int) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    async def run(self, ticks_per_s: float, batch: int, ws_ns: int, we_ns: int,
-                  on_window_edge: Callable[[str], None] | None = None) -> dict[str, Any]:
-        interval = 1e9 / ticks_per_s
-        next_tick = float(time.time_ns())
-        in_window = sent = max_late = 0
-        started = False
-        while True:
-            now = time.time_ns()
-            if not started and now >= ws_ns:
-                started = True
-                if on_window_edge:
-                    on_window_edge("start")
-            if now >= we_ns:
-                break
-            if now >= next_tick:
-                stamp = time.time_ns()
-                n = self._tick(stamp, batch)
-                sent += n
-                if started and ws_ns <= stamp < we_ns:
-                    in_window += n
-                    max_late = max(max_late, now - int(next_tick))
-                next_tick += interval
-                continue
-            await asyncio.sleep(max(0.0, (next_tick - now) / 1e9))
-        if on_window_edge:
-            on_window_edge("end")
-        self.published += sent
-        return {"sent": sent, "in_window": in_window, "max_late_ms": max_late / 1e6}
-
-
-class _Counter(asyncio.Protocol):
-    """Reads a reply stream and counts replies with ``count(data)``; keeps the first error."""
-
-    def __init__(self, owner: _TickPublisher, count: Callable[[bytes], tuple[int, int]]) -> None:
-        self.owner, self.count = owner, count
-        self.transport: asyncio.Transport | None = None
-        self.tail = b""
-
-    def connection_made(self, transport) -> None:  # type: ignore[override]
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        ok, bad = self.count(data)
-        self.owner.replies += ok
-        if bad:
-            self.owner.errors += bad
-            self.owner.error_sample = self.owner.error_sample or data[:300].decode(errors="replace")
-
-
-class ApiBroadcastPublisher(_TickPublisher):
-    """HTTP server API ``broadcast`` over ``conns`` pipelined keep-alive HTTP/1.1 connections.
-
-    Each tick splits ``batch`` channels (round-robin over ``channels``) over the connections,
-    one ``POST /api/broadcast`` each, all with the same stamped payload. Requests are built by
-    hand and replies are only counted (``"result":{}`` per channel, ``"error"``), so the
-    generator pays a few microseconds per request, not an HTTP client library's cost.
-    With several relay workers SO_REUSEPORT spreads the connections over them: publications
-    enter through every worker.
-    """
-
-    def __init__(self, host: str, port: int, api_key: str, channels: list[str], conns: int = 8) -> None:
-        super().__init__(channels)
-        self.host, self.port, self.api_key, self.n_conns = host, port, api_key, conns
-        self.conns: list[_Counter] = []
-        self.turn = 0
-
-    async def connect(self) -> None:
-        loop = asyncio.get_running_loop()
-
-        def count(data: bytes) -> tuple[int, int]:
-            return data.count(b'{"result":{}}'), data.count(b'"error"')
-
-        for _ in range(self.n_conns):
-            _, proto = await loop.create_connection(lambda: _Counter(self, count), self.host, self.port)
-            self.conns.append(proto)
-
-    def _tick(self, stamp_ns: int, batch: int) -> int:
-        data = make_payload(stamp_ns).decode()
-        per = max(1, -(-batch // len(self.conns)))
-        sent = 0
-        while sent < batch:
-            chs = self._take(min(per, batch - sent))
-            body = b'{"channels":["' + '","'.join(chs).encode() + b'"],"data":"' + data.encode() + b'"}'
-            req = (b"POST /api/broadcast HTTP/1.1\r\nHost: %s:%d\r\nX-API-Key: %s\r\n"
-                   b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                   % (self.host.encode(), self.port, self.api_key.encode(), len(body))) + body
-            conn = self.conns[self.turn % len(self.conns)]
-            self.turn += 1
-            assert conn.transport is not None
-            conn.transport.write(req)
-            sent += len(chs)
-        return sent
-
-    def close(self) -> None:
-        for c in self.conns:
-            if c.transport is not None:
-                c.transport.close()
-        self.conns = []
-
-
-class RedisDirectPublisher(_TickPublisher):
-    """Publishes relay's pub/sub wire format straight into Redis, pipelined, one write per tick.
-
-    Message: ``p0::`` + msgpack ``{"data": "<payload>"}`` (offset 0, empty epoch: no history)
-    on ``relay:ps:{<channel>}``, the format relay's PUBLISH_LUA emits. Channels map to Redis
-    instances exactly as relay maps them (jump consistent hash). Redis answers each PUBLISH
-    with the number of its subscribers that got the message (relay pub/sub connections):
-    ``receivers`` sums them, so receivers / replies shows how many relay workers each
-    publication reached.
-    """
-
-    def __init__(self, ports: list[int], channels: list[str]) -> None:
-        super().__init__(channels)
-        self.ports = ports
-        self.conns: list[_Counter] = []
-        self.receivers = 0
-        self._ps = {ch: f"{PREFIX}:ps:{{{ch}}}".encode() for ch in channels}
-        self._shard = {ch: jump_hash(_key_hash(ch), len(ports)) for ch in channels}
-
-    async def connect(self) -> None:
-        loop = asyncio.get_running_loop()
-        me = self
-
-        def count(data: bytes) -> tuple[int, int]:
-            ok = bad = 0
-            for line in data.split(b"\r\n"):  # replies are ":<n>" (never split mid-write in practice)
-                if line[:1] == b":":
-                    ok += 1
-                    me.receivers += int(line[1:])
-                elif line[:1] == b"-":
-                    bad += 1
-            return ok, bad
-
-        for port in self.ports:
-            _, proto = await loop.create_connection(lambda: _Counter(self, count), "127.0.0.1", port)
-            self.conns.append(proto)
-
-    def _tick(self, stamp_ns: int, batch: int) -> int:
-        msg = b"p0::" + msgpack.packb({"data": make_payload(stamp_ns).decode()})
-        tail = b"\r\n$%d\r\n%s\r\n" % (len(msg), msg)
-        out: list[list[bytes]] = [[] for _ in self.conns]
-        for ch in self._take(batch):
-            ps = self._ps[ch]
-            out[self._shard[ch]].append(b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s%s" % (len(ps), ps, tail))
-        for conn, cmds in zip(self.conns, out, strict=True):
-            if cmds:
-                assert conn.transport is not None
-                conn.transport.write(b"".join(cmds))
-        return batch
-
-    def close(self) -> None:
-        for c in self.conns:
-            if c.transport is not None:
-                c.transport.close()
-        self.conns = []
 
 
 # ------------------------------------------------------------------------------------------------

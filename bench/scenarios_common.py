@@ -5,32 +5,30 @@ imported read-only:
 
 * :class:`Printer`: prints a line and keeps it for the JSON result;
 * :func:`banner`: the machine line every benchmark prints first;
-* :func:`percentiles`: p50/p90/p99/p99.9/max in ms from a ``loadgen.Histogram``;
+* :func:`percentiles`: p50/p90/p99/p99.9/max in ms from a ``histogram.Histogram``;
 * :class:`CpuWindow`: CPU readings at the two edges of a measured window (server process,
   generator processes, this process, ``/proc/stat`` per core) turned into the figures
   fanout.py reports (server CPU, its user/sys split, CPU 0's softirq, generator CPU,
   GENERATOR-LIMITED, NOISY); :func:`per_unit` (server CPU per delivery / connection / ...)
   and :func:`noisy_mark`;
-* :class:`WorkerPool`: generator worker processes (spawn, pinned to ``GENERATOR_CPU`` by the
-  worker itself) driven by ``(command, *args)`` tuples over pipes;
-* :func:`serve_pipe`: the worker side of that protocol on an asyncio loop;
+* :class:`WorkerPool` and :func:`serve_pipe` (generator worker processes driven by ``(command, *args)``
+  tuples over pipes) are ``workers.py``'s, imported from here too;
 * :func:`sleep_until_ns`, :func:`fmt_ms`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing as mp
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from multiprocessing.connection import Connection
+from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import GENERATOR_CPU, SERVER_CPU, cpu_stat, proc_cpu_seconds, sum_cpu_times  # noqa: E402
 from fanout import GEN_LIMIT_PCT, NOISE_PCT, _core_use  # noqa: E402
+from workers import WorkerPool, serve_pipe  # noqa: E402
 
 __all__ = ["Printer", "banner", "percentiles", "CpuWindow", "per_unit", "noisy_mark", "WorkerPool", "serve_pipe",
            "sleep_until_ns", "fmt_ms", "GEN_LIMIT_PCT", "NOISE_PCT"]
@@ -54,7 +52,7 @@ def banner(machine: dict[str, Any]) -> str:
 
 
 def percentiles(h) -> dict[str, float | None]:
-    """p50, p90, p99, p99.9 and max of a ``loadgen.Histogram`` in ms (None when it is empty).
+    """p50, p90, p99, p99.9 and max of a ``histogram.Histogram`` in ms (None when it is empty).
 
     The percentiles are bucket upper edges (20 us resolution below 1 s, 10 ms above).
     """
@@ -134,86 +132,3 @@ def per_unit(cpu: dict[str, Any], n: int, unit: str, units: str) -> dict[str, An
 def noisy_mark(cpu: dict[str, Any]) -> str:
     return "NOISY(" + ", ".join(f"cpu{c}: other {v['other_pct']:.0f}% steal {v['steal_pct']:.0f}%"
                                 for c, v in cpu["cores"].items()) + ")"
-
-
-class WorkerPool:
-    """Generator worker processes started with ``multiprocessing`` (spawn), one pipe each.
-
-    ``target(pipe, *args_i)`` runs in worker i (it must pin itself, see :func:`serve_pipe`).
-    """
-
-    def __init__(self, target: Callable[..., None], args_per_worker: list[tuple]) -> None:
-        ctx = mp.get_context("spawn")
-        self.procs: list[mp.process.BaseProcess] = []
-        self.pipes: list[Connection] = []
-        for args in args_per_worker:
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=target, args=(child, *args), daemon=True)
-            p.start()
-            child.close()
-            self.procs.append(p)
-            self.pipes.append(parent)
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs if p.pid is not None]
-
-    def recv_all(self, timeout: float) -> list[tuple]:
-        deadline = time.monotonic() + timeout
-        out = []
-        for pipe in self.pipes:
-            if not pipe.poll(max(0.0, deadline - time.monotonic())):
-                raise TimeoutError("a load generator worker did not answer in time")
-            out.append(pipe.recv())
-        return out
-
-    def all(self, *cmd: Any, timeout: float = 120.0) -> list[tuple]:
-        """Send ``cmd`` to every worker, return their replies (blocking: use ``asyncio.to_thread``)."""
-        for pipe in self.pipes:
-            pipe.send(cmd)
-        return self.recv_all(timeout)
-
-    def each(self, cmds: list[tuple], timeout: float = 120.0) -> list[tuple]:
-        """Send ``cmds[i]`` to worker i, return their replies."""
-        for pipe, cmd in zip(self.pipes, cmds, strict=True):
-            pipe.send(cmd)
-        return self.recv_all(timeout)
-
-    def close(self) -> None:
-        for pipe in self.pipes:
-            try:
-                pipe.send(("exit",))
-            except OSError:
-                pass
-        for pipe in self.pipes:
-            try:
-                if pipe.poll(10):
-                    pipe.recv()
-            except (OSError, EOFError):
-                pass
-        for p in self.procs:
-            p.join(5)
-            if p.is_alive():
-                p.terminate()
-                p.join(5)
-        self.procs, self.pipes = [], []
-
-
-async def serve_pipe(pipe: Connection, handle: Callable[..., Awaitable[Any]]) -> None:
-    """Worker side: answer each ``(cmd, *args)`` from ``pipe`` with ``await handle(cmd, *args)``.
-
-    Commands are read on the event loop (``add_reader``), so the worker's connections keep
-    running while it waits. Commands are handled one at a time (a long job, e.g. publishing
-    for a step, should be started as a task by ``handle``, which then returns at once).
-    ``("exit",)`` ends the loop after the reply ``("bye",)``.
-    """
-    loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue = asyncio.Queue()
-    loop.add_reader(pipe.fileno(), lambda: inbox.put_nowait(pipe.recv()))
-    os.set_blocking(pipe.fileno(), True)  # add_reader made it non-blocking; replies must not fail
-    while True:
-        cmd, *args = await inbox.get()
-        if cmd == "exit":
-            pipe.send(("bye",))
-            return
-        pipe.send(await handle(cmd, *args))

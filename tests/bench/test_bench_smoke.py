@@ -97,7 +97,7 @@ def test_nats_subscriber_framing():
     import asyncio
 
     sys.path.insert(0, str(ROOT / "bench"))
-    import loadgen
+    import loadgen_workers as loadgen
 
     st = loadgen._WorkerState()
     st.reset(0, 1 << 62)
