@@ -9,13 +9,13 @@ value. Nested keys in the environment use ``__``:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-import tomllib
-from dataclasses import dataclass, field
-from typing import Any, get_args, get_origin, get_type_hints
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay.config_sources import ConfigError, apply, env_tree, read_toml
 
 __all__ = ["Config", "ChannelOptions", "ACCESS_MODES", "SUBSCRIBE_MODES", "ConfigError", "load", "from_mapping",
            "NAMESPACE_RE"]
@@ -35,14 +35,6 @@ _RENAMED = {
 }
 
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
-
-
-class ConfigError(ValueError):
-    """One or more bad keys or values; ``errors`` lists each as 'key: problem'."""
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("invalid configuration:\n  " + "\n  ".join(errors))
-        self.errors = errors
 
 
 def _doc(text: str, **kw: Any) -> Any:
@@ -116,6 +108,9 @@ class ChannelOptions:
 
 
 #: publication classes (priority lanes), most important first: relay.core.LANES maps them to the core's
+#: keys of earlier versions per table, for the error (relay.config_sources.apply)
+RENAMED = {ChannelOptions: _RENAMED}
+
 LANE_NAMES = ("chat", "update", "bulk")
 #: the longest pacing window (paced broadcasts), in milliseconds
 MAX_PACE_MS = 600_000
@@ -551,156 +546,38 @@ class Config:
         return errs
 
 
-def _convert(value: Any, tp: Any, key: str, errs: list[str], from_text: bool) -> Any:
-    origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            errs.append(f"{key}: expected a table")
-            return None
-        return _build(tp, value, key, errs, from_text)
-    if origin is list:
-        (it,) = get_args(tp)
-        if from_text and isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            errs.append(f"{key}: expected a list")
-            return None
-        return [_convert(v, it, f"{key}[{i}]", errs, from_text) for i, v in enumerate(value)]
-    if origin is dict:
-        _, vt = get_args(tp)
-        if not isinstance(value, Mapping):
-            errs.append(f"{key}: expected a table")
-            return None
-        return {k: _convert(v, vt, f"{key}.{k}", errs, from_text) for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if from_text and isinstance(value, str) and value.lower() in ("1", "0", "true", "false", "yes", "no"):
-            return value.lower() in ("1", "true", "yes")
-        errs.append(f"{key}: expected true or false, got {value!r}")
-        return None
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if from_text and isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        errs.append(f"{key}: expected an integer, got {value!r}")
-        return None
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if from_text and isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        errs.append(f"{key}: expected a number, got {value!r}")
-        return None
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        errs.append(f"{key}: expected a string, got {value!r}")
-        return None
-    raise TypeError(f"unsupported config type {tp!r}")  # pragma: no cover
-
-
-def _build(cls: type, data: Mapping[str, Any], prefix: str, errs: list[str], from_text: bool, base=None):
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for k, v in data.items():
-        key = f"{prefix}.{k}" if prefix else k
-        if k not in names:
-            hint = _RENAMED.get(k) if cls is ChannelOptions else None
-            errs.append(f"{key}: unknown key" + (f"; write {hint}" if hint else ""))
-            continue
-        kwargs[k] = _convert(v, hints[k], key, errs, from_text)
-    if base is not None:
-        return dataclasses.replace(base, **kwargs)
-    return cls(**kwargs)
-
-
 # what Kubernetes puts in every pod for a Service named "relay" (service links): not config
 _K8S_SERVICE_ENV = re.compile(r"^RELAY_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
                               r"|PORT(_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)$")
 
 
-def _env_tree(environ: Mapping[str, str]) -> dict:
-    tree: dict = {}
-    for name, value in environ.items():
-        if not name.startswith("RELAY_") or name in NON_CONFIG_ENV or _K8S_SERVICE_ENV.match(name):
-            continue
-        path = name[6:].lower().split("__")
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return tree
+def _not_config(name: str) -> bool:
+    return name in NON_CONFIG_ENV or _K8S_SERVICE_ENV.match(name) is not None
 
 
-def from_mapping(data: Mapping[str, Any], from_text: bool = False) -> Config:
-    errs: list[str] = []
-    cfg = _apply(Config(), data, errs, from_text)
+def _checked(cfg: Config, errs: list[str]) -> Config:
     if errs:
         raise ConfigError(errs)
     errs = cfg.validate()
     if errs:
         raise ConfigError(errs)
     return cfg
+
+
+def from_mapping(data: Mapping[str, Any], from_text: bool = False) -> Config:
+    errs: list[str] = []
+    cfg = apply(Config(), data, errs, from_text=from_text, renamed=RENAMED)
+    return _checked(cfg, errs)
 
 
 def load(path: str | None = None, environ: Mapping[str, str] | None = None,
          overrides: Mapping[str, Any] | None = None) -> Config:
     """Build the config from a TOML file, the environment and flag overrides."""
-    data: dict = {}
-    if path:
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except OSError as e:
-            raise ConfigError([f"{path}: cannot read ({e.strerror})"]) from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError([f"{path}: not valid TOML ({e})"]) from None
     errs: list[str] = []
-    cfg = _apply(Config(), data, errs, from_text=False)
-    env = _env_tree(os.environ if environ is None else environ)
+    cfg = apply(Config(), read_toml(path) if path else {}, errs, renamed=RENAMED)
+    env = env_tree(os.environ if environ is None else environ, "RELAY_", _not_config)
     if env:
-        cfg = _apply(cfg, env, errs, from_text=True)
+        cfg = apply(cfg, env, errs, from_text=True, renamed=RENAMED)
     if overrides:
-        cfg = _apply(cfg, {k: v for k, v in overrides.items() if v is not None}, errs, from_text=False)
-    if errs:
-        raise ConfigError(errs)
-    errs = cfg.validate()
-    if errs:
-        raise ConfigError(errs)
-    return cfg
-
-
-def _apply(cfg: Config, data: Mapping[str, Any], errs: list[str], from_text: bool) -> Config:
-    """Apply a nested mapping of overrides on top of ``cfg``."""
-    hints = get_type_hints(Config)
-    changes: dict[str, Any] = {}
-    for k, v in data.items():
-        if k in ("channel", "namespaces", "proxy") and not isinstance(v, Mapping):
-            errs.append(f"{k}: expected a table")
-        elif k == "channel":
-            changes[k] = _build(ChannelOptions, v, "channel", errs, from_text, base=cfg.channel)
-        elif k == "proxy":
-            changes[k] = _build(ProxyOptions, v, "proxy", errs, from_text, base=cfg.proxy)
-        elif k == "namespaces":
-            nss = dict(cfg.namespaces)
-            for ns, opts in v.items():
-                if not isinstance(opts, Mapping):
-                    errs.append(f"namespaces.{ns}: expected a table")
-                    continue
-                nss[ns] = _build(ChannelOptions, opts, f"namespaces.{ns}", errs, from_text,
-                                 base=nss.get(ns, ChannelOptions()))
-            changes[k] = nss
-        elif k in hints:
-            changes[k] = _convert(v, hints[k], k, errs, from_text)
-        else:
-            errs.append(f"{k}: unknown key")
-    return dataclasses.replace(cfg, **changes)
+        cfg = apply(cfg, {k: v for k, v in overrides.items() if v is not None}, errs, renamed=RENAMED)
+    return _checked(cfg, errs)
