@@ -102,25 +102,16 @@ def _convert(value: Any, tp: Any, key: str, errs: list[str], from_text: bool, cu
             return value.lower() in ("1", "true", "yes")
         errs.append(f"{key}: expected true or false, got {value!r}")
         return None
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    if tp is int or tp is float:
+        numeric = (int,) if tp is int else (int, float)
+        if isinstance(value, numeric) and not isinstance(value, bool):
+            return tp(value)
         if from_text and isinstance(value, str):
             try:
-                return int(value)
+                return tp(value)
             except ValueError:
                 pass
-        errs.append(f"{key}: expected an integer, got {value!r}")
-        return None
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if from_text and isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        errs.append(f"{key}: expected a number, got {value!r}")
+        errs.append(f"{key}: expected {'an integer' if tp is int else 'a number'}, got {value!r}")
         return None
     if tp is str:
         if isinstance(value, str):
