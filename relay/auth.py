@@ -94,9 +94,10 @@ class TokenVerifier:
         return key
 
     def verify_subscription(self, token: str, user: str, channel: str) -> float | None:
-        """Check a subscription token for ``user`` and ``channel``; its expiry (unix time) or None."""
+        """Check a subscription token for ``user`` and ``channel``; its expiry (unix time) or None. A token
+        without ``sub`` (or with ``""``) is for an anonymous connection, as in Centrifugo."""
         claims = self._claims(token)
-        if claims.get("sub", "") != user or claims.get("channel") != channel:
+        if _subject(claims) != user or claims.get("channel") != channel:
             raise TokenInvalid("subscription token is for another user or channel")
         exp = claims.get("exp")
         return float(exp) if exp is not None else None
@@ -104,9 +105,9 @@ class TokenVerifier:
     def verify_admin(self, token: str) -> str:
         """Check an admin token (``relay token --admin``: a signed token with ``"admin": true``); its user."""
         claims = self._claims(token)
-        if claims.get("admin") is not True or "channel" in claims:
+        if claims.get("admin") is not True or "channel" in claims or not _subject(claims):
             raise TokenInvalid("not an admin token")
-        return str(claims["sub"])
+        return _subject(claims)
 
     def _claims(self, token: str) -> dict:
         if len(token) > self.max_size:
@@ -115,25 +116,40 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
             return jwt.decode(token, self._key(header), algorithms=[header["alg"]], audience=self.audience,
                               issuer=self.issuer, leeway=self.leeway,
-                              options={"require": ["sub"], "verify_aud": self.audience is not None})
+                              options={"verify_aud": self.audience is not None})
         except jwt.ExpiredSignatureError:
             raise TokenExpired() from None
         except (jwt.PyJWTError, ValueError, TypeError, KeyError) as e:
             raise TokenInvalid(str(e)) from None
 
     def verify(self, token: str) -> Credentials:
+        """A connection token's credentials. Without ``sub`` (or with ``""``) the connection is anonymous
+        (user ""), with the token's other claims, as in Centrifugo; ``disallow_anonymous_connection_tokens``
+        is the caller's to apply."""
         claims = self._claims(token)
         if "channel" in claims:
             raise TokenInvalid("a subscription token cannot open a connection")
-        sub = claims.get("sub")
-        if not isinstance(sub, str):
-            raise TokenInvalid("sub must be a string")
+        sub = _subject(claims)
         exp = claims.get("exp")
-        channels = claims.get("channels") or ()
+        subs = claims.get("subs")  # Centrifugo's map of server-side subscriptions; wins over "channels"
+        if subs is not None and not isinstance(subs, dict):
+            raise TokenInvalid("subs must be an object")
+        channels = list(subs) if subs else (claims.get("channels") or ())
         if not isinstance(channels, (list, tuple)) or not all(isinstance(c, str) for c in channels):
             raise TokenInvalid("channels must be a list of strings")
         return Credentials(user=sub, expire_at=float(exp) if exp is not None else None, info=claims.get("info"),
                            channels=tuple(channels))
+
+
+def _subject(claims: dict) -> str:
+    """The ``sub`` claim: absent or null is "" (anonymous, as Go's JSON decoding gives Centrifugo); anything
+    but a string is an invalid token."""
+    sub = claims.get("sub")
+    if sub is None:
+        return ""
+    if not isinstance(sub, str):
+        raise TokenInvalid("sub must be a string")
+    return sub
 
 
 def make_connect_token(user: str, secret: str, ttl: float | None = 3600, info: Any = None,

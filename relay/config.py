@@ -135,7 +135,8 @@ class ProxyOptions:
                                      default="")
     publish_endpoint: str = _doc("URL of the publish hook (namespaces with proxy_publish)", default="")
     rpc_endpoint: str = _doc("URL for rpc methods that no rpc_routes pattern matches; empty: those "
-                             "methods answer 104 method not found", default="")
+                             "methods answer 104 method not found (with no rpc_endpoint and no rpc_routes "
+                             "every rpc answers 108 not available, as in Centrifugo)", default="")
     rpc_routes: dict[str, str] = _doc("rpc method pattern (fnmatch, e.g. 'orders.*') -> URL; the first "
                                       "matching pattern in file order wins", default_factory=dict)
     timeout: float = _doc("seconds a hook request may take (connect, queue wait excluded)", default=1.0)
@@ -245,6 +246,18 @@ class Config:
                                      default=25.0)
     max_token_size: int = _doc("longest connect token in bytes (3500 invalid token)", default=8192)
     allow_anonymous_connect: bool = _doc("clients may connect without a token (user '')", default=False)
+    subscribe_to_user_personal_channel: bool = _doc(
+        "subscribe every connection with a user to its personal channel at connect ('#<user>', or "
+        "'<personal_channel_namespace>:#<user>'), a server-side subscription in the connect reply, as "
+        "Centrifugo's client.subscribe_to_user_personal_channel", default=False)
+    personal_channel_namespace: str = _doc("the namespace of personal channels (empty: none, '#<user>')",
+                                           default="")
+    personal_single_connection: bool = _doc(
+        "one connection per user: a new connection closes the user's others, on every node, with 3504",
+        default=False)
+    disallow_anonymous_connection_tokens: bool = _doc(
+        "refuse a connection token without a user (no or empty 'sub'), closing with 3507; by default such a "
+        "token opens an anonymous connection with its other claims, as in Centrifugo", default=False)
     api_key: str = _doc("key for the HTTP server API (X-API-Key); empty: API refuses every call",
                         default="")
 
@@ -313,6 +326,8 @@ class Config:
     max_channel_length: int = _doc("longest channel name in bytes (107 bad request)", default=255)
     max_commands_per_message: int = _doc("commands in one WebSocket message (3501)", default=100)
     api_max_body_size: int = _doc("largest HTTP server API request body in bytes (413)", default=1048576)
+    api_max_batch_commands: int = _doc("commands in one server API batch request; more: 107", default=1000)
+    api_batch_concurrency: int = _doc("commands of a parallel batch in flight at once", default=64)
     hub_shards: int = _doc("channel shards in the hub", default=64)
     history_meta_ttl: float = _doc("seconds a channel's stream position (epoch) outlives its last publish",
                                    default=86400.0)
@@ -346,6 +361,11 @@ class Config:
             return cap, cap
         return (self.client_queue_bulk_limit or cap // 4, self.client_queue_update_limit or cap // 2)
 
+    def personal_channel(self, user: str) -> str:
+        """A user's personal channel (subscribe_to_user_personal_channel)."""
+        ns = self.personal_channel_namespace
+        return f"{ns}:#{user}" if ns else f"#{user}"
+
     def channel_options(self, channel: str) -> ChannelOptions | None:
         """Options for ``channel``, or None when its namespace is not configured."""
         ns, sep, _ = channel.partition(":")
@@ -364,7 +384,7 @@ class Config:
         positive = ("client_queue_max_size", "client_write_high_water", "max_ws_message_size", "max_ws_fragments",
                     "max_tcp_frame_size", "max_handshake_size", "max_handshake_headers",
                     "max_channels_per_connection", "max_channel_length", "max_commands_per_message",
-                    "api_max_body_size",
+                    "api_max_body_size", "api_max_batch_commands", "api_batch_concurrency",
                     "hub_shards", "ping_interval", "pong_timeout", "client_stale_timeout",
                     "handshake_timeout", "history_meta_ttl", "shutdown_timeout",
                     "client_command_rate", "client_command_burst", "client_publish_rate", "client_publish_burst",
@@ -503,6 +523,11 @@ class Config:
             errs.append("outbox_poll_interval: must be > 0")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?", self.outbox_table):
             errs.append("outbox_table: a plain SQL identifier (optionally schema.table)")
+        ns = self.personal_channel_namespace
+        if ns and ns not in self.namespaces:
+            errs.append(f"personal_channel_namespace: no namespace {ns!r} (add [namespaces.{ns}])")
+        if self.personal_single_connection and not self.subscribe_to_user_personal_channel:
+            errs.append("personal_single_connection: only with subscribe_to_user_personal_channel = true")
         errs += self._support_errors()
         missing = [ns for ns in DEMO_NAMESPACES if ns not in self.namespaces]
         if self.demo and missing:

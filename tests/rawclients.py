@@ -26,6 +26,7 @@ class RawWS:
         self.lines: list[dict] = []
         self.pushes: list[dict] = []  # pushes read while waiting for a reply
         self._id = 0
+        self.client_id = ""  # from the connect reply (ws_connected)
 
     @classmethod
     async def open(cls, port: int, path: str = "/connection/websocket", extra: str = "",
@@ -135,6 +136,7 @@ async def ws_connected(port: int, token: str, rcvbuf: int = 0) -> RawWS:
     ws = await RawWS.open(port, rcvbuf=rcvbuf)
     reply = await ws.call("connect", {"token": token})
     assert "connect" in reply, reply
+    ws.client_id = reply["connect"]["client"]
     return ws
 
 

@@ -59,7 +59,6 @@ def test_each_allowed_algorithm_verifies():
     ("wrong audience", jwt.encode(claims(aud="other-shop"), SECRET, algorithm="HS256"), TokenInvalid),
     ("missing audience", jwt.encode(claims(aud=None), SECRET, algorithm="HS256"), TokenInvalid),
     ("wrong issuer", jwt.encode(claims(iss="https://evil"), SECRET, algorithm="HS256"), TokenInvalid),
-    ("no sub", jwt.encode(claims(sub=None), SECRET, algorithm="HS256"), TokenInvalid),
     ("sub not a string", jwt.encode(claims(sub=42), SECRET, algorithm="HS256"), TokenInvalid),
     ("16 KiB token", jwt.encode(claims(pad="x" * 16384), SECRET, algorithm="HS256"), TokenInvalid),
     ("bad signature", jwt.encode(claims(), "t" * 32, algorithm="HS256"), TokenInvalid),
@@ -103,3 +102,27 @@ def test_pem_from_file(tmp_path):
     path.write_text(RSA_PUB)
     v = TokenVerifier(algorithms=["RS256"], rsa_public_key=str(path))
     assert v.verify(jwt.encode(claims(aud=None, iss=None), RSA_KEY, algorithm="RS256")).user == "alice"
+
+
+def test_token_without_sub_is_anonymous_as_in_centrifugo():
+    v = verifier()
+    for sub in (None, ""):
+        creds = v.verify(jwt.encode(claims(sub=sub, info={"guest": True}), SECRET, algorithm="HS256"))
+        assert creds.user == "" and creds.info == {"guest": True} and creds.expire_at == NOW + VALID
+    # a subscription token without sub is for an anonymous connection only
+    sub_token = jwt.encode(claims(sub=None, channel="vip:room"), SECRET, algorithm="HS256")
+    assert v.verify_subscription(sub_token, "", "vip:room") == NOW + VALID
+    with pytest.raises(TokenInvalid):
+        v.verify_subscription(sub_token, "alice", "vip:room")
+    # an admin token still needs a user
+    with pytest.raises(TokenInvalid):
+        v.verify_admin(jwt.encode(claims(sub=None, admin=True), SECRET, algorithm="HS256"))
+
+
+def test_subs_claim_names_server_side_subscriptions():
+    v = verifier()
+    creds = v.verify(jwt.encode(claims(subs={"news:sale": {}, "#alice": {}}, channels=["ignored"]), SECRET,
+                                algorithm="HS256"))
+    assert creds.channels == ("news:sale", "#alice")  # subs wins over channels, as in Centrifugo
+    with pytest.raises(TokenInvalid):
+        v.verify(jwt.encode(claims(subs=["news:sale"]), SECRET, algorithm="HS256"))

@@ -8,6 +8,7 @@ with HTTP 200, as Centrifugo does, so its API clients (``cent``) work unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import logging
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from relay.brokers.base import BrokerUnavailable
 from relay.codes import DISCONNECTS, ERRORS, ClientError, Disconnect
 from relay.config import MAX_PACE_MS
 from relay.core import LANES
@@ -131,10 +133,19 @@ async def api_history_remove(node, p: dict) -> dict:
     return {}
 
 
+async def _on_connections(node, op: str, **params: Any) -> dict:
+    """Apply a server operation to a user's connections on every node (relay/node/serverops.py)."""
+    try:
+        await node.server_ops.send(op, **params)
+    except BrokerUnavailable:
+        raise ERRORS.INTERNAL from None
+    return {}
+
+
 async def api_unsubscribe(node, p: dict) -> dict:
     channel = _channel(node, p)
-    node.unsubscribe_user(_str(p, "user", required=False), channel, _str(p, "client", required=False))
-    return {}
+    return await _on_connections(node, "unsubscribe", user=_str(p, "user", required=False), channel=channel,
+                                 client=_str(p, "client", required=False))
 
 
 async def api_disconnect(node, p: dict) -> dict:
@@ -148,8 +159,73 @@ async def api_disconnect(node, p: dict) -> dict:
     keep = p.get("whitelist") or []
     if not isinstance(keep, list) or not all(isinstance(c, str) for c in keep):
         raise ERRORS.BAD_REQUEST
-    node.disconnect_user(user, d, _str(p, "client", required=False), keep=frozenset(keep))
-    return {}
+    return await _on_connections(node, "disconnect", user=user, code=d.code, reason=d.reason,
+                                 client=_str(p, "client", required=False), whitelist=keep)
+
+
+async def api_subscribe(node, p: dict) -> dict:
+    """Subscribe a user's connections to a channel (a server-side subscription: Centrifugo's subscribe push)."""
+    channel = _channel(node, p)
+    since = p.get("recover_since")
+    pos = None
+    if since is not None:
+        if not isinstance(since, dict) or type(since.get("offset", 0)) is not int or since.get("offset", 0) < 0 \
+                or not isinstance(since.get("epoch", ""), str):
+            raise ClientError(107, "bad request: recover_since must be {offset: int >= 0, epoch: string}")
+        pos = (since.get("offset", 0), since.get("epoch", ""))
+    return await _on_connections(node, "subscribe", user=_str(p, "user", required=False), channel=channel,
+                                 client=_str(p, "client", required=False), data=p.get("data"), since=pos)
+
+
+async def api_refresh(node, p: dict) -> dict:
+    """Refresh a user's connections: a new expiry (expire_at, unix seconds; 0 or absent: never) or ``expired``
+    (3005: the client reconnects with a new token)."""
+    expired = p.get("expired", False)
+    expire_at = p.get("expire_at") or None
+    if not isinstance(expired, bool) or (expire_at is not None and (type(expire_at) is not int or expire_at < 0)):
+        raise ClientError(107, "bad request: expired must be a boolean, expire_at unix seconds")
+    return await _on_connections(node, "refresh", user=_str(p, "user", required=False),
+                                 client=_str(p, "client", required=False), expired=expired, expire_at=expire_at,
+                                 info=p.get("info"))
+
+
+async def api_batch(node, p: dict) -> dict:
+    """Many commands in one request: ``{"commands": [{"publish": {...}}, ...], "parallel": bool}`` ->
+    ``{"replies": [{"publish": {...}} | {"error": {...}}, ...]}`` in command order (Centrifugo's batch; the
+    replies are the answer itself, not wrapped in "result")."""
+    cmds = p.get("commands")
+    if not isinstance(cmds, list) or not isinstance(p.get("parallel", False), bool):
+        raise ClientError(107, "bad request: commands must be a list, parallel a boolean")
+    limit = node.cfg.api_max_batch_commands
+    if len(cmds) > limit:
+        raise ClientError(107, f"bad request: at most {limit} commands in a batch (api_max_batch_commands)")
+
+    async def one(cmd: Any) -> dict:
+        if not isinstance(cmd, dict) or len(cmd) != 1:
+            return {"error": ClientError(107, "bad request: a command is {method: params}").to_dict()}
+        ((name, params),) = cmd.items()
+        handler = API_METHODS.get(name) if name != "batch" else None
+        if handler is None:
+            return {"error": ERRORS.METHOD_NOT_FOUND.to_dict()}
+        if not isinstance(params, dict):
+            return {"error": ClientError(107, "bad request: params must be an object").to_dict()}
+        try:
+            return {name: await handler(node, params)}
+        except ClientError as e:
+            return {"error": e.to_dict()}
+        except Exception:
+            log.exception("server API method %s failed in a batch", name)
+            return {"error": ERRORS.INTERNAL.to_dict()}
+
+    if not p.get("parallel"):
+        return {"replies": [await one(cmd) for cmd in cmds]}
+    sem = asyncio.Semaphore(node.cfg.api_batch_concurrency)
+
+    async def bounded(cmd: Any) -> dict:
+        async with sem:
+            return await one(cmd)
+
+    return {"replies": list(await asyncio.gather(*(bounded(cmd) for cmd in cmds)))}
 
 
 async def api_channels(node, p: dict) -> dict:
@@ -167,10 +243,13 @@ API_METHODS: dict[str, Handler] = {
     "presence_stats": api_presence_stats,
     "history": api_history,
     "history_remove": api_history_remove,
+    "subscribe": api_subscribe,
     "unsubscribe": api_unsubscribe,
     "disconnect": api_disconnect,
+    "refresh": api_refresh,
     "channels": api_channels,
     "info": api_info,
+    "batch": api_batch,
 }
 
 
@@ -216,7 +295,8 @@ def build_api_app(node, readiness: Callable[[], Awaitable[str]]) -> web.Applicat
             return _json({"error": ClientError(107, "bad request: body must be an object").to_dict()},
                          status=400), "bad_request"
         try:
-            return _json({"result": await handler(node, params)}), "ok"
+            result = await handler(node, params)
+            return _json(result if name == "batch" else {"result": result}), "ok"
         except ClientError as e:
             if e is ERRORS.OVERLOADED:  # publisher backpressure: come back later, nothing was accepted
                 response = _json({"error": e.to_dict()}, status=429)

@@ -72,6 +72,9 @@ class BrokerEventHandler(Protocol):
     def handle_domain(self, domain: str, up: bool) -> None:
         """A failure domain of the broker (``Broker.domain``) went down or came back."""
 
+    def handle_control(self, data: bytes) -> None:
+        """A node command (``Broker.publish_control``), on every node."""
+
 
 class Broker(abc.ABC):
     @abc.abstractmethod
@@ -110,11 +113,17 @@ class Broker(abc.ABC):
     async def publish_leave(self, channel: str, info: dict) -> None: ...
 
     @abc.abstractmethod
+    async def publish_control(self, data: bytes) -> None:
+        """Deliver ``data`` to ``handle_control`` on every node, this one included: the server API's commands
+        that act on a user's connections wherever they are (disconnect, unsubscribe, subscribe, refresh)."""
+
+    @abc.abstractmethod
     async def history(self, channel: str, *, since: StreamPosition | None, limit: int, reverse: bool,
                       meta_ttl: float) -> HistoryResult:
         """Publications after ``since`` (all kept, if None); ``limit`` < 0: no limit, 0: position only.
 
-        Raises ``UnrecoverablePosition`` when ``since`` names another epoch."""
+        Raises ``UnrecoverablePosition`` when ``since`` names another epoch (an empty epoch is any epoch:
+        the SDKs send none when the app's getState holds only an offset)."""
 
     @abc.abstractmethod
     async def remove_history(self, channel: str) -> None: ...

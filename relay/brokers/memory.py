@@ -51,6 +51,10 @@ class MemoryBroker(Broker):
     async def subscribe(self, channel: str) -> None:
         return None
 
+    async def publish_control(self, data: bytes) -> None:
+        if self._handler is not None:  # one node: this one
+            self._handler.handle_control(data)
+
     async def unsubscribe(self, channel: str) -> None:
         return None
 
@@ -119,7 +123,7 @@ class MemoryBroker(Broker):
             s.meta_expires = now + meta_ttl
         s.trim(now)
         pos = StreamPosition(s.top, s.epoch)
-        if since is not None and since.epoch != s.epoch:
+        if since is not None and since.epoch and since.epoch != s.epoch:  # "": any epoch
             raise UnrecoverablePosition(channel)
         if limit == 0:
             return HistoryResult([], pos)

@@ -52,6 +52,10 @@ log = logging.getLogger("relay.redis")
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
+#: the pub/sub channel of node commands (Broker.publish_control): a relay channel no client can name (a control
+#: character), so it is subscribed, sharded, resubscribed and watched like any other; messages "c<data>"
+CONTROL_CHANNEL = "\x00control"
+
 def jump_hash(key: int, buckets: int) -> int:
     """Jump consistent hash (Lamping & Veach 2014): adding a bucket moves only ~1/n of the keys."""
     b, j = -1, 0
@@ -245,6 +249,7 @@ class RedisBroker(Broker):
         else:
             for name in self.shards.names:
                 self.health_state.set(name, True)  # each answered its PING above
+        await self.subscribe(CONTROL_CHANNEL)  # every node hears the node commands
         loop = asyncio.get_running_loop()
         if self.cluster:
             self._watches.append(loop.create_task(self._watch_cluster()))
@@ -436,6 +441,8 @@ class RedisBroker(Broker):
             handler.handle_join(channel, msgpack.unpackb(data[1:], raw=False))
         elif kind == b"l":
             handler.handle_leave(channel, msgpack.unpackb(data[1:], raw=False))
+        elif kind == b"c" and channel == CONTROL_CHANNEL:
+            handler.handle_control(data[1:])
 
     # publish and history ---------------------------------------------------------------------------
     def _publish_call(self, channel: str, data: Any, opts: PublishOptions) -> tuple[list[str], list]:
@@ -509,6 +516,9 @@ class RedisBroker(Broker):
             self.errors += 1
             raise BrokerUnavailable(str(e)) from None
 
+    async def publish_control(self, data: bytes) -> None:
+        await self._redis_publish(CONTROL_CHANNEL, b"c" + data)
+
     async def publish_join(self, channel: str, info: dict) -> None:
         await self._redis_publish(channel, b"j" + _packb(info))
 
@@ -527,7 +537,7 @@ class RedisBroker(Broker):
             self.errors += 1
             raise BrokerUnavailable(str(e)) from None
         pos = StreamPosition(int(top), epoch.decode())
-        if since is not None and since.epoch != pos.epoch:
+        if since is not None and since.epoch and since.epoch != pos.epoch:  # "": any epoch
             raise UnrecoverablePosition(channel)
         if limit == 0:
             return HistoryResult([], pos)

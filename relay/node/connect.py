@@ -45,6 +45,9 @@ class Connecting(SessionState):
             except TokenInvalid:
                 node.stats.auth_failure("invalid_token", remote=self.remote)
                 raise DISCONNECTS.INVALID_TOKEN from None
+            if not creds.user and cfg.disallow_anonymous_connection_tokens:
+                node.stats.auth_failure("anonymous_token", remote=self.remote)
+                raise DISCONNECTS.PERMISSION_DENIED
             self.user = creds.user
             self.expire_at = creds.expire_at
             self.conn_info = creds.info
@@ -68,6 +71,10 @@ class Connecting(SessionState):
         else:
             node.stats.auth_failure("no_credentials", remote=self.remote)
             raise Disconnect(DISCONNECTS.BAD_REQUEST.code, "bad request: credentials not found")
+        if cfg.subscribe_to_user_personal_channel and self.user:  # never for anonymous connections
+            personal = cfg.personal_channel(self.user)
+            if personal not in server_channels:
+                server_channels = (personal, *server_channels)
         limit = cfg.max_connections_per_user
         if limit and self.user and len(node.users.get(self.user, ())) >= limit:
             node.stats.auth_failure("user_limit", remote=self.remote, user=self.user)
@@ -111,6 +118,10 @@ class Connecting(SessionState):
             raise
         self._server_subs = frozenset(j[0] for j in joins)
         self.send({"id": cmd_id, "connect": result})
+        if cfg.personal_single_connection and self.user:  # this one stays; the user's others go, on every node
+            limit = DISCONNECTS.CONNECTION_LIMIT
+            node.spawn(node.server_ops.send_quietly("disconnect", user=self.user, code=limit.code, reason=limit.reason,
+                                                    whitelist=[self.client_id]))
         for channel, (res, extra), opts in joins:
             await self._join(channel, res, extra, opts.join_leave and opts.force_push_join_leave, opts)
 
@@ -133,6 +144,22 @@ class Connecting(SessionState):
             result["expires"] = True
             result["ttl"] = max(1, int(self.expire_at - time.time()))
         return result
+
+    def server_refresh(self, expired: bool, expire_at: float | None, info: Any = None) -> None:
+        """The server API's refresh: ``expired`` ends the connection (3005); otherwise the connection now
+        expires at ``expire_at`` (None: never) and the client gets Centrifugo's refresh push."""
+        if self.closed or not self.connected:
+            return
+        if expired or (expire_at is not None and expire_at <= time.time()):
+            self.disconnect(DISCONNECTS.EXPIRED)
+            return
+        if info is not None:
+            self.conn_info = info
+            self._info_cache = None
+        self.expire_at = expire_at
+        self._schedule_expiry()
+        push: dict = {} if expire_at is None else {"expires": True, "ttl": max(1, int(expire_at - time.time()))}
+        self.send({"push": {"refresh": push}})
 
     # --- expiry ---
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from relay.integrations.proxy import EventProxy
     from relay.node.pings import PingWheel
     from relay.node.recovery import RecoveryCoalescer
+    from relay.node.serverops import ServerOps
     from relay.node.streams import Streams
     from relay.ops.stats import Stats
     from relay.rules.redact import Redactor
@@ -44,6 +45,7 @@ class SessionHost(Protocol):
     backlogged: set[Session]
     pings: PingWheel  # await_pong
     streams: Streams  # track, delivered_offset, offset_reached
+    server_ops: ServerOps  # send_quietly: a follow-up on a user's connections on every node
 
     # registry
     def register(self, s: Session) -> None: ...
@@ -77,6 +79,7 @@ class SessionState:
     __slots__ = ()
     node: SessionHost
     conn: Any  # relay.core.Conn
+    codec: Any  # relay.protocol.codec: JsonCodec, MsgpackCodec or ProtobufCodec
     client_id: str
     user: str
     remote: str
@@ -88,6 +91,7 @@ class SessionState:
     closed: bool
     subs: dict[str, bool]  # channel -> receives join/leave
     _proxied: bool
+    _info_cache: dict | None
     _server_subs: frozenset[str]
     _token_subs: set[str] | None
     _sub_timers: dict[str, asyncio.TimerHandle] | None

@@ -30,7 +30,7 @@ class ProxyCalls(SessionState):
         """A hook request in Centrifugo's proxy format."""
         tcp = self.conn.wire == WIRE_TCP
         body = {"client": self.client_id, "transport": "tcp" if tcp else "websocket",
-                "protocol": "msgpack" if tcp else "json", "encoding": "json", "user": self.user}
+                "protocol": self.codec.name, "encoding": "json", "user": self.user}
         if self.meta is not None:
             body["meta"] = self.meta
         body.update(fields)

@@ -63,7 +63,7 @@ def serve(since: StreamPosition | None, outcome: Outcome) -> tuple[StreamPositio
     pos, pubs = outcome
     if since is None or pubs is None:
         return pos, [], False
-    if since.epoch != pos.epoch:
+    if since.epoch and since.epoch != pos.epoch:  # an empty epoch is any epoch (as in Centrifugo)
         return pos, (pubs if pubs and pubs[0].get("offset") == 1 else []), False
     mine = pubs[bisect.bisect_right(pubs, since.offset, key=_offset):]
     top = pos.offset

@@ -22,7 +22,7 @@ from relay import __version__
 from relay.auth import TokenVerifier
 from relay.rules.backpressure import Backpressure
 from relay.brokers.base import Broker, BrokerUnavailable, PresenceManager, StreamPosition
-from relay.codes import DISCONNECTS, ERRORS, Disconnect
+from relay.codes import DISCONNECTS, ERRORS
 from relay.config import ChannelOptions, Config
 from relay.core import IMPLEMENTATION, LANE_CHAT, LANES, Hub
 from relay.node.admission import Admission
@@ -30,6 +30,7 @@ from relay.node.outages import Outages
 from relay.node.pings import PingWheel
 from relay.node.publishing import Publisher
 from relay.node.recovery import RecoveryCoalescer
+from relay.node.serverops import ServerOps
 from relay.node.streams import Streams
 from relay.rules.redact import Redactor
 from relay.node.session import ClientSession
@@ -101,6 +102,8 @@ class Node:
         # where this node's delivery of each recoverable channel stands (relay/node/streams.py)
         self.streams = Streams(cfg, broker, self.stats)
         self._position_task: asyncio.Task | None = None
+        # the server API's operations on users' connections, on every node (relay/node/serverops.py)
+        self.server_ops = ServerOps(cfg, broker, self.users, self.spawn)
         # broker domains down or back: tells their subscribers (relay/node/outages.py)
         self.outages = Outages(cfg, broker, self.stats, self._interest.keys())
         self.core = IMPLEMENTATION
@@ -484,6 +487,10 @@ class Node:
         self.hub.broadcast(join_leave_channel(channel), {"channel": channel, "leave": {"info": info}},
                            self.lane(channel))
 
+    def handle_control(self, data: bytes) -> None:
+        """A server API operation on users' connections, from whichever node took the call: serverops.py."""
+        self.server_ops.apply(data)
+
     def handle_domain(self, domain: str, up: bool) -> None:
         """A broker shard went down or came back (the broker's liveness checks): relay/node/outages.py."""
         self.outages.changed(domain, up)
@@ -501,28 +508,6 @@ class Node:
 
     async def history(self, channel: str, p: dict) -> dict:
         return await self.publisher.history(channel, p)
-
-    def disconnect_user(self, user: str, d: Disconnect, client: str = "",
-                        keep: frozenset[str] = frozenset()) -> int:
-        targets = list(self.users.get(user, ()))
-        n = 0
-        for s in targets:
-            if (client and s.client_id != client) or s.client_id in keep:
-                continue
-            s.disconnect(d)
-            n += 1
-        return n
-
-    def unsubscribe_user(self, user: str, channel: str, client: str = "") -> int:
-        n = 0
-        for s in list(self.users.get(user, ())):
-            if (client and s.client_id != client) or channel not in s.subs:
-                continue
-            jl = s.subs.pop(channel)
-            self.drop_subscription(s, channel, jl)
-            s.send({"push": {"channel": channel, "unsubscribe": {"code": 2000, "reason": "server unsubscribe"}}})
-            n += 1
-        return n
 
     def channels(self, pattern: str = "") -> dict[str, dict]:
         out = {}

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 
 from relay.codes import DISCONNECTS, ERRORS, ClientError, Disconnect
-from relay.core import WIRE_TCP
 from relay.protocol.codec import codec_for, json_exact
 from relay.protocol.errors import ProtocolError
 from relay.node.connect import Connecting
@@ -409,6 +408,9 @@ class ClientSession(Connecting, Subscriptions, ProxyCalls):
         if not self._publishes.take(time.monotonic()):
             raise ERRORS.TOO_MANY_REQUESTS
         data = p["data"]
+        if self.codec.binary and not json_exact(data):  # must reach JSON subscribers as it is
+            raise ClientError(107, "bad request: data must be JSON (NaN, Infinity and binary data cannot reach "
+                                   "JSON subscribers)")
         redactor = self.node.redactor(opts)
         if redactor is not None:  # before the publish hook, the broker, history and every subscriber
             data, cards, matches = redactor.data(data)
@@ -416,8 +418,6 @@ class ClientSession(Connecting, Subscriptions, ProxyCalls):
                 red = self.node.stats.redactions
                 red["card"] += cards
                 red["pattern"] += matches
-        if self.conn.wire == WIRE_TCP and not json_exact(data):  # must reach JSON subscribers as it is
-            raise ERRORS.BAD_REQUEST
         return channel, data, opts
 
 
@@ -454,10 +454,12 @@ class ClientSession(Connecting, Subscriptions, ProxyCalls):
         if not isinstance(method, str) or len(method) > 256:
             raise ERRORS.BAD_REQUEST
         proxy = self.node.proxy
-        endpoint = proxy.rpc_endpoint(method) if proxy is not None else None
+        if proxy is None or not proxy.enabled("rpc"):
+            raise ERRORS.NOT_AVAILABLE  # no rpc handler at all (Centrifugo: 108)
+        endpoint = proxy.rpc_endpoint(method)
         if endpoint is None:
-            raise ERRORS.METHOD_NOT_FOUND
-        if self.conn.wire == WIRE_TCP and "data" in p and not json_exact(p["data"]):  # the backend speaks JSON
+            raise ERRORS.METHOD_NOT_FOUND  # handlers exist, none for this method
+        if self.codec.binary and "data" in p and not json_exact(p["data"]):  # the backend speaks JSON
             raise ERRORS.BAD_REQUEST
         fields = {"method": method, **({"data": p["data"]} if "data" in p else {})}
         res = await self._proxy_call("rpc", self._proxy_body(**fields), endpoint=endpoint)

@@ -153,6 +153,44 @@ class Subscriptions(SessionState):
                 after = last  # the node's delivery has not reached it: join when it does
         await self.node.add_subscription(self, channel, join_leave, opts, after)
 
+    async def server_subscribe(self, channel: str, opts, data: Any = None,
+                               since: StreamPosition | None = None) -> bool:
+        """The server API's subscribe: join ``channel`` as a server-side subscription (the client cannot
+        unsubscribe it; a resync reconnects it, 3010) and tell the client with Centrifugo's subscribe push
+        (position, ``data``). With ``since``, what the stream holds after it follows as publications.
+        False when nothing was done (already subscribed, at the channel limit, or gone)."""
+        if self.closed or not self.connected or channel in self.subs:
+            return False
+        if len(self.subs) >= self.node.cfg.max_channels_per_connection:
+            return False
+        p: dict = {"recoverable": True}
+        if since is not None:
+            p.update(recover=True, offset=since.offset, epoch=since.epoch)
+        prepared = await self._prepare(channel, p, opts)
+        if prepared is None:
+            return False
+        result, extra = prepared
+        push = {k: result[k] for k in ("recoverable", "epoch", "offset", "positioned") if k in result}
+        if data is not None:
+            push["data"] = data
+        self._server_subs = self._server_subs | {channel}
+        self.send({"push": {"channel": channel, "subscribe": push}})
+        await self._join(channel, result, result.pop("publications", []) + extra,
+                         opts.join_leave and opts.force_push_join_leave, opts)
+        return True
+
+    def server_unsubscribe(self, channel: str) -> bool:
+        """The server API's unsubscribe (Centrifugo's unsubscribe push, code 2000)."""
+        if channel not in self.subs:
+            return False
+        jl = self.subs.pop(channel)
+        self._server_subs = self._server_subs - {channel}
+        self.node.drop_subscription(self, channel, jl)
+        if self._sub_timers:
+            self._expire_sub_at(channel, None)
+        self.send({"push": {"channel": channel, "unsubscribe": {"code": 2000, "reason": "server unsubscribe"}}})
+        return True
+
     def lane_dropped(self, channel: str) -> None:
         """A publication of ``channel`` in the update or bulk lane did not fit this connection's queue: the
         channel is dropped with 2500, as for a gap, so the SDK resubscribes and recovers (once caught up)."""
