@@ -35,7 +35,9 @@ CORES = {"cython": {"RELAY_PUREPYTHON": "0"}, "python": {"RELAY_PUREPYTHON": "1"
 GRACE = 4.0  # broker_down_grace (the default)
 DETECT = 3.0  # the goal: a silent cut is a broker failure within this
 CUTS = (15.0, 60.0)  # seconds each cut node is cut off
-SCRAPE_LIMIT = 0.050
+# a probe that waited on Redis would take broker_ping_timeout (0.8 s) or a socket timeout (5 s); CPU contention on
+# a shared 2-CPU CI machine (the pure-Python pass runs beside this test) was seen to cost 60-90 ms
+SCRAPE_LIMIT = 0.250
 
 
 class SdkClient:
