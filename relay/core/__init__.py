@@ -11,7 +11,7 @@ import logging
 import os
 
 __all__ = ["IMPLEMENTATION", "IMPORT_ERROR", "Hub", "Conn", "FrameReader", "ws_frame", "tcp_frame",
-           "fnv1a32", "WIRE_WS", "WIRE_TCP", "FORCED_PURE", "LANE_CHAT", "LANE_UPDATE", "LANE_BULK",
+           "fnv1a32", "WIRE_WS", "WIRE_TCP", "WIRE_WS_PB", "FORCED_PURE", "LANE_CHAT", "LANE_UPDATE", "LANE_BULK",
            "LANES", "QUEUED", "DROPPED", "OVER_CAP", "FRAGMENTS_MAX"]
 
 log = logging.getLogger("relay.core")
@@ -39,6 +39,7 @@ tcp_frame = _impl.tcp_frame
 fnv1a32 = _impl.fnv1a32
 WIRE_WS: int = _impl.WIRE_WS
 WIRE_TCP: int = _impl.WIRE_TCP
+WIRE_WS_PB: int = _impl.WIRE_WS_PB
 LANE_CHAT: int = _impl.LANE_CHAT
 LANE_UPDATE: int = _impl.LANE_UPDATE
 LANE_BULK: int = _impl.LANE_BULK

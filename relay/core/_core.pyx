@@ -7,9 +7,10 @@ readable version). Directives live in setup.py.
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_Next
+from cpython.dict cimport PyDict_Next, PyDict_Size
 from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
 from cpython.object cimport PyObject
+from cpython.tuple cimport PyTuple_GET_ITEM
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
@@ -19,9 +20,10 @@ import msgpack
 import orjson
 
 from relay.protocol.errors import ProtocolError
+from relay.protocol.protobuf import encode_reply as _pb_reply
 
 __all__ = [
-    "IMPLEMENTATION", "WIRE_WS", "WIRE_TCP", "Conn", "Hub", "FrameReader",
+    "IMPLEMENTATION", "WIRE_WS", "WIRE_TCP", "WIRE_WS_PB", "Conn", "Hub", "FrameReader",
     "ws_frame", "tcp_frame", "fnv1a32",
     "LANE_CHAT", "LANE_UPDATE", "LANE_BULK", "QUEUED", "DROPPED", "OVER_CAP", "PACE_TICK", "WRITE_MAX",
     "FRAGMENTS_MAX",
@@ -32,6 +34,7 @@ IMPLEMENTATION = "cython"
 cdef enum:
     _WIRE_WS = 0
     _WIRE_TCP = 1
+    _WIRE_WS_PB = 2
     OP_CONT = 0x0
     OP_TEXT = 0x1
     OP_BINARY = 0x2
@@ -45,6 +48,7 @@ cdef enum:
 
 WIRE_WS = _WIRE_WS
 WIRE_TCP = _WIRE_TCP
+WIRE_WS_PB = _WIRE_WS_PB  # WebSocket, protobuf Replies (uvarint length + message) batched into binary frames
 LANE_CHAT = _LANE_CHAT
 LANE_UPDATE = _LANE_UPDATE
 LANE_BULK = _LANE_BULK
@@ -139,6 +143,8 @@ cdef inline bytes _concat(list items):
 cdef inline bytes _build(int wire, list items):
     if wire == _WIRE_WS:
         return _frame_join(OP_TEXT, items, 1)
+    if wire == _WIRE_WS_PB:
+        return _frame_join(OP_BINARY, items, 0)
     return _concat(items)
 
 
@@ -381,7 +387,8 @@ cdef class Conn:
 cdef class _Channel:
     def __init__(self):
         self.subs = {}
-        self.n_tcp = 0
+        self.n_tcp = 0  # subscribers by wire: raw TCP, WebSocket protobuf (the rest: WebSocket JSON)
+        self.n_pb = 0
 
 
 cdef class _Round:
@@ -462,6 +469,8 @@ cdef class Hub:
             self.num_subscriptions += 1
             if conn.wire == _WIRE_TCP:
                 ch.n_tcp += 1
+            elif conn.wire == _WIRE_WS_PB:
+                ch.n_pb += 1
         return created
 
     cpdef bint unsubscribe(self, str channel, Conn conn):
@@ -481,6 +490,8 @@ cdef class Hub:
         self.num_subscriptions -= 1
         if conn.wire == _WIRE_TCP:
             ch.n_tcp -= 1
+        elif conn.wire == _WIRE_WS_PB:
+            ch.n_pb -= 1
         if not ch.subs:
             del shard[channel]
             self.num_channels -= 1
@@ -498,35 +509,39 @@ cdef class Hub:
         cdef _Channel ch = self._shard(channel).get(channel)
         return [] if ch is None else list(ch.subs)
 
+    cdef tuple _encode(self, _Channel ch, dict envelope):
+        """The item of each wire format the channel's subscribers use, indexed by wire (None: nobody)."""
+        return (_dumps(envelope) if PyDict_Size(ch.subs) > ch.n_tcp + ch.n_pb else None,
+                tcp_frame(_packb(envelope)) if ch.n_tcp else None,
+                _pb_reply(envelope) if ch.n_pb else None)
+
     cpdef Py_ssize_t broadcast(self, str channel, dict push, int lane=_LANE_CHAT):
         """Encode ``{"push": push}`` once per wire format and queue it for every subscriber."""
         cdef _Channel ch = self._shard(channel).get(channel)
         if ch is None:
             return 0
-        envelope = {"push": push}
-        ws_item = _dumps(envelope) if len(ch.subs) > ch.n_tcp else None
-        tcp_item = tcp_frame(_packb(envelope)) if ch.n_tcp else None
+        cdef tuple items = self._encode(ch, {"push": push})
         if self._pacing and channel in self._pacing:
-            return self._join_round(ch, channel, ws_item, tcp_item, lane)
-        return self._fanout(ch, channel, ws_item, tcp_item, lane)
+            return self._join_round(ch, channel, items, lane)
+        return self._fanout(ch, channel, items, lane)
 
-    cpdef Py_ssize_t broadcast_encoded(self, str channel, object ws_item, object tcp_item, int lane=_LANE_CHAT):
-        """Fan out pre-encoded items (a JSON line, a TCP frame)."""
+    cpdef Py_ssize_t broadcast_encoded(self, str channel, object ws_item, object tcp_item, int lane=_LANE_CHAT,
+                                       object pb_item=None):
+        """Fan out pre-encoded items (a JSON line, a TCP frame, a protobuf Reply)."""
         cdef _Channel ch = self._shard(channel).get(channel)
         if ch is None:
             return 0
+        cdef tuple items = (ws_item, tcp_item, pb_item)
         if self._pacing and channel in self._pacing:
-            return self._join_round(ch, channel, ws_item, tcp_item, lane)
-        return self._fanout(ch, channel, ws_item, tcp_item, lane)
+            return self._join_round(ch, channel, items, lane)
+        return self._fanout(ch, channel, items, lane)
 
     cpdef Py_ssize_t broadcast_paced(self, str channel, dict push, int lane, double window, double now):
         """Like ``broadcast``, spread over ``window`` seconds by each subscriber's phase (see relay/core/_core_py.py)."""
         cdef _Channel ch = self._shard(channel).get(channel)
         if ch is None:
             return 0
-        envelope = {"push": push}
-        ws_item = _dumps(envelope) if len(ch.subs) > ch.n_tcp else None
-        tcp_item = tcp_frame(_packb(envelope)) if ch.n_tcp else None
+        cdef tuple items = self._encode(ch, {"push": push})
         cdef list rounds = self._pacing.get(channel)
         cdef double start = now, later
         cdef _Round last, rnd
@@ -538,7 +553,7 @@ cdef class Hub:
             if later > start:
                 start = later
         rnd = _Round(ch, start, window)
-        rnd.items.append((ws_item, tcp_item, lane))
+        rnd.items.append((items, lane))
         if rounds:
             rounds.append(rnd)
         else:
@@ -547,10 +562,10 @@ cdef class Hub:
         self.paced += 1
         return len(ch.subs)
 
-    cdef Py_ssize_t _join_round(self, _Channel ch, str channel, object ws_item, object tcp_item, int lane):
+    cdef Py_ssize_t _join_round(self, _Channel ch, str channel, tuple items, int lane):
         cdef list rounds = <list>self._pacing[channel]
         cdef _Round rnd = <_Round>rounds[len(rounds) - 1]
-        rnd.items.append((ws_item, tcp_item, lane))
+        rnd.items.append((items, lane))
         cdef list now_subs = []
         cdef dict members = rnd.members
         cdef Py_ssize_t pos = 0
@@ -561,7 +576,7 @@ cdef class Hub:
             k = members.get(<object>key, -1)
             if <Py_ssize_t>k < rnd.next:
                 now_subs.append(<object>key)
-        return self._deliver(now_subs, channel, ws_item, tcp_item, lane, True)
+        return self._deliver(now_subs, channel, items, lane, True)
 
     cpdef double pace_tick(self, double now):
         """Deliver every paced slot due at ``now``; the time the next one is due, or -1 if none is."""
@@ -587,8 +602,8 @@ cdef class Hub:
                     if ch is None or not bucket:
                         continue
                     conns = [conn for conn in bucket if conn in rnd.members]
-                    for ws_item, tcp_item, lane in rnd.items:
-                        self._deliver(conns, channel, ws_item, tcp_item, lane, False)
+                    for items, lane in rnd.items:
+                        self._deliver(conns, channel, items, lane, False)
                         conns = [conn for conn in conns if conn in ch.subs]
                 while rnd.next < nslots and not <list>PyList_GET_ITEM(rnd.buckets, rnd.next):
                     rnd.next += 1
@@ -606,19 +621,23 @@ cdef class Hub:
         """Channels with a paced broadcast in progress."""
         return len(self._pacing)
 
-    cdef Py_ssize_t _fanout(self, _Channel ch, str channel, object ws_item, object tcp_item, int lane):
+    cdef Py_ssize_t _fanout(self, _Channel ch, str channel, tuple items, int lane):
         cdef list slow = None, dropped = None
         cdef Py_ssize_t n = 0, n_tcp = 0, pos = 0
         cdef int r
+        cdef object item
         cdef PyObject* key
         cdef PyObject* value
         cdef Conn conn
         while PyDict_Next(ch.subs, &pos, &key, &value):
             conn = <Conn>key
-            r = conn._offer(<bytes>(ws_item if conn.wire == _WIRE_WS else tcp_item), lane)
+            item = <object>PyTuple_GET_ITEM(items, conn.wire)
+            if item is None:  # no encoding for its wire (a pre-encoded broadcast without it): skipped
+                continue
+            r = conn._offer(<bytes>item, lane)
             if r == _QUEUED:
                 n += 1
-                if conn.wire != _WIRE_WS:
+                if conn.wire == _WIRE_TCP:
                     n_tcp += 1
             elif r == _DROPPED:
                 if dropped is None:
@@ -631,18 +650,21 @@ cdef class Hub:
         self.publications += 1
         return self._settle(channel, lane, n, n_tcp, dropped, slow)
 
-    cdef Py_ssize_t _deliver(self, object conns, str channel, object ws_item, object tcp_item, int lane,
-                             bint publication):
+    cdef Py_ssize_t _deliver(self, object conns, str channel, tuple items, int lane, bint publication):
         """The fan-out to a list of connections (paced slots, a round's joined publications)."""
         cdef list slow = None, dropped = None
         cdef Py_ssize_t n = 0, n_tcp = 0
         cdef int r
+        cdef object item
         cdef Conn conn
         for conn in <list>conns:
-            r = conn._offer(<bytes>(ws_item if conn.wire == _WIRE_WS else tcp_item), lane)
+            item = <object>PyTuple_GET_ITEM(items, conn.wire)
+            if item is None:  # no encoding for its wire (a pre-encoded broadcast without it): skipped
+                continue
+            r = conn._offer(<bytes>item, lane)
             if r == _QUEUED:
                 n += 1
-                if conn.wire != _WIRE_WS:
+                if conn.wire == _WIRE_TCP:
                     n_tcp += 1
             elif r == _DROPPED:
                 if dropped is None:

@@ -29,11 +29,13 @@ import msgpack
 import orjson
 
 from relay.protocol.errors import ProtocolError
+from relay.protocol.protobuf import encode_reply as _pb_reply
 
 __all__ = [
     "IMPLEMENTATION",
     "WIRE_WS",
     "WIRE_TCP",
+    "WIRE_WS_PB",
     "Conn",
     "Hub",
     "FrameReader",
@@ -55,6 +57,7 @@ IMPLEMENTATION = "python"
 
 WIRE_WS = 0  # WebSocket, JSON lines batched into text frames
 WIRE_TCP = 1  # raw TCP, 4-byte big-endian length + msgpack body per message
+WIRE_WS_PB = 2  # WebSocket, protobuf Replies (uvarint length + message) batched into binary frames
 
 # priority lanes of a publication (docs/lanes.md): chat is never dropped, update and bulk may be
 LANE_CHAT, LANE_UPDATE, LANE_BULK = 0, 1, 2
@@ -330,6 +333,8 @@ def _build(wire: int, items: list[bytes]) -> bytes:
         if len(items) == 1:
             return ws_frame(items[0])
         return ws_frame(b"\n".join(items))
+    if wire == WIRE_WS_PB:
+        return ws_frame(b"".join(items), OP_BINARY)
     return b"".join(items)
 
 
@@ -343,11 +348,12 @@ def _same(a: list, b: list) -> bool:
 
 
 class _Channel:
-    __slots__ = ("subs", "n_tcp")
+    __slots__ = ("subs", "n_tcp", "n_pb")
 
     def __init__(self) -> None:
         self.subs: dict[Conn, None] = {}
-        self.n_tcp = 0
+        self.n_tcp = 0  # subscribers by wire: raw TCP, WebSocket protobuf (the rest: WebSocket JSON)
+        self.n_pb = 0
 
 
 class _Round:
@@ -421,6 +427,8 @@ class Hub:
             self.num_subscriptions += 1
             if conn.wire == WIRE_TCP:
                 ch.n_tcp += 1
+            elif conn.wire == WIRE_WS_PB:
+                ch.n_pb += 1
         return created
 
     def unsubscribe(self, channel: str, conn: Conn) -> bool:
@@ -436,6 +444,8 @@ class Hub:
         self.num_subscriptions -= 1
         if conn.wire == WIRE_TCP:
             ch.n_tcp -= 1
+        elif conn.wire == WIRE_WS_PB:
+            ch.n_pb -= 1
         if not ch.subs:
             del shard[channel]
             self.num_channels -= 1
@@ -453,26 +463,32 @@ class Hub:
         ch = self._shards[fnv1a32(channel) % self.num_shards].get(channel)
         return [] if ch is None else list(ch.subs)
 
+    @staticmethod
+    def _encode(ch: _Channel, envelope: dict) -> tuple:
+        """The item of each wire format the channel's subscribers use, indexed by wire (None: nobody)."""
+        return (_dumps(envelope) if len(ch.subs) > ch.n_tcp + ch.n_pb else None,
+                tcp_frame(_packb(envelope)) if ch.n_tcp else None,
+                _pb_reply(envelope) if ch.n_pb else None)
+
     def broadcast(self, channel: str, push: dict, lane: int = LANE_CHAT) -> int:
         """Encode ``{"push": push}`` once per wire format and queue it for every subscriber."""
         ch = self._shards[fnv1a32(channel) % self.num_shards].get(channel)
         if ch is None:
             return 0
-        envelope = {"push": push}
-        ws_item = _dumps(envelope) if len(ch.subs) > ch.n_tcp else None
-        tcp_item = tcp_frame(_packb(envelope)) if ch.n_tcp else None
+        items = self._encode(ch, {"push": push})
         if self._pacing and channel in self._pacing:
-            return self._join_round(ch, channel, ws_item, tcp_item, lane)
-        return self._fanout(ch, channel, ws_item, tcp_item, lane)
+            return self._join_round(ch, channel, items, lane)
+        return self._fanout(ch, channel, items, lane)
 
-    def broadcast_encoded(self, channel: str, ws_item, tcp_item, lane: int = LANE_CHAT) -> int:
-        """Fan out pre-encoded items (a JSON line, a TCP frame)."""
+    def broadcast_encoded(self, channel: str, ws_item, tcp_item, lane: int = LANE_CHAT, pb_item=None) -> int:
+        """Fan out pre-encoded items (a JSON line, a TCP frame, a protobuf Reply)."""
         ch = self._shards[fnv1a32(channel) % self.num_shards].get(channel)
         if ch is None:
             return 0
+        items = (ws_item, tcp_item, pb_item)
         if self._pacing and channel in self._pacing:
-            return self._join_round(ch, channel, ws_item, tcp_item, lane)
-        return self._fanout(ch, channel, ws_item, tcp_item, lane)
+            return self._join_round(ch, channel, items, lane)
+        return self._fanout(ch, channel, items, lane)
 
     # --- paced broadcasts -------------------------------------------------------------------------
 
@@ -485,9 +501,7 @@ class Hub:
         ch = self._shards[fnv1a32(channel) % self.num_shards].get(channel)
         if ch is None:
             return 0
-        envelope = {"push": push}
-        ws_item = _dumps(envelope) if len(ch.subs) > ch.n_tcp else None
-        tcp_item = tcp_frame(_packb(envelope)) if ch.n_tcp else None
+        items = self._encode(ch, {"push": push})
         rounds = self._pacing.get(channel)
         start = now
         if rounds:
@@ -495,7 +509,7 @@ class Hub:
             slots = max(1, round(window / PACE_TICK))
             start = max(now, last.start + max(0.0, last.window - window) + window / slots)
         rnd = _Round(ch, start, window)
-        rnd.items.append((ws_item, tcp_item, lane))
+        rnd.items.append((items, lane))
         if rounds:
             rounds.append(rnd)
         else:
@@ -504,13 +518,13 @@ class Hub:
         self.paced += 1
         return len(ch.subs)
 
-    def _join_round(self, ch: _Channel, channel: str, ws_item, tcp_item, lane: int) -> int:
+    def _join_round(self, ch: _Channel, channel: str, items: tuple, lane: int) -> int:
         """A publication of a channel with paced rounds still on: at once for the subscribers the last
         round has served (or that are not in it), the others at their slot of it, after its items."""
         rnd = self._pacing[channel][-1]
-        rnd.items.append((ws_item, tcp_item, lane))
+        rnd.items.append((items, lane))
         now_subs = [conn for conn in ch.subs if rnd.members.get(conn, -1) < rnd.next]
-        return self._deliver(now_subs, channel, ws_item, tcp_item, lane, True)
+        return self._deliver(now_subs, channel, items, lane, True)
 
     def pace_tick(self, now: float) -> float:
         """Deliver every paced slot due at ``now``; the time the next one is due, or -1 if none is."""
@@ -529,8 +543,8 @@ class Hub:
                         continue
                     members = rnd.members
                     conns = [conn for conn in bucket if conn in members]  # those still subscribed
-                    for ws_item, tcp_item, lane in rnd.items:
-                        self._deliver(conns, channel, ws_item, tcp_item, lane, False)
+                    for items, lane in rnd.items:
+                        self._deliver(conns, channel, items, lane, False)
                         conns = [c for c in conns if c in ch.subs]  # a drop may have unsubscribed one
                 while rnd.next < len(rnd.buckets) and not rnd.buckets[rnd.next]:
                     rnd.next += 1  # nobody there: the next timer is for the next slot with subscribers
@@ -548,18 +562,21 @@ class Hub:
         """Channels with a paced broadcast in progress."""
         return len(self._pacing)
 
-    def _fanout(self, ch: _Channel, channel: str, ws_item, tcp_item, lane: int) -> int:
-        return self._deliver(ch.subs, channel, ws_item, tcp_item, lane, True)
+    def _fanout(self, ch: _Channel, channel: str, items: tuple, lane: int) -> int:
+        return self._deliver(ch.subs, channel, items, lane, True)
 
-    def _deliver(self, conns, channel: str, ws_item, tcp_item, lane: int, publication: bool) -> int:
+    def _deliver(self, conns, channel: str, items: tuple, lane: int, publication: bool) -> int:
+        """``items``: the encoded publication per wire (Hub._encode)."""
         slow = dropped = None
         n = n_tcp = 0
         for conn in conns:
-            item = ws_item if conn.wire == WIRE_WS else tcp_item
+            item = items[conn.wire]
+            if item is None:  # no encoding for its wire (a pre-encoded broadcast without it): skipped
+                continue
             r = conn.offer(item, lane)
             if r == QUEUED:
                 n += 1
-                if conn.wire != WIRE_WS:
+                if conn.wire == WIRE_TCP:
                     n_tcp += 1
             elif r == DROPPED:
                 if dropped is None:

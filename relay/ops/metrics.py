@@ -32,7 +32,7 @@ from relay.rules.backpressure import Backpressure, resident_bytes
 
 __all__ = ["Exporter", "NodeView", "multiprocess_dir"]
 
-TRANSPORTS = {0: "websocket", 1: "tcp"}  # relay.core WIRE_WS, WIRE_TCP
+TRANSPORTS = {0: "websocket", 1: "tcp", 2: "websocket"}  # relay.core WIRE_WS, WIRE_TCP, WIRE_WS_PB
 
 
 class NodeView(Protocol):
@@ -190,9 +190,12 @@ class Exporter:
         stats = node.stats
         hub = node.hub
         by_wire = node.connected_by_wire
-        for wire, name in TRANSPORTS.items():
-            self.connections.labels(name).set(by_wire.get(wire, 0))
+        connected: dict[str, int] = {}
+        for wire, name in TRANSPORTS.items():  # a transport may carry several protocols (wires)
+            connected[name] = connected.get(name, 0) + by_wire.get(wire, 0)
             self._add(self.accepted.labels(name), ("accepted", wire), stats.accepted.get(wire, 0))
+        for name, n in connected.items():
+            self.connections.labels(name).set(n)
         self.connections_max.set(node.max_connections)
         if hub is not None:
             self.subscriptions.set(hub.num_subscriptions - node.join_leave_subs)

@@ -1,4 +1,4 @@
-"""Client command codecs: JSON lines over WebSocket, msgpack maps over raw TCP.
+"""Client command codecs: JSON lines over WebSocket, msgpack maps over raw TCP, protobuf over WebSocket.
 
 A codec turns one received message into a list of command dicts, and a reply or
 push dict into the item a connection queues (a JSON line, or a complete TCP
@@ -11,10 +11,11 @@ import msgpack
 import orjson
 
 from relay.codes import DISCONNECTS
-from relay.core import WIRE_TCP, WIRE_WS, tcp_frame
+from relay.core import WIRE_TCP, WIRE_WS, WIRE_WS_PB, tcp_frame
+from relay.protocol import protobuf
 from relay.protocol.errors import ProtocolError
 
-__all__ = ["JsonCodec", "MsgpackCodec", "codec_for", "json_exact"]
+__all__ = ["JsonCodec", "MsgpackCodec", "ProtobufCodec", "codec_for", "json_exact"]
 
 _BAD = DISCONNECTS.BAD_REQUEST
 
@@ -24,6 +25,7 @@ class JsonCodec:
 
     wire = WIRE_WS
     name = "json"
+    binary = False  # payloads arrive as JSON already
     PING = b"{}"
 
     @staticmethod
@@ -54,6 +56,7 @@ class MsgpackCodec:
 
     wire = WIRE_TCP
     name = "msgpack"
+    binary = True  # payloads may hold what JSON cannot (bytes, NaN): checked with json_exact
     PING = tcp_frame(_packb({}))
 
     @staticmethod
@@ -69,6 +72,18 @@ class MsgpackCodec:
     @staticmethod
     def encode(obj: dict) -> bytes:
         return tcp_frame(_packb(obj))
+
+
+class ProtobufCodec:
+    """Centrifugo's protobuf protocol over WebSocket (relay/protocol/protobuf.py): binary frames of
+    varint-delimited Commands in, Replies out."""
+
+    wire = WIRE_WS_PB
+    name = "protobuf"
+    binary = True  # a payload that is not JSON arrives as protobuf.BinaryData: json_exact refuses it
+    PING = protobuf.PING
+    decode = staticmethod(protobuf.decode_commands)
+    encode = staticmethod(protobuf.encode_reply)
 
 
 def json_exact(data: object) -> bool:
@@ -95,5 +110,8 @@ def json_exact(data: object) -> bool:
 _INF = float("inf")
 
 
+_CODECS = {WIRE_WS: JsonCodec, WIRE_TCP: MsgpackCodec, WIRE_WS_PB: ProtobufCodec}
+
+
 def codec_for(wire: int):
-    return JsonCodec if wire == WIRE_WS else MsgpackCodec
+    return _CODECS[wire]

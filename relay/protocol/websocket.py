@@ -11,10 +11,10 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 __all__ = ["Handshake", "HandshakeError", "parse_handshake", "accept_response", "close_frame_payload",
-           "parse_close_payload", "GUID", "origin_allowed"]
+           "parse_close_payload", "GUID", "origin_allowed", "SUBPROTOCOLS", "client_protocol"]
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3
 
@@ -100,12 +100,30 @@ def parse_handshake(buf: bytes | bytearray, path: str | tuple[str, ...], max_siz
     return Handshake(path=target, headers=headers, key=key, consumed=end + 4)
 
 
-def accept_response(key: str) -> bytes:
-    """The 101 response for ``key`` (RFC 6455 4.2.2). No subprotocol, no extension."""
+#: the WebSocket subprotocols relay speaks, as Centrifugo names them, in its order of preference
+SUBPROTOCOLS = ("centrifuge-json", "centrifuge-protobuf")
+
+
+def client_protocol(hs: Handshake) -> tuple[str, str | None]:
+    """Which client protocol a handshake asks for, as Centrifugo decides: ``?format=protobuf`` or
+    ``?cf_protocol=protobuf`` in the query, else the first of the client's ``Sec-WebSocket-Protocol`` offers
+    that relay speaks, else JSON. Returns ("json" or "protobuf", the subprotocol to echo or None)."""
+    query = parse_qs(urlsplit(hs.path).query)
+    offered = [p.strip() for p in hs.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    chosen = next((p for p in offered if p in SUBPROTOCOLS), None)
+    if "protobuf" in query.get("format", ()) or "protobuf" in query.get("cf_protocol", ()):
+        return "protobuf", chosen
+    return ("protobuf" if chosen == "centrifuge-protobuf" else "json"), chosen
+
+
+def accept_response(key: str, subprotocol: str | None = None) -> bytes:
+    """The 101 response for ``key`` (RFC 6455 4.2.2), echoing ``subprotocol`` if one was chosen (a browser
+    fails a handshake that offered subprotocols and got none back). No extension."""
     accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
+    chosen = f"Sec-WebSocket-Protocol: {subprotocol}\r\n" if subprotocol else ""
     return (
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        f"Sec-WebSocket-Accept: {accept}\r\n{chosen}\r\n"
     ).encode()
 
 

@@ -6,10 +6,10 @@ import asyncio
 import logging
 
 from relay.codes import WS_CLOSE
-from relay.core import WIRE_WS, FrameReader, ws_frame
+from relay.core import WIRE_WS, WIRE_WS_PB, FrameReader, ws_frame
 from relay.protocol.errors import ProtocolError
-from relay.protocol.websocket import (HandshakeError, accept_response, close_frame_payload, origin_allowed,
-                                      parse_close_payload, parse_handshake)
+from relay.protocol.websocket import (HandshakeError, accept_response, client_protocol, close_frame_payload,
+                                      origin_allowed, parse_close_payload, parse_handshake)
 
 __all__ = ["WebSocketProtocol"]
 
@@ -21,7 +21,7 @@ _HANDSHAKE, _OPEN, _CLOSING, _CLOSED = range(4)
 
 class WebSocketProtocol(asyncio.Protocol):
     __slots__ = ("node", "transport", "state", "buf", "reader", "session", "_timer", "remote", "_admitted",
-                 "echo", "_pong", "_paused", "_discarded")
+                 "echo", "data_op", "_pong", "_paused", "_discarded")
 
     def __init__(self, node) -> None:
         self.node = node
@@ -35,6 +35,7 @@ class WebSocketProtocol(asyncio.Protocol):
         # "handshake" (pending, node.admission.handshaking), then "open" (node.admission.per_ip)
         self._admitted: str | None = None
         self.echo = False  # the conformance-test echo endpoint (ws_echo_path)
+        self.data_op = OP_TEXT  # the message type of the client protocol (binary: protobuf)
         self._pong: bytes | None = None  # the latest ping not answered while the peer was not reading
         self._paused = False  # the transport's buffer is full: the peer is not reading
         self._discarded = 0  # bytes received after our close frame or refusal
@@ -108,13 +109,16 @@ class WebSocketProtocol(asyncio.Protocol):
         self._timer.cancel()
         rest = bytes(self.buf[hs.consumed:])
         self.buf = None
-        self.transport.write(accept_response(hs.key))
+        protocol, subprotocol = client_protocol(hs)
+        self.data_op = OP_BINARY if protocol == "protobuf" else OP_TEXT  # the message type the protocol uses
+        self.transport.write(accept_response(hs.key, subprotocol))
         self.state = _OPEN
         self.reader = FrameReader(cfg.max_ws_message_size, cfg.max_ws_fragments)
         if cfg.ws_echo_path and hs.path.split("?", 1)[0] == cfg.ws_echo_path:
             self.echo = True
         else:
-            self.session = self.node.new_session(self, self.transport, WIRE_WS, self.remote)
+            wire = WIRE_WS_PB if protocol == "protobuf" else WIRE_WS
+            self.session = self.node.new_session(self, self.transport, wire, self.remote)
             if self.node.proxy is not None:  # what the event proxy may forward to the backend
                 self.session.headers = self.node.proxy.forward(hs.headers)
         if rest:
@@ -146,14 +150,15 @@ class WebSocketProtocol(asyncio.Protocol):
                 return
             if self.echo and op in (OP_TEXT, OP_BINARY):
                 self.transport.write(ws_frame(payload, op))
-            elif op == OP_TEXT:
+            elif op == self.data_op:
                 session.feed(payload)
             elif op == OP_PING:
                 self._ping(payload)
             elif op == OP_CLOSE:
                 self._peer_closed(payload)
-            elif op == OP_BINARY:
-                self._fail(WS_CLOSE.UNSUPPORTED_DATA, "binary messages are not supported (JSON protocol)")
+            elif op in (OP_TEXT, OP_BINARY):  # the other data type than the protocol's
+                self._fail(WS_CLOSE.UNSUPPORTED_DATA, "binary messages need the protobuf protocol"
+                           if op == OP_BINARY else "text messages need the JSON protocol")
             elif session is not None:  # OP_PONG: allowed unsolicited and ignored (RFC 6455 5.5.3), but counted
                 session.control_frame()
         err = self.reader.error

@@ -5,6 +5,7 @@ import orjson
 import pytest
 
 from tests.core.conftest import RecordingTransport
+from tests.pbframes import replies
 from tests.wsframes import parse_server_frames
 
 
@@ -72,6 +73,54 @@ def test_tcp_and_ws_subscribers_get_their_own_wire_format(impl, loop):
         msgs.append(msgpack.unpackb(data[4:4 + n]))
         data = data[4 + n:]
     assert [m["push"]["pub"]["data"] for m in msgs] == ["a", "b"]
+
+
+def pb_replies(transport):
+    """Every protobuf Reply the transport received, across binary frames."""
+    buf = bytearray(b"".join(transport.writes))
+    out = []
+    for op, payload in parse_server_frames(buf):
+        assert op == 2
+        out += replies(payload)
+    return out
+
+
+def test_protobuf_subscribers_get_binary_frames_encoded_once(impl, loop):
+    hub = make_hub(impl, loop)
+    tw, tt = RecordingTransport(), RecordingTransport()
+    tps = [RecordingTransport() for _ in range(2)]
+    hub.subscribe("c", hub.conn(tw, impl.WIRE_WS, 1 << 20))
+    hub.subscribe("c", hub.conn(tt, impl.WIRE_TCP, 1 << 20))
+    for t in tps:
+        hub.subscribe("c", hub.conn(t, impl.WIRE_WS_PB, 1 << 20))
+    for i in range(3):
+        assert hub.broadcast("c", {"channel": "c", "pub": {"data": {"i": i}, "offset": i + 1}}) == 4
+    loop.run()
+    assert [m["push"]["pub"]["data"]["i"] for m in ws_lines(tw)] == [0, 1, 2]
+    for t in tps:
+        assert len(t.writes) == 1  # three pushes, one binary frame
+        replies = pb_replies(t)
+        assert [r.push.channel for r in replies] == ["c"] * 3
+        assert [orjson.loads(r.push.pub.data)["i"] for r in replies] == [0, 1, 2]
+        assert [r.push.pub.offset for r in replies] == [1, 2, 3] and all(r.id == 0 for r in replies)
+    assert tps[0].writes[0] == tps[1].writes[0]  # the same bytes for every protobuf subscriber
+    assert hub.deliveries == 12 and hub.deliveries_tcp == 3  # protobuf is WebSocket, not TCP
+    # the protobuf subscribers leave: the channel stops encoding protobuf
+    hub.unsubscribe("c", hub.subscribers("c")[-1])
+    hub.unsubscribe("c", hub.subscribers("c")[-1])
+    hub.broadcast("c", {"channel": "c", "pub": {"data": {"i": 9}}})
+    loop.run()
+    assert len(tps[0].writes) == 1 and [m["push"]["pub"]["data"]["i"] for m in ws_lines(tw)][-1] == 9
+
+
+def test_a_preencoded_broadcast_skips_wires_it_has_no_item_for(impl, loop):
+    hub = make_hub(impl, loop)
+    tw, tp = RecordingTransport(), RecordingTransport()
+    hub.subscribe("c", hub.conn(tw, impl.WIRE_WS, 1 << 20))
+    hub.subscribe("c", hub.conn(tp, impl.WIRE_WS_PB, 1 << 20))
+    assert hub.broadcast_encoded("c", b'{"push":{}}', None) == 1
+    loop.run()
+    assert tw.writes and not tp.writes
 
 
 def test_replies_and_pushes_keep_their_order(impl, loop):

@@ -65,7 +65,7 @@ async def test_tcp_nan_and_infinity_are_refused_so_every_wire_gets_one_message(r
     nan, inf = float("nan"), float("inf")
     for data in (nan, inf, -inf, [1, {"x": nan}], {"a": {"b": [inf]}}):
         r = await t.call("publish", {"channel": ch, "data": data})
-        assert r.get("error") == {"code": 107, "message": "bad request"}, (data, r)
+        assert r.get("error", {}).get("code") == 107 and "must be JSON" in r["error"]["message"], (data, r)
     assert "error" in await t.call("rpc", {"method": "m", "data": {"v": nan}})
     await t.call("publish", {"channel": ch, "data": {"price": 19.99, "big": 1e300}})
     assert (await w.pub())["pub"]["data"] == {"price": 19.99, "big": 1e300}  # the first and only one
