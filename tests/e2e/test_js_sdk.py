@@ -5,6 +5,11 @@ prints a JSON line per check. Here we start relay (and, for recovery, ``tests/tc
 front of it), run the scenario and assert on those lines. On a failure the message carries the
 WebSocket frames the SDK sent and received and relay's log.
 
+Every test runs over both of the SDK's protocols (the ``protocol`` fixture, ``RELAY_PROTOCOL`` for
+the script): JSON, and protobuf (the SDK's ``centrifuge/build/protobuf``, binary frames; payloads
+are bytes holding JSON, which the script encodes and decodes so the checks compare the same values).
+The evidence of a failure shows each binary frame's protobuf messages decoded.
+
 Needs ``node`` and ``npm`` and ``cd tests/e2e/js && npm ci``: without them the tests are skipped,
 or fail when ``CI=true``.
 """
@@ -26,6 +31,9 @@ from pathlib import Path
 
 import jwt
 import pytest
+from centrifuge.codecs import _varint_decode
+from centrifuge.protocol.client_pb2 import Command, Reply
+from google.protobuf.json_format import MessageToDict
 
 from tests.tcpproxy import TcpProxy
 
@@ -34,6 +42,7 @@ pytestmark = pytest.mark.node
 JS_DIR = Path(__file__).resolve().parent / "js"
 SCRIPT = JS_DIR / "sdk_test.mjs"
 NODE_TIMEOUT = 60  # seconds, per Node process
+PROTOCOLS = ("json", "protobuf")
 
 
 def _node_missing() -> str | None:
@@ -54,11 +63,46 @@ def _require_node():
         pytest.skip(f"JS SDK e2e tests skipped: {reason}")
 
 
+@pytest.fixture(scope="module", params=PROTOCOLS)
+def protocol(request) -> str:
+    """The SDK build and wire protocol of the scenario: every test runs once per protocol."""
+    return request.param
+
+
 # -------------------------------------------------------------------------------------------------
+
+def _pb_messages(payload: bytes, cls) -> list[dict]:
+    """A protobuf frame's ``uvarint(length) || message`` run, as dicts (``bytes`` fields in base64)."""
+    out, pos = [], 0
+    while pos < len(payload):
+        n, pos = _varint_decode(payload, pos)
+        out.append(MessageToDict(cls.FromString(payload[pos:pos + n]), preserving_proto_field_name=True))
+        pos += n
+    return out
+
+
+def _decode_frames(stderr: str) -> str:
+    """The script's stderr with each binary frame's messages (Reply in, Command out) decoded."""
+    lines = []
+    for raw in stderr.splitlines():
+        try:
+            ln = json.loads(raw)
+        except ValueError:
+            ln = None
+        if isinstance(ln, dict) and ln.get("binary") and ln.get("frame") in ("in", "out"):
+            try:
+                ln["decoded"] = _pb_messages(bytes.fromhex(ln["data"]), Reply if ln["frame"] == "in" else Command)
+            except Exception as e:  # noqa: BLE001 - a frame that does not decode is evidence too
+                ln["decode_error"] = repr(e)
+            raw = json.dumps(ln)
+        lines.append(raw)
+    return "\n".join(lines)
+
 
 @dataclass
 class NodeRun:
     scenario: str
+    protocol: str
     lines: list[dict] = field(default_factory=list)
     stderr: str = ""
     returncode: int | None = None
@@ -74,10 +118,10 @@ class NodeRun:
 
     def evidence(self, limit: int = 20000) -> str:
         failed = [ln for ln in self.lines if ln.get("check") and not ln.get("ok")]
-        out = [f"scenario {self.scenario}: exit {self.returncode}",
+        out = [f"scenario {self.scenario} ({self.protocol}): exit {self.returncode}",
                "failed checks:\n" + "\n".join(json.dumps(f) for f in failed),
                "all output:\n" + "\n".join(json.dumps(ln) for ln in self.lines),
-               "node stderr (WebSocket frames):\n" + self.stderr[-limit:],
+               "node stderr (WebSocket frames):\n" + _decode_frames(self.stderr)[-limit:],
                "relay log:\n" + self.relay_log[-limit:]]
         return "\n\n".join(out)
 
@@ -92,9 +136,10 @@ class NodeRun:
         assert self.done["failures"] == 0 and self.returncode == 0, self.evidence()
 
 
-def _env(relay, **extra: str) -> dict:
+def _env(relay, protocol: str, **extra: str) -> dict:
     env = dict(os.environ)
     env.update({
+        "RELAY_PROTOCOL": protocol,
         "RELAY_WS_URL": relay.ws_url,
         "RELAY_API_URL": relay.api_url,
         "RELAY_API_KEY": relay.api_key,
@@ -120,11 +165,11 @@ def _parse(stdout: str) -> list[dict]:
     return lines
 
 
-def run_scenario(relay, scenario: str, **extra_env: str) -> NodeRun:
+def run_scenario(relay, protocol: str, scenario: str, **extra_env: str) -> NodeRun:
     """Run a non-interactive scenario to completion."""
-    run = NodeRun(scenario)
+    run = NodeRun(scenario, protocol)
     try:
-        proc = subprocess.run(["node", str(SCRIPT), scenario], cwd=JS_DIR, env=_env(relay, **extra_env),
+        proc = subprocess.run(["node", str(SCRIPT), scenario], cwd=JS_DIR, env=_env(relay, protocol, **extra_env),
                               capture_output=True, text=True, timeout=NODE_TIMEOUT, stdin=subprocess.DEVNULL)
         run.lines, run.stderr, run.returncode = _parse(proc.stdout), proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as e:
@@ -139,11 +184,12 @@ def run_scenario(relay, scenario: str, **extra_env: str) -> NodeRun:
 class InteractiveNode:
     """A scenario that talks with the test: JSON lines on stdout, commands on stdin."""
 
-    def __init__(self, relay, scenario: str, **extra_env: str) -> None:
+    def __init__(self, relay, protocol: str, scenario: str, **extra_env: str) -> None:
         self.relay = relay
-        self.run = NodeRun(scenario)
+        self.run = NodeRun(scenario, protocol)
         self._stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(["node", str(SCRIPT), scenario], cwd=JS_DIR, env=_env(relay, **extra_env),
+        self.proc = subprocess.Popen(["node", str(SCRIPT), scenario], cwd=JS_DIR,
+                                     env=_env(relay, protocol, **extra_env),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
                                      text=True, bufsize=1)
         self.deadline = time.monotonic() + NODE_TIMEOUT
@@ -222,7 +268,7 @@ def api_publish(relay, channel: str, data: dict) -> dict:
 
 
 # -------------------------------------------------------------------------------------------------
-# Scenario "basic": run once, one test per check.
+# Scenario "basic": run once per protocol, one test per check.
 
 BASIC_CHECKS = [
     "connect_alice", "connect_bob", "distinct_client_ids", "subscribe_bob", "subscribe_alice",
@@ -234,8 +280,8 @@ BASIC_CHECKS = [
 
 
 @pytest.fixture(scope="module")
-def basic_run(relay):
-    return run_scenario(relay, "basic")
+def basic_run(relay, protocol):
+    return run_scenario(relay, protocol, "basic")
 
 
 @pytest.mark.parametrize("name", BASIC_CHECKS)
@@ -257,11 +303,11 @@ def test_publication_carries_publisher_info(basic_run):
 
 # -------------------------------------------------------------------------------------------------
 
-def test_recovery_after_cut(relay):
+def test_recovery_after_cut(relay, protocol):
     """The SDK connects through the proxy; we cut it, publish 3 while it is away, it recovers them."""
     with TcpProxy("127.0.0.1", relay.ws_port) as proxy:
         proxied = relay.ws_url.replace(f":{relay.ws_port}/", f":{proxy.port}/")
-        node = InteractiveNode(relay, "recovery", PROXY_WS_URL=proxied)
+        node = InteractiveNode(relay, protocol, "recovery", PROXY_WS_URL=proxied)
         try:
             ready = node.expect(lambda ln: ln.get("ready") == "cut-me", "the client to be ready for the cut")
             channel = ready["channel"]
@@ -291,28 +337,28 @@ def test_recovery_after_cut(relay):
     run.assert_all_ok()
 
 
-def test_bad_token_disconnects_3500_without_reconnect(relay):
-    run = run_scenario(relay, "badtoken")
+def test_bad_token_disconnects_3500_without_reconnect(relay, protocol):
+    run = run_scenario(relay, protocol, "badtoken")
     assert run.assert_check("bad_token_disconnected_3500")["ctx"]["code"] == 3500
     run.assert_check("bad_token_no_reconnect")
     run.assert_all_ok()
 
 
-def test_expired_token_109_and_get_token(relay):
+def test_expired_token_109_and_get_token(relay, protocol):
     expired = jwt.encode({"sub": "x", "exp": int(time.time()) - 10}, relay.config["token_hmac_secret"],
                          algorithm="HS256")
-    run = run_scenario(relay, "expired", TOKEN_EXPIRED=expired)
+    run = run_scenario(relay, protocol, "expired", TOKEN_EXPIRED=expired)
     assert run.assert_check("expired_token_error_109")["error"]["code"] == 109
     assert run.assert_check("expired_token_getToken_then_connected")["getTokenCalls"] == 1
     run.assert_check("expired_token_without_getToken")
     run.assert_all_ok()
 
 
-def test_pings_and_forbidden_subscribe(relay_factory):
+def test_pings_and_forbidden_subscribe(relay_factory, protocol):
     """Server pings every second with a 1 s pong timeout: the SDK answers and stays connected.
     A subscription to a namespace that forbids it ends unsubscribed with 103 permission denied."""
     relay = relay_factory({"ping_interval": 1.0, "pong_timeout": 1.0})
-    run = run_scenario(relay, "misc", PING_WAIT_MS="3500")
+    run = run_scenario(relay, protocol, "misc", PING_WAIT_MS="3500")
     assert run.assert_check("forbidden_subscribe_103")["ctx"]["code"] == 103
     c = run.assert_check("pings_answered_and_connection_kept")
     assert c["pings"] >= 2

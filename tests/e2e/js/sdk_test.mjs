@@ -9,16 +9,21 @@
 //   PROXY_WS_URL                                  relay's ws URL through tests/tcpproxy.py (recovery)
 //   CHANNEL_SUFFIX                                optional, to make channel names unique
 //   STEP_TIMEOUT_MS                               timeout of every wait (default 5000)
+//   RELAY_PROTOCOL                                json (default) | protobuf: the SDK's build and wire
+//                                                 protocol. Payloads are JSON values on both: under
+//                                                 protobuf they go out as bytes holding JSON and the
+//                                                 publications received are decoded back, so every
+//                                                 check compares the same values.
 //
 // Output (stdout): one JSON object per line.
 //   {"check": "<name>", "ok": true|false, ...details}   one per check
 //   {"ready": "<what>"}                                   the recovery scenario asks the driver to act,
 //                                                         then waits for the line "go" on stdin
 //   {"done": true, "failures": N}                        last line; the exit status is 1 if N > 0
-// Stderr: every WebSocket frame sent and received ({"frame": "out"|"in"|"close", ...}) and the
-// SDK's errors, as evidence when a check fails.
+// Stderr: every WebSocket frame sent and received ({"frame": "out"|"in"|"close", ...}; a binary
+// frame has "binary": true and its bytes in "data" as hex) and the SDK's errors, as evidence when a
+// check fails.
 
-import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
 import readline from 'node:readline';
 
@@ -28,6 +33,28 @@ const scenario = process.argv[2] || 'basic';
 const suffix = env.CHANNEL_SUFFIX || Math.random().toString(36).slice(2, 10);
 let failures = 0;
 let clientSeq = 0;
+
+// The SDK's JSON build, or its protobuf one (subprotocol centrifuge-protobuf, binary frames).
+const PROTOCOL = env.RELAY_PROTOCOL || 'json';
+const PROTOBUF = PROTOCOL === 'protobuf';
+const SDK_MODULE = { json: 'centrifuge', protobuf: 'centrifuge/build/protobuf' }[PROTOCOL];
+const { Centrifuge } = SDK_MODULE ? await import(SDK_MODULE) : {};
+
+// A payload as the SDK sends it: the value itself (JSON), or bytes holding its JSON (protobuf).
+function toWire(value) {
+  return PROTOBUF ? new TextEncoder().encode(JSON.stringify(value)) : value;
+}
+
+// A payload the SDK received, back to the value: bytes are decoded as JSON (or shown as text).
+function fromWire(data) {
+  if (!(data instanceof Uint8Array)) return data;
+  const text = new TextDecoder().decode(data);
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    return { notJsonBytes: text };
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Output helpers
@@ -55,18 +82,44 @@ function finish() {
 // ---------------------------------------------------------------------------------------------
 // A WebSocket class that logs every frame, so the evidence of a failure is in stderr.
 
-const frames = []; // {dir, client, data} of every frame, for checks on the wire itself
+const frames = []; // {dir, client, data[, binary, bytes]} of every frame, for checks on the wire itself
+
+// A frame's payload for the log: text as is, binary (ArrayBuffer, Buffer, Uint8Array) as hex.
+function frameData(data) {
+  if (typeof data === 'string') return { data };
+  const bytes = Buffer.from(data instanceof ArrayBuffer ? new Uint8Array(data) : data);
+  return { binary: true, data: bytes.toString('hex'), bytes };
+}
+
+function logFrame(dir, client, data) {
+  const { bytes, ...shown } = frameData(data);
+  frames.push({ dir, client, ...shown, bytes });
+  log({ frame: dir, client, ...shown });
+}
+
+// How many empty messages (a ping, or the SDK's pong) a frame holds: lines "{}" in a JSON frame,
+// zero-length messages in a protobuf one (uvarint(length) || message, repeated).
+function emptyMessages(frame) {
+  if (!frame.binary) return frame.data.split('\n').filter((l) => l.trim() === '{}').length;
+  let count = 0;
+  for (let pos = 0; pos < frame.bytes.length;) {
+    let length = 0;
+    for (let shift = 0, b = 0x80; b & 0x80; shift += 7) {
+      b = frame.bytes[pos++];
+      length += (b & 0x7f) * 2 ** shift;
+    }
+    if (length === 0) count++;
+    pos += length;
+  }
+  return count;
+}
 
 function loggingWebSocket(label) {
   return class LoggingWebSocket extends WebSocket {
     constructor(...args) {
       super(...args);
       log({ frame: 'open', client: label, url: String(args[0]) });
-      this.addEventListener('message', (e) => {
-        const data = typeof e.data === 'string' ? e.data : String(e.data);
-        frames.push({ dir: 'in', client: label, data });
-        log({ frame: 'in', client: label, data });
-      });
+      this.addEventListener('message', (e) => logFrame('in', label, e.data));
       this.addEventListener('close', (e) => {
         log({ frame: 'close', client: label, code: e.code, reason: e.reason });
       });
@@ -76,9 +129,7 @@ function loggingWebSocket(label) {
     }
 
     send(data, ...rest) {
-      const text = typeof data === 'string' ? data : String(data);
-      frames.push({ dir: 'out', client: label, data: text });
-      log({ frame: 'out', client: label, data: text });
+      logFrame('out', label, data);
       return super.send(data, ...rest);
     }
   };
@@ -106,7 +157,8 @@ class Recorder {
     this.events = [];
     this.waiters = [];
     for (const name of names) {
-      emitter.on(name, (ctx) => {
+      emitter.on(name, (sdkCtx) => {
+        const ctx = name === 'publication' ? { ...sdkCtx, data: fromWire(sdkCtx.data) } : sdkCtx;
         this.events.push({ name, ctx });
         if (name === 'error') log({ sdkError: label, ctx: safe(ctx) });
         for (const w of [...this.waiters]) {
@@ -145,7 +197,10 @@ class Recorder {
 function safe(v) {
   if (v === undefined) return null;
   try {
-    return JSON.parse(JSON.stringify(v, (k, x) => (typeof x === 'bigint' ? Number(x) : x)));
+    return JSON.parse(JSON.stringify(v, (k, x) => {
+      if (typeof x === 'bigint') return Number(x);
+      return x instanceof Uint8Array ? fromWire(x) : x;
+    }));
   } catch (e) {
     return String(v);
   }
@@ -168,6 +223,12 @@ function makeSub(client, channel, opts = {}) {
   const sub = client.c.newSubscription(channel, opts);
   const rec = new Recorder(sub, SUB_EVENTS, `${client.label}:${channel}`);
   return { sub, rec };
+}
+
+// sub.history() with the publications' data as values.
+async function history(sub, opts, what = 'history') {
+  const res = await withTimeout(sub.history(opts), what);
+  return { ...res, publications: (res.publications || []).map((p) => ({ ...p, data: fromWire(p.data) })) };
 }
 
 async function apiPublish(channel, data) {
@@ -247,7 +308,7 @@ async function scenarioBasic() {
     // alice publishes, bob receives.
     const payload = { text: 'hello from alice', n: 1, nested: { ok: true } };
     await step('client_publish', async () => {
-      const res = await withTimeout(as.sub.publish(payload), 'publish reply');
+      const res = await withTimeout(as.sub.publish(toWire(payload)), 'publish reply');
       return { result: safe(res) };
     });
     await step('publication_received_by_bob', async () => {
@@ -294,8 +355,8 @@ async function scenarioBasic() {
 
     // History.
     await step('history', async () => {
-      const res = await withTimeout(bs.sub.history({ limit: 10 }), 'history');
-      const pubs = res.publications || [];
+      const res = await history(bs.sub, { limit: 10 });
+      const pubs = res.publications;
       const datas = pubs.map((p) => p.data);
       const offsets = pubs.map((p) => p.offset);
       if (!eq(datas, [payload, apiPayload])) throw new Error(`history data is ${JSON.stringify(datas)}`);
@@ -308,8 +369,8 @@ async function scenarioBasic() {
       return { offsets, epoch: res.epoch, top: res.offset };
     });
     await step('history_limit_and_reverse', async () => {
-      const res = await withTimeout(bs.sub.history({ limit: 1, reverse: true }), 'history reverse');
-      const pubs = res.publications || [];
+      const res = await history(bs.sub, { limit: 1, reverse: true }, 'history reverse');
+      const pubs = res.publications;
       if (pubs.length !== 1 || !eq(pubs[0].data, apiPayload)) throw new Error(`got ${JSON.stringify(safe(pubs))}`);
       return { offset: pubs[0].offset };
     });
@@ -550,9 +611,9 @@ async function scenarioMisc() {
       const label = frames.find((f) => f.client.startsWith('frank'))?.client;
       await sleep(pingWait);
       const mine = frames.filter((f) => f.client === label);
-      // A server ping is an empty command ({}), the SDK's pong is {} too (one per line in a frame).
-      const count = (dir) => mine.filter((f) => f.dir === dir)
-        .flatMap((f) => f.data.split('\n')).filter((l) => l.trim() === '{}').length;
+      // A server ping is an empty reply, the SDK's pong an empty command ({} on a line in JSON, a
+      // zero-length message in protobuf).
+      const count = (dir) => mine.filter((f) => f.dir === dir).reduce((n, f) => n + emptyMessages(f), 0);
       const pings = count('in');
       const pongs = count('out');
       const disconnects = cl.rec.of('disconnected').length + cl.rec.of('connecting').length - 1;
@@ -583,7 +644,9 @@ process.on('unhandledRejection', (e) => {
 
 (async () => {
   const fn = scenarios[scenario];
-  if (!fn) {
+  if (!SDK_MODULE) {
+    check('protocol', false, { error: `unknown RELAY_PROTOCOL ${PROTOCOL} (json or protobuf)` });
+  } else if (!fn) {
     check('scenario', false, { error: `unknown scenario ${scenario}` });
   } else {
     try {
