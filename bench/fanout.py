@@ -185,6 +185,7 @@ async def run_step(case: Case, step: Step, server: ServerProcess, lg: LoadGenera
         "publisher_max_late_ms": round(sent["max_late_ms"], 2),
         "expected_deliveries": expected, "delivered_in_window": w.in_window,
         "received_in_window": recv, "frames_received_in_window": w.frames_in_window,
+        "bytes_per_delivery": round(w.bytes_in_window / recv, 1) if recv else None,
         "window_s": round(wall, 3), "deliveries_per_s": recv / wall if wall else 0.0,
         "loss": loss, "drain": drained,
         "latency_ms": {"p50": _pct(w.hist, 50), "p99": _pct(w.hist, 99), "max": round(w.hist.max_ns / 1e6, 3),
@@ -262,6 +263,7 @@ def format_line(r: dict[str, Any]) -> str:
     return (f"  {r['server']:<10} {fmt_rate(r['deliveries_per_s']):>7} deliv/s"
             f"  p50 {ms(lat['p50']):>6} p99 {ms(lat['p99']):>6} max {ms(lat['max']):>6} ms"
             f"  loss {loss_s:<8}"
+            f"  {'-' if r.get('bytes_per_delivery') is None else round(r['bytes_per_delivery'])} B/deliv"
             f"  CPU {'-' if cpu is None else f'{cpu:.3f}':>6} us/deliv"
             f" [+softirq {'-' if cpu_si is None else f'{cpu_si:.3f}':>6}]"
             f" ({r['server_cpu_pct']:3.0f}% core {_sys_share(r)},"
@@ -280,7 +282,10 @@ async def run_server(case: Case, server: ServerProcess, subscribers: int, warmup
     try:
         if isinstance(server, RelayServer):
             token = server.token()
-            target = Target("relay", "relay", server.ws_url, server.ws_url, token)
+            if server.name == "relay-pb":  # subscribers on the protobuf protocol, the publisher on JSON
+                target = Target("relay-pb", "relay-pb", f"{server.ws_url}?format=protobuf", server.ws_url, token)
+            else:
+                target = Target("relay", "relay", server.ws_url, server.ws_url, token)
             print_fn(f"  [relay core={server.core()} pid={server.pid}]")
         else:
             assert isinstance(server, Peer)
@@ -319,15 +324,15 @@ async def run_server(case: Case, server: ServerProcess, subscribers: int, warmup
 
 
 def _known(name: str) -> bool:
-    return name == "relay" or name in PEERS or (name.startswith("relay-wd") and name[8:].isdigit())
+    return name in ("relay", "relay-pb") or name in PEERS or (name.startswith("relay-wd") and name[8:].isdigit())
 
 
 def make_server(name: str) -> ServerProcess:
     """``relay``, ``relay-wdN`` (relay with client_write_delay = N ms) or a peer (``common.PEERS``)."""
     if name in PEERS:
         return PEERS[name]()
-    if name == "relay":
-        return RelayServer()
+    if name in ("relay", "relay-pb"):  # relay-pb: the same relay, its subscribers on the protobuf protocol
+        return RelayServer(name=name)
     if name.startswith("relay-wd") and name[8:].isdigit():
         return RelayServer(name=name, extra_config={"client_write_delay": int(name[8:]) / 1000})
     raise SystemExit(f"unknown server {name!r}: use relay, relay-wd<ms> or one of {', '.join(PEERS)}")
@@ -367,6 +372,15 @@ def _ratios(results: list[dict[str, Any]], skipped: dict[str, str] | None = None
             si = (r[key_si] or 0) / (p[key_si] or 1)
             out.append(f"  ({case}) {fmt_rate(rate)} msg/s, {batch}/frame: {srv}/{peer} CPU per delivery"
                        f" = {ratio:.2f}x ({r[key]:.3f} vs {p[key]:.3f} us; incl. softirq {si:.2f}x)")
+    for (case, rate, batch, srv), r in by.items():  # the protobuf protocol against JSON, same relay, same run
+        j = by.get((case, rate, batch, "relay"))
+        if srv != "relay-pb" or j is None or not r[key] or not j[key] or not r["bytes_per_delivery"] \
+                or not j["bytes_per_delivery"]:
+            continue
+        out.append(f"  ({case}) {fmt_rate(rate)} msg/s, {batch}/frame: protobuf/JSON bytes per delivery"
+                   f" = {r['bytes_per_delivery'] / j['bytes_per_delivery']:.2f}x ({r['bytes_per_delivery']:.0f} vs"
+                   f" {j['bytes_per_delivery']:.0f} B), CPU per delivery = {r[key] / j[key]:.2f}x"
+                   f" ({r[key]:.3f} vs {j[key]:.3f} us)")
     for name, why in (skipped or {}).items():
         out.append(f"  relay/{name}: no figures ({name} skipped: {why})")
     return out
@@ -435,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
                                  epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default="abc", help="which cases to run, e.g. 'ac' or 'd' (default: abc)")
     ap.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
-                    help="comma-separated: relay, relay-wd<ms> (client_write_delay in ms), "
+                    help="comma-separated: relay, relay-pb (subscribers on the protobuf protocol), relay-wd<ms> "
+                         "(client_write_delay in ms), "
                          + ", ".join(PEERS) + f" (default: {','.join(DEFAULT_SERVERS)})")
     ap.add_argument("--duration", type=float, default=None, help="measured window in seconds (default 10)")
     ap.add_argument("--warmup", type=float, default=None, help="seconds before the window (default 2)")

@@ -52,6 +52,7 @@ class Window:
     in_window: int = 0
     recv_in_window: int = 0
     frames_in_window: int = 0
+    bytes_in_window: int = 0
     lost: int = 0
     pings: int = 0
     per_conn_min: int = 0
@@ -120,6 +121,7 @@ class LoadGenerator:
             w.in_window += r["in_window"]
             w.recv_in_window += r["recv_in_window"]
             w.frames_in_window += r["frames_in_window"]
+            w.bytes_in_window += r["bytes_in_window"]
             w.lost += r["lost"]
             w.pings += r["pings"]
             w.per_conn_min = min(w.per_conn_min, r["per_conn_min"])
@@ -210,7 +212,7 @@ class Publisher(TickPublisher):
         loop = asyncio.get_running_loop()
         self._ready = ready = loop.create_future()
         pub = self
-        relay = self.target.kind == "relay"
+        relay = self.target.kind in ("relay", "relay-pb")  # the publisher speaks JSON either way
         nats = self.target.kind == "nats"
         self.opcode = BINARY if nats else TEXT
 
@@ -266,7 +268,7 @@ class Publisher(TickPublisher):
         """One frame carrying a message per stamp (publish commands for relay, PUBs for nats)."""
         if self.target.kind == "nats":
             return nats_pub_frame(self.target.channel, [make_payload(s) for s in stamps])
-        if self.target.kind == "relay":
+        if self.target.kind in ("relay", "relay-pb"):
             ch = self.target.channel.encode()
             parts = []
             for s in stamps:

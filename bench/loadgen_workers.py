@@ -4,7 +4,9 @@ Subscribers
     ``loadgen.LoadGenerator`` starts worker processes (``multiprocessing``, spawn), each running
     :func:`worker_main`: its own uvloop with picows's compiled framing, pinned to ``GENERATOR_CPU``.
     For relay a subscriber speaks the Centrifugo JSON protocol v2 (connect with
-    a JWT, subscribe to ``bench:fanout``, answer each ``{}`` ping with ``{}``);
+    a JWT, subscribe to ``bench:fanout``, answer each ``{}`` ping with ``{}``), or
+    with kind "relay-pb" the protobuf one (binary frames of varint-delimited
+    messages; ping and pong are the byte 0x00);
     for the "raw" peers (picows, websockets, Node ws) a frame is just the raw
     payload; for nats-server a subscriber speaks the NATS text protocol (CONNECT,
     SUB, answer each ``PING`` with ``PONG``) and a frame holds any number of
@@ -60,7 +62,8 @@ class Target:
     """Where subscribers and the publisher connect, and which protocol they speak."""
 
     name: str                 #: label in results ("relay", "picows", "websockets", "node-ws", "nats")
-    kind: str                 #: "relay" (Centrifugo JSON protocol), "raw" (payload per frame) or "nats"
+    kind: str                 #: "relay" (Centrifugo JSON protocol), "relay-pb" (its protobuf protocol), "raw"
+    #: (payload per frame) or "nats"
     url: str                  #: subscriber WebSocket URL
     pub_url: str              #: publisher WebSocket URL
     token: str = ""           #: relay connect token (JWT)
@@ -106,17 +109,20 @@ class _WorkerState:
         self.recv_in_window = 0            # deliveries received in [ws, we)
         self.total = 0                     # every delivery since the reset
         self.frames_in_window = 0
+        self.bytes_in_window = 0           # WebSocket payload bytes of the frames received in [ws, we)
         self.hist_first = Histogram()      # stamps in the first half of the window
         self.hist_second = Histogram()     # stamps in the second half
 
-    def account(self, stamps: list[bytes], now: int) -> int:
-        """Count one frame's stamps; returns how many were stamped inside the window."""
+    def account(self, stamps: list[bytes], now: int, nbytes: int = 0) -> int:
+        """Count one frame's stamps (``nbytes``: the frame's payload size); returns how many were stamped
+        inside the window."""
         n = len(stamps)
         self.total += n
         ws, we = self.ws, self.we
         if ws <= now < we:
             self.recv_in_window += n
             self.frames_in_window += 1
+            self.bytes_in_window += nbytes
         first = int(stamps[0])
         if n == 1:  # the common case at one message per tick: keep it short
             if ws <= first < we:
@@ -156,6 +162,8 @@ def _subscriber_class(kind: str):
     import orjson
     from picows import WSListener, WSMsgType
 
+    from relay.protocol import protobuf as pb
+
     TEXT, BINARY, CLOSE = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE
     find, time_ns = _FIND_STAMPS, time.time_ns
 
@@ -187,9 +195,10 @@ def _subscriber_class(kind: str):
                 self._non_text(transport, frame)
                 return
             now = time_ns()
-            stamps = find(frame.get_payload_as_bytes())
+            data = frame.get_payload_as_bytes()
+            stamps = find(data)
             if stamps:
-                self.n += self.st.account(stamps, now)
+                self.n += self.st.account(stamps, now, len(data))
 
         def on_ws_disconnected(self, transport) -> None:
             if not self.ready.done():
@@ -207,45 +216,75 @@ def _subscriber_class(kind: str):
         check O(1) instead of a scan of every frame.
         """
 
+        data_type = TEXT
+        sep = 1  # bytes between two messages of a frame ("\n")
+
         def __init__(self, st: _WorkerState, target: Target, ready: asyncio.Future, channel: str = "") -> None:
             super().__init__(st, target, ready, channel)
-            self.line_len = -2  # L + 1 once learned
+            self.unit = -2  # bytes of one push and its separator, once learned
 
         def on_ws_connected(self, transport) -> None:
             self.transport = transport
-            transport.send(TEXT, orjson.dumps({"id": 1, "connect": {"token": self.target.token}}))
+            self._send(transport, {"id": 1, "connect": {"token": self.target.token}})
 
-        def _lines(self, transport, data: bytes) -> None:
-            """Slow path: pings, replies to connect (id 1) and subscribe (id 2), errors."""
+        def _send(self, transport, obj: dict) -> None:
+            transport.send(TEXT, orjson.dumps(obj))
+
+        def _reply(self, transport, msg_id: int | None, error: str | None) -> None:
+            """The connect reply (id 1) subscribes; the subscribe reply (id 2) makes the subscriber ready."""
+            if error is not None:
+                self.st.errors.append(error[:200])
+                if not self.ready.done():
+                    self.ready.set_exception(RuntimeError(f"relay refused: {error}"))
+            elif msg_id == 1:
+                self._send(transport, {"id": 2, "subscribe": {"channel": self.channel}})
+            elif msg_id == 2 and not self.ready.done():
+                self.ready.set_result(None)
+
+        def _slow(self, transport, data: bytes) -> None:
+            """Slow path: pings, replies, errors; learns the push length."""
             for line in data.split(b"\n"):
                 if line == b"{}":
                     transport.send(TEXT, b"{}")  # pong
                     self.st.pings += 1
                 elif line.startswith(b'{"push"'):
-                    self.line_len = len(line) + 1
+                    self.unit = len(line) + 1
                 elif line:
                     msg = orjson.loads(line)
-                    if "error" in msg:
-                        self.st.errors.append(line.decode(errors="replace")[:200])
-                        if not self.ready.done():
-                            self.ready.set_exception(RuntimeError(f"relay refused: {line.decode()}"))
-                    elif msg.get("id") == 1:
-                        transport.send(TEXT, orjson.dumps({"id": 2, "subscribe": {"channel": self.channel}}))
-                    elif msg.get("id") == 2 and not self.ready.done():
-                        self.ready.set_result(None)
+                    self._reply(transport, msg.get("id"), line.decode(errors="replace") if "error" in msg else None)
 
         def on_ws_frame(self, transport, frame) -> None:
-            if frame.msg_type is not TEXT:
+            if frame.msg_type is not self.data_type:
                 self._non_text(transport, frame)
                 return
             now = time_ns()
             data = frame.get_payload_as_bytes()
             stamps = find(data)
             n = len(stamps)
-            if len(data) != n * self.line_len - 1:
-                self._lines(transport, data)
+            if len(data) != n * self.unit - self.sep:
+                self._slow(transport, data)
             if n:
-                self.n += self.st.account(stamps, now)
+                self.n += self.st.account(stamps, now, len(data))
+
+    class RelayPbSubscriber(RelaySubscriber):
+        """A relay subscriber over the protobuf protocol: the same steps in binary frames of varint-delimited
+        Commands and Replies (no separator), a ping and its pong the byte 0x00."""
+
+        data_type = BINARY
+        sep = 0
+
+        def _send(self, transport, obj: dict) -> None:
+            transport.send(BINARY, pb.encode_command(obj))
+
+        def _slow(self, transport, data: bytes) -> None:
+            for raw, reply in pb.iter_replies(data):
+                if not raw:
+                    transport.send(BINARY, b"\x00")  # pong: an empty Command
+                    self.st.pings += 1
+                elif reply.HasField("push"):
+                    self.unit = len(pb.varint(len(raw))) + len(raw)
+                else:
+                    self._reply(transport, reply.id, str(reply.error) if reply.HasField("error") else None)
 
     class NatsSubscriber(RawSubscriber):
         """A nats-server subscriber over WebSocket: CONNECT, SUB, answer PINGs, count MSGs.
@@ -303,9 +342,9 @@ def _subscriber_class(kind: str):
                 data = self._records(transport, data)
                 stamps = find(data)
             if stamps:
-                self.n += self.st.account(stamps, now)
+                self.n += self.st.account(stamps, now, len(data))
 
-    return {"relay": RelaySubscriber, "nats": NatsSubscriber}.get(kind, RawSubscriber)
+    return {"relay": RelaySubscriber, "relay-pb": RelayPbSubscriber, "nats": NatsSubscriber}.get(kind, RawSubscriber)
 
 
 async def _worker_async(pipe: Connection, target: Target, n: int, first: int) -> None:
@@ -332,7 +371,7 @@ async def _worker_async(pipe: Connection, target: Target, n: int, first: int) ->
             ru = resource.getrusage(resource.RUSAGE_SELF)
             return ("report", {
                 "connections": len(subs), "in_window": st.in_window, "recv_in_window": st.recv_in_window,
-                "total": st.total, "frames_in_window": st.frames_in_window,
+                "total": st.total, "frames_in_window": st.frames_in_window, "bytes_in_window": st.bytes_in_window,
                 "hist_first": st.hist_first.to_sparse(), "hist_second": st.hist_second.to_sparse(),
                 "per_conn_min": min(per_conn), "per_conn_max": max(per_conn), "lost": st.lost,
                 "close_codes": dict(st.close_codes), "pings": st.pings, "maxrss_kib": ru.ru_maxrss,

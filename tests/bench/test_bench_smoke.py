@@ -24,9 +24,13 @@ def run(script, *args):
 
 def test_fanout_quick():
     data, out = run("fanout.py", "--quick", "--cases", "c", "--duration", "1", "--warmup", "0.5",
-                    "--servers", "relay,picows")
+                    "--servers", "relay,relay-pb,picows")
     rows = [r for r in data["results"] if "skipped" not in r]
-    assert {r["server"] for r in rows} == {"relay", "picows"}
+    assert {r["server"] for r in rows} == {"relay", "relay-pb", "picows"}
+    # the same relay, its subscribers on the protobuf protocol: nothing lost, fewer bytes per delivery
+    pb = [r for r in rows if r["server"] == "relay-pb"]
+    assert all(r["loss"] == 0 and r["bytes_per_delivery"] for r in pb), out
+    assert "protobuf/JSON bytes per delivery" in out
     relay = [r for r in rows if r["server"] == "relay"]
     assert all(r["loss"] == 0 and r["server_alive"] for r in relay), out
     assert all(r["server_cpu_us_per_delivery"] > 0 for r in relay)
