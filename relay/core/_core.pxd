@@ -28,8 +28,8 @@ cdef class Conn:
 
 cdef class _Channel:
     cdef dict subs
-    cdef Py_ssize_t n_tcp
-    cdef Py_ssize_t n_pb
+    cdef Py_ssize_t counts[6]
+    cdef long long cid
 
 
 cdef class _Round:
@@ -63,12 +63,13 @@ cdef class Hub:
 
     cdef inline dict _shard(self, str channel)
     cdef inline void _mark_dirty(self, Conn conn)
-    cdef tuple _encode(self, _Channel ch, dict envelope)
+    cdef tuple _encode(self, _Channel ch, dict push)
     cdef Py_ssize_t _fanout(self, _Channel ch, str channel, tuple items, int lane)
-    cdef Py_ssize_t _deliver(self, object conns, str channel, tuple items, int lane, bint publication)
+    cdef Py_ssize_t _deliver(self, _Channel ch, object conns, str channel, tuple items, int lane,
+                             bint publication)
     cdef Py_ssize_t _join_round(self, _Channel ch, str channel, tuple items, int lane)
     cdef Py_ssize_t _settle(self, str channel, int lane, Py_ssize_t n, Py_ssize_t n_tcp, list dropped, list slow)
-    cpdef bint subscribe(self, str channel, Conn conn)
+    cpdef bint subscribe(self, str channel, Conn conn, int compact=*, long long cid=*)
     cpdef bint unsubscribe(self, str channel, Conn conn)
     cpdef Py_ssize_t broadcast(self, str channel, dict push, int lane=*)
     cpdef Py_ssize_t broadcast_encoded(self, str channel, object ws_item, object tcp_item, int lane=*,

@@ -384,11 +384,19 @@ cdef class Conn:
                 pass
 
 
+#: the encodings of a publication: one per wire, and again for subscriptions with channel compaction
+#: (``{"id": <channel id>, ...}`` instead of ``{"channel": ...}``); a subscriber's is ``wire + VARIANTS * compact``
+cdef enum:
+    VARIANTS = 3
+
+
 cdef class _Channel:
     def __init__(self):
-        self.subs = {}
-        self.n_tcp = 0  # subscribers by wire: raw TCP, WebSocket protobuf (the rest: WebSocket JSON)
-        self.n_pb = 0
+        self.subs = {}  # subscriber -> True with channel compaction, else False
+        cdef int i
+        for i in range(2 * VARIANTS):
+            self.counts[i] = 0  # subscribers per encoding (wire + VARIANTS * compact)
+        self.cid = 0  # the channel's numeric id in compacted pushes
 
 
 cdef class _Round:
@@ -455,22 +463,23 @@ cdef class Hub:
     def conn(self, transport, int wire, Py_ssize_t cap, session=None):
         return Conn(self, transport, wire, cap, session)
 
-    cpdef bint subscribe(self, str channel, Conn conn):
-        """Add ``conn`` to ``channel``; True when the channel is new on this hub."""
+    cpdef bint subscribe(self, str channel, Conn conn, int compact=0, long long cid=0):
+        """Add ``conn`` to ``channel``; True when the channel is new on this hub. ``compact`` (1): its pushes
+        name the channel by ``cid`` (Centrifugo's channel compaction; one id per channel, from the node)."""
         cdef dict shard = self._shard(channel)
         cdef _Channel ch = shard.get(channel)
         cdef bint created = ch is None
+        compact = 1 if compact else 0
         if created:
             ch = _Channel()
             shard[channel] = ch
             self.num_channels += 1
         if conn not in ch.subs:
-            ch.subs[conn] = None
+            ch.subs[conn] = compact != 0  # True or False: the fan-out tells them apart by identity
             self.num_subscriptions += 1
-            if conn.wire == _WIRE_TCP:
-                ch.n_tcp += 1
-            elif conn.wire == _WIRE_WS_PB:
-                ch.n_pb += 1
+            ch.counts[conn.wire + VARIANTS * compact] += 1
+            if compact:
+                ch.cid = cid
         return created
 
     cpdef bint unsubscribe(self, str channel, Conn conn):
@@ -479,7 +488,8 @@ cdef class Hub:
         cdef _Channel ch = shard.get(channel)
         if ch is None or conn not in ch.subs:
             return False
-        del ch.subs[conn]
+        cdef int compact = ch.subs.pop(conn)
+        ch.counts[conn.wire + VARIANTS * compact] -= 1
         cdef list rounds
         cdef _Round rnd
         if self._pacing:
@@ -488,10 +498,6 @@ cdef class Hub:
                 for rnd in rounds:  # out of the round: a later subscribe does not bring it back
                     rnd.members.pop(conn, None)
         self.num_subscriptions -= 1
-        if conn.wire == _WIRE_TCP:
-            ch.n_tcp -= 1
-        elif conn.wire == _WIRE_WS_PB:
-            ch.n_pb -= 1
         if not ch.subs:
             del shard[channel]
             self.num_channels -= 1
@@ -509,18 +515,40 @@ cdef class Hub:
         cdef _Channel ch = self._shard(channel).get(channel)
         return [] if ch is None else list(ch.subs)
 
-    cdef tuple _encode(self, _Channel ch, dict envelope):
-        """The item of each wire format the channel's subscribers use, indexed by wire (None: nobody)."""
-        return (_dumps(envelope) if PyDict_Size(ch.subs) > ch.n_tcp + ch.n_pb else None,
-                tcp_frame(_packb(envelope)) if ch.n_tcp else None,
-                _pb_reply(envelope) if ch.n_pb else None)
+    cdef tuple _encode(self, _Channel ch, dict push):
+        """``{"push": push}`` in each encoding the channel's subscribers use, indexed by encoding (wire +
+        VARIANTS * compact; None: nobody uses it)."""
+        cdef Py_ssize_t* c = ch.counts
+        ws = tcp = pb = cws = ctcp = cpb = None
+        cdef dict envelope
+        if c[0] or c[1] or c[2]:
+            envelope = {"push": push}
+            if c[0]:
+                ws = _dumps(envelope)
+            if c[1]:
+                tcp = tcp_frame(_packb(envelope))
+            if c[2]:
+                pb = _pb_reply(envelope)
+        if c[3] or c[4] or c[5]:
+            compacted = {"id": ch.cid}
+            for k, v in push.items():
+                if k != "channel":
+                    compacted[k] = v
+            envelope = {"push": compacted}
+            if c[3]:
+                cws = _dumps(envelope)
+            if c[4]:
+                ctcp = tcp_frame(_packb(envelope))
+            if c[5]:
+                cpb = _pb_reply(envelope)
+        return (ws, tcp, pb, cws, ctcp, cpb)
 
     cpdef Py_ssize_t broadcast(self, str channel, dict push, int lane=_LANE_CHAT):
         """Encode ``{"push": push}`` once per wire format and queue it for every subscriber."""
         cdef _Channel ch = self._shard(channel).get(channel)
         if ch is None:
             return 0
-        cdef tuple items = self._encode(ch, {"push": push})
+        cdef tuple items = self._encode(ch, push)
         if self._pacing and channel in self._pacing:
             return self._join_round(ch, channel, items, lane)
         return self._fanout(ch, channel, items, lane)
@@ -531,7 +559,7 @@ cdef class Hub:
         cdef _Channel ch = self._shard(channel).get(channel)
         if ch is None:
             return 0
-        cdef tuple items = (ws_item, tcp_item, pb_item)
+        cdef tuple items = (ws_item, tcp_item, pb_item, None, None, None)
         if self._pacing and channel in self._pacing:
             return self._join_round(ch, channel, items, lane)
         return self._fanout(ch, channel, items, lane)
@@ -541,7 +569,7 @@ cdef class Hub:
         cdef _Channel ch = self._shard(channel).get(channel)
         if ch is None:
             return 0
-        cdef tuple items = self._encode(ch, {"push": push})
+        cdef tuple items = self._encode(ch, push)
         cdef list rounds = self._pacing.get(channel)
         cdef double start = now, later
         cdef _Round last, rnd
@@ -576,7 +604,7 @@ cdef class Hub:
             k = members.get(<object>key, -1)
             if <Py_ssize_t>k < rnd.next:
                 now_subs.append(<object>key)
-        return self._deliver(now_subs, channel, items, lane, True)
+        return self._deliver(ch, now_subs, channel, items, lane, True)
 
     cpdef double pace_tick(self, double now):
         """Deliver every paced slot due at ``now``; the time the next one is due, or -1 if none is."""
@@ -603,7 +631,7 @@ cdef class Hub:
                         continue
                     conns = [conn for conn in bucket if conn in rnd.members]
                     for items, lane in rnd.items:
-                        self._deliver(conns, channel, items, lane, False)
+                        self._deliver(ch, conns, channel, items, lane, False)
                         conns = [conn for conn in conns if conn in ch.subs]
                 while rnd.next < nslots and not <list>PyList_GET_ITEM(rnd.buckets, rnd.next):
                     rnd.next += 1
@@ -631,7 +659,7 @@ cdef class Hub:
         cdef Conn conn
         while PyDict_Next(ch.subs, &pos, &key, &value):
             conn = <Conn>key
-            item = <object>PyTuple_GET_ITEM(items, conn.wire)
+            item = <object>PyTuple_GET_ITEM(items, conn.wire + VARIANTS * (<object>value is True))
             if item is None:  # no encoding for its wire (a pre-encoded broadcast without it): skipped
                 continue
             r = conn._offer(<bytes>item, lane)
@@ -650,15 +678,17 @@ cdef class Hub:
         self.publications += 1
         return self._settle(channel, lane, n, n_tcp, dropped, slow)
 
-    cdef Py_ssize_t _deliver(self, object conns, str channel, tuple items, int lane, bint publication):
+    cdef Py_ssize_t _deliver(self, _Channel ch, object conns, str channel, tuple items, int lane,
+                             bint publication):
         """The fan-out to a list of connections (paced slots, a round's joined publications)."""
         cdef list slow = None, dropped = None
         cdef Py_ssize_t n = 0, n_tcp = 0
         cdef int r
         cdef object item
         cdef Conn conn
+        cdef dict subs = ch.subs
         for conn in <list>conns:
-            item = <object>PyTuple_GET_ITEM(items, conn.wire)
+            item = <object>PyTuple_GET_ITEM(items, conn.wire + VARIANTS * (subs.get(conn) is True))
             if item is None:  # no encoding for its wire (a pre-encoded broadcast without it): skipped
                 continue
             r = conn._offer(<bytes>item, lane)

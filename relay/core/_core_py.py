@@ -347,13 +347,18 @@ def _same(a: list, b: list) -> bool:
     return True
 
 
+#: the encodings of a publication: one per wire, and again for subscriptions with channel compaction
+#: (``{"id": <channel id>, ...}`` instead of ``{"channel": ...}``); a subscriber's is ``wire + VARIANTS * compact``
+VARIANTS = 3
+
+
 class _Channel:
-    __slots__ = ("subs", "n_tcp", "n_pb")
+    __slots__ = ("subs", "counts", "cid")
 
     def __init__(self) -> None:
-        self.subs: dict[Conn, None] = {}
-        self.n_tcp = 0  # subscribers by wire: raw TCP, WebSocket protobuf (the rest: WebSocket JSON)
-        self.n_pb = 0
+        self.subs: dict[Conn, int] = {}  # subscriber -> 1 with channel compaction, else 0
+        self.counts = [0] * (2 * VARIANTS)  # subscribers per encoding (wire + VARIANTS * compact)
+        self.cid = 0  # the channel's numeric id in compacted pushes
 
 
 class _Round:
@@ -414,21 +419,22 @@ class Hub:
     def conn(self, transport, wire: int, cap: int, session=None) -> Conn:
         return Conn(self, transport, wire, cap, session)
 
-    def subscribe(self, channel: str, conn: Conn) -> bool:
-        """Add ``conn`` to ``channel``; True when the channel is new on this hub."""
+    def subscribe(self, channel: str, conn: Conn, compact: int = 0, cid: int = 0) -> bool:
+        """Add ``conn`` to ``channel``; True when the channel is new on this hub. ``compact`` (1): its pushes
+        name the channel by ``cid`` (Centrifugo's channel compaction; one id per channel, from the node)."""
         shard = self._shards[fnv1a32(channel) % self.num_shards]
         ch = shard.get(channel)
         created = ch is None
         if created:
             ch = shard[channel] = _Channel()
             self.num_channels += 1
+        compact = 1 if compact else 0
         if conn not in ch.subs:
-            ch.subs[conn] = None
+            ch.subs[conn] = compact
             self.num_subscriptions += 1
-            if conn.wire == WIRE_TCP:
-                ch.n_tcp += 1
-            elif conn.wire == WIRE_WS_PB:
-                ch.n_pb += 1
+            ch.counts[conn.wire + VARIANTS * compact] += 1
+            if compact:
+                ch.cid = cid
         return created
 
     def unsubscribe(self, channel: str, conn: Conn) -> bool:
@@ -437,15 +443,12 @@ class Hub:
         ch = shard.get(channel)
         if ch is None or conn not in ch.subs:
             return False
-        del ch.subs[conn]
+        compact = ch.subs.pop(conn)
+        ch.counts[conn.wire + VARIANTS * compact] -= 1
         if self._pacing and channel in self._pacing:
             for rnd in self._pacing[channel]:  # out of the round: a later subscribe does not bring it back
                 rnd.members.pop(conn, None)
         self.num_subscriptions -= 1
-        if conn.wire == WIRE_TCP:
-            ch.n_tcp -= 1
-        elif conn.wire == WIRE_WS_PB:
-            ch.n_pb -= 1
         if not ch.subs:
             del shard[channel]
             self.num_channels -= 1
@@ -464,18 +467,31 @@ class Hub:
         return [] if ch is None else list(ch.subs)
 
     @staticmethod
-    def _encode(ch: _Channel, envelope: dict) -> tuple:
-        """The item of each wire format the channel's subscribers use, indexed by wire (None: nobody)."""
-        return (_dumps(envelope) if len(ch.subs) > ch.n_tcp + ch.n_pb else None,
-                tcp_frame(_packb(envelope)) if ch.n_tcp else None,
-                _pb_reply(envelope) if ch.n_pb else None)
+    def _encode(ch: _Channel, push: dict) -> tuple:
+        """``{"push": push}`` in each encoding the channel's subscribers use, indexed by encoding (wire +
+        VARIANTS * compact; None: nobody uses it)."""
+        c = ch.counts
+        items = [None] * (2 * VARIANTS)
+        for variant, envelope in ((0, {"push": push}), (1, None)):
+            base = VARIANTS * variant
+            if not (c[base] or c[base + 1] or c[base + 2]):
+                continue
+            if envelope is None:
+                envelope = {"push": {"id": ch.cid, **{k: v for k, v in push.items() if k != "channel"}}}
+            if c[base]:
+                items[base] = _dumps(envelope)
+            if c[base + 1]:
+                items[base + 1] = tcp_frame(_packb(envelope))
+            if c[base + 2]:
+                items[base + 2] = _pb_reply(envelope)
+        return tuple(items)
 
     def broadcast(self, channel: str, push: dict, lane: int = LANE_CHAT) -> int:
         """Encode ``{"push": push}`` once per wire format and queue it for every subscriber."""
         ch = self._shards[fnv1a32(channel) % self.num_shards].get(channel)
         if ch is None:
             return 0
-        items = self._encode(ch, {"push": push})
+        items = self._encode(ch, push)
         if self._pacing and channel in self._pacing:
             return self._join_round(ch, channel, items, lane)
         return self._fanout(ch, channel, items, lane)
@@ -485,7 +501,7 @@ class Hub:
         ch = self._shards[fnv1a32(channel) % self.num_shards].get(channel)
         if ch is None:
             return 0
-        items = (ws_item, tcp_item, pb_item)
+        items = (ws_item, tcp_item, pb_item, None, None, None)
         if self._pacing and channel in self._pacing:
             return self._join_round(ch, channel, items, lane)
         return self._fanout(ch, channel, items, lane)
@@ -501,7 +517,7 @@ class Hub:
         ch = self._shards[fnv1a32(channel) % self.num_shards].get(channel)
         if ch is None:
             return 0
-        items = self._encode(ch, {"push": push})
+        items = self._encode(ch, push)
         rounds = self._pacing.get(channel)
         start = now
         if rounds:
@@ -524,7 +540,7 @@ class Hub:
         rnd = self._pacing[channel][-1]
         rnd.items.append((items, lane))
         now_subs = [conn for conn in ch.subs if rnd.members.get(conn, -1) < rnd.next]
-        return self._deliver(now_subs, channel, items, lane, True)
+        return self._deliver(ch, now_subs, channel, items, lane, True)
 
     def pace_tick(self, now: float) -> float:
         """Deliver every paced slot due at ``now``; the time the next one is due, or -1 if none is."""
@@ -544,7 +560,7 @@ class Hub:
                     members = rnd.members
                     conns = [conn for conn in bucket if conn in members]  # those still subscribed
                     for items, lane in rnd.items:
-                        self._deliver(conns, channel, items, lane, False)
+                        self._deliver(ch, conns, channel, items, lane, False)
                         conns = [c for c in conns if c in ch.subs]  # a drop may have unsubscribed one
                 while rnd.next < len(rnd.buckets) and not rnd.buckets[rnd.next]:
                     rnd.next += 1  # nobody there: the next timer is for the next slot with subscribers
@@ -563,14 +579,15 @@ class Hub:
         return len(self._pacing)
 
     def _fanout(self, ch: _Channel, channel: str, items: tuple, lane: int) -> int:
-        return self._deliver(ch.subs, channel, items, lane, True)
+        return self._deliver(ch, ch.subs, channel, items, lane, True)
 
-    def _deliver(self, conns, channel: str, items: tuple, lane: int, publication: bool) -> int:
-        """``items``: the encoded publication per wire (Hub._encode)."""
+    def _deliver(self, ch: _Channel, conns, channel: str, items: tuple, lane: int, publication: bool) -> int:
+        """``items``: the encoded publication per encoding (Hub._encode)."""
         slow = dropped = None
         n = n_tcp = 0
+        subs = ch.subs
         for conn in conns:
-            item = items[conn.wire]
+            item = items[conn.wire + VARIANTS * subs.get(conn, 0)]
             if item is None:  # no encoding for its wire (a pre-encoded broadcast without it): skipped
                 continue
             r = conn.offer(item, lane)

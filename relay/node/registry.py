@@ -99,6 +99,9 @@ class Node:
         self._collectors: dict[str, list[list[dict]]] = {}
         # channels whose broker subscription is on its way: later subscribers wait for it
         self._subscribing: dict[str, asyncio.Future] = {}
+        # channel compaction: a numeric id per channel with compacting subscribers here, never reused
+        self._cids: dict[str, int] = {}
+        self._last_cid = 0
         # where this node's delivery of each recoverable channel stands (relay/node/streams.py)
         self.streams = Streams(cfg, broker, self.stats)
         self._position_task: asyncio.Task | None = None
@@ -355,6 +358,7 @@ class Node:
             self._interest[channel] = n
             return
         self._interest.pop(channel, None)
+        self._cids.pop(channel, None)
         self.streams.forget(channel)
         self.spawn(self._broker_unsubscribe(channel))
 
@@ -363,6 +367,16 @@ class Node:
             await self.broker.unsubscribe(channel)
         except BrokerUnavailable:
             pass
+
+    def channel_id(self, channel: str) -> int:
+        """``channel``'s numeric id in compacted pushes (Centrifugo's channel compaction, subscribe flag bit 1):
+        the same for every subscriber here while the node has interest in it, a new one after that (ids are
+        never reused, so a client can never confuse two channels)."""
+        cid = self._cids.get(channel)
+        if cid is None:
+            self._last_cid += 1
+            cid = self._cids[channel] = self._last_cid
+        return cid
 
     def collect(self, channel: str) -> list[dict]:
         """Start keeping the publications of ``channel`` that arrive from now on."""
@@ -385,12 +399,13 @@ class Node:
                                opts: ChannelOptions, after: int = 0) -> None:
         """``after``: the client has the stream up to this offset, which the node's delivery has not reached
         yet; it joins the hub when it does (Streams.track's 'wait')."""
+        compact = s.hub_args(channel)
         if after:
             self.streams.wait_to_join(channel, s, after)
         else:
-            self.hub.subscribe(channel, s.conn)
+            self.hub.subscribe(channel, s.conn, *compact)
         if join_leave:
-            self.hub.subscribe(join_leave_channel(channel), s.conn)
+            self.hub.subscribe(join_leave_channel(channel), s.conn, *compact)
             self.join_leave_subs += 1
         if opts.presence:
             info = s.client_info()
@@ -413,6 +428,7 @@ class Node:
             self.join_leave_subs -= 1
         if not self.hub.unsubscribe(channel, s.conn):
             self.streams.drop_pending(channel, s)
+        s.forget_compaction(channel)
         self.release(channel)
         opts = self.cfg.channel_options(channel)
         if opts is not None and opts.presence:

@@ -162,7 +162,7 @@ class Streams:
                 continue
             if offset > after:
                 s.send({"push": {"channel": channel, "pub": pub}})
-            self.hub.subscribe(channel, s.conn)
+            self.hub.subscribe(channel, s.conn, *s.hub_args(channel))
         if keep:
             self.pending[channel] = keep
         else:

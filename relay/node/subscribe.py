@@ -18,6 +18,7 @@ from relay.node.host import SessionState
 __all__ = ["Subscriptions", "join_leave_channel", "JOIN_LEAVE_PREFIX", "INSUFFICIENT_STATE", "CATCH_UP_WAIT",
            "check_position"]
 
+FLAG_CHANNEL_COMPACTION = 1  # subscribe "flag" bit: pushes name the channel by a numeric id (reply "id")
 FLAG_REJECT_UNRECOVERED = 2  # subscribe "flag" bit: error 112 instead of recovered=false
 # unsubscribe push codes >= 2500 make the SDKs resubscribe (and recover when positioned)
 INSUFFICIENT_STATE = {"code": 2500, "reason": "insufficient state"}
@@ -109,6 +110,11 @@ class Subscriptions(SessionState):
                 self._refresh_sub_at(channel, sub_expires)
             else:
                 self._expire_sub_at(channel, sub_expires)
+        if _uint(p, "flag") & FLAG_CHANNEL_COMPACTION:  # the SDK maps the id back to this subscription
+            cid = prepared[0]["id"] = self.node.channel_id(channel)
+            if self._cids is None:
+                self._cids = {}
+            self._cids[channel] = cid
         # Queue the reply, then join the hub in the same step: the reply precedes every
         # publication, and nothing published since the history read is lost.
         self.send({"id": cmd_id, "subscribe": prepared[0]})
@@ -275,6 +281,15 @@ class Subscriptions(SessionState):
             if self._sub_timers:
                 self._expire_sub_at(channel, None)
         return {}
+
+    def hub_args(self, channel: str) -> tuple[int, int]:
+        """(compact, channel id) of this connection's subscription to ``channel``, for the hub."""
+        cid = self._cids.get(channel) if self._cids else None
+        return (0, 0) if cid is None else (1, cid)
+
+    def forget_compaction(self, channel: str) -> None:
+        if self._cids:
+            self._cids.pop(channel, None)
 
     def token_granted(self, channel: str) -> bool:
         """Whether the subscription to ``channel`` came from a signed token (connect or subscription)."""

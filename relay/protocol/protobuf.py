@@ -317,7 +317,7 @@ def encode_reply(obj: dict) -> bytes:
 
 # --- the hot path: a publication push, written by hand ----------------------------------------------------------
 # The core encodes every publication once per wire format (relay/core); for protobuf subscribers this is that
-# encoding. Field numbers as in SCHEMA: Reply.push 4; Push.channel 2, pub 4; Publication.data 4, info 5,
+# encoding. Field numbers as in SCHEMA: Reply.push 4; Push.id 1, channel 2, pub 4; Publication.data 4, info 5,
 # offset 6, tags 7 (entries: key 1, value 2), delta 8; ClientInfo.user 1, client 2, conn_info 3, chan_info 4.
 # tests/protocol/test_protobuf.py checks it parses to the same message as the generic encoder, for any input.
 
@@ -360,7 +360,8 @@ def _publication_push(push: dict) -> bytes | None:
     if len(push) != 2 or pub is None or not isinstance(pub, dict) or not _PUB_KEYS.issuperset(pub):
         return None
     channel = push.get("channel")
-    if not isinstance(channel, str):
+    cid = push.get("id")  # channel compaction: the channel's numeric id instead of its name
+    if not isinstance(channel, str) and not (type(cid) is int and cid > 0):
         return None
     body = b""
     if "data" in pub:
@@ -382,8 +383,8 @@ def _publication_push(push: dict) -> bytes | None:
             body += _field(0x3A, _field(0x0A, k.encode()) + _field(0x12, v.encode()))
     if pub.get("delta"):
         body += b"\x40\x01"
-    p = (_field(0x12, channel.encode()) if channel else b"") + _field(0x22, body)
-    return _field(0x22, p)
+    head = (b"\x08" + varint(cid)) if channel is None else (_field(0x12, channel.encode()) if channel else b"")
+    return _field(0x22, head + _field(0x22, body))
 
 
 #: the server's ping: an empty Reply

@@ -113,6 +113,28 @@ def test_protobuf_subscribers_get_binary_frames_encoded_once(impl, loop):
     assert len(tps[0].writes) == 1 and [m["push"]["pub"]["data"]["i"] for m in ws_lines(tw)][-1] == 9
 
 
+def test_channel_compaction_names_the_channel_by_its_id_for_those_that_asked(impl, loop):
+    hub = make_hub(impl, loop)
+    full, compact, compact2, pb = (RecordingTransport() for _ in range(4))
+    hub.subscribe("chat:x", hub.conn(full, impl.WIRE_WS, 1 << 20))
+    hub.subscribe("chat:x", hub.conn(compact, impl.WIRE_WS, 1 << 20), 1, 7)
+    hub.subscribe("chat:x", hub.conn(compact2, impl.WIRE_WS, 1 << 20), 1, 7)
+    hub.subscribe("chat:x", hub.conn(pb, impl.WIRE_WS_PB, 1 << 20), 1, 7)
+    assert hub.broadcast("chat:x", {"channel": "chat:x", "pub": {"data": {"n": 1}, "offset": 1}}) == 4
+    loop.run()
+    assert ws_lines(full) == [{"push": {"channel": "chat:x", "pub": {"data": {"n": 1}, "offset": 1}}}]
+    assert ws_lines(compact) == [{"push": {"id": 7, "pub": {"data": {"n": 1}, "offset": 1}}}]
+    assert compact.writes[0] == compact2.writes[0]  # one encoding for every compacting subscriber
+    (reply,) = pb_replies(pb)
+    assert reply.push.id == 7 and reply.push.channel == "" and reply.push.pub.offset == 1
+    # the compacting subscribers leave: the channel stops encoding the compacted form
+    for conn in hub.subscribers("chat:x")[1:]:
+        hub.unsubscribe("chat:x", conn)
+    hub.broadcast("chat:x", {"channel": "chat:x", "pub": {"data": {"n": 2}}})
+    loop.run()
+    assert len(compact.writes) == 1 and ws_lines(full)[-1]["push"]["channel"] == "chat:x"
+
+
 def test_a_preencoded_broadcast_skips_wires_it_has_no_item_for(impl, loop):
     hub = make_hub(impl, loop)
     tw, tp = RecordingTransport(), RecordingTransport()

@@ -141,3 +141,32 @@ async def test_flag_reject_unrecovered_gives_112_only_when_asked(relay):
     right = await ws2.call("subscribe", {"channel": ch, "flag": 3, "recover": True, "offset": 15})
     assert right["subscribe"]["recovered"] is True
     ws2.close()
+
+
+async def test_flag_channel_compaction_names_the_channel_by_id_in_pushes(relay):
+    ch = chan("chat")  # join/leave on, presence on
+    alice = await ws_connected(relay.ws_port, relay.token("alice"))
+    bob = await ws_connected(relay.ws_port, relay.token("bob"))
+    # the current centrifuge-js sends flag 1 on every subscribe
+    res = (await alice.call("subscribe", {"channel": ch, "flag": 1}))["subscribe"]
+    cid = res["id"]
+    assert type(cid) is int and cid > 0
+    plain = (await bob.call("subscribe", {"channel": ch}))["subscribe"]
+    assert "id" not in plain
+    join = await alice.push()  # her own join first, then bob's: both by id
+    assert join == {"id": cid, "join": {"info": {"client": alice.client_id, "user": "alice"}}}
+    join = await alice.push()
+    assert join == {"id": cid, "join": {"info": {"client": bob.client_id, "user": "bob"}}}
+    await bob.call("publish", {"channel": ch, "data": {"text": "hi"}})
+    pub = await alice.pub()
+    assert "channel" not in pub and pub["id"] == cid and pub["pub"]["data"] == {"text": "hi"}
+    assert (await bob.pub())["channel"] == ch  # without the flag: the channel's name, as before
+    # another channel gets another id; a second compacting subscriber of the same channel the same one
+    other = chan("chat")
+    assert (await alice.call("subscribe", {"channel": other, "flag": 3}))["subscribe"]["id"] != cid
+    carol = await ws_connected(relay.ws_port, relay.token("carol"))
+    assert (await carol.call("subscribe", {"channel": ch, "flag": 1}))["subscribe"]["id"] == cid
+    # an unsubscribe push still names the channel (Centrifugo routes it by name)
+    await alice.call("unsubscribe", {"channel": other})
+    for ws in (alice, bob, carol):
+        ws.close()

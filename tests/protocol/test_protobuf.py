@@ -27,9 +27,10 @@ pubs = st.fixed_dictionaries({"data": json_values}, optional={
 
 
 @settings(max_examples=300, deadline=None)
-@given(channel=st.text(max_size=40), pub=pubs)
+@given(channel=st.one_of(st.text(max_size=40), st.integers(1, 2**63 - 1)), pub=pubs)
 def test_the_hand_written_publication_push_is_the_generic_encoding(channel, pub):
-    push = {"push": {"channel": channel, "pub": pub}}
+    """``channel``: a name, or a channel id (channel compaction)."""
+    push = {"push": {("id" if isinstance(channel, int) else "channel"): channel, "pub": pub}}
     fast = pb.encode_reply(push)
     generic = pb.from_dict(pb.Reply(), push).SerializeToString()
     (got,) = replies(fast)
