@@ -390,6 +390,16 @@ cdef enum:
     VARIANTS = 3
 
 
+cdef inline void _encode_into(list items, int base, Py_ssize_t* c, dict envelope):
+    """``envelope`` in the encodings base..base+2 (JSON, TCP, protobuf) that have subscribers."""
+    if c[base]:
+        items[base] = _dumps(envelope)
+    if c[base + 1]:
+        items[base + 1] = tcp_frame(_packb(envelope))
+    if c[base + 2]:
+        items[base + 2] = _pb_reply(envelope)
+
+
 cdef class _Channel:
     def __init__(self):
         self.subs = {}  # subscriber -> True with channel compaction, else False
@@ -519,29 +529,16 @@ cdef class Hub:
         """``{"push": push}`` in each encoding the channel's subscribers use, indexed by encoding (wire +
         VARIANTS * compact; None: nobody uses it)."""
         cdef Py_ssize_t* c = ch.counts
-        ws = tcp = pb = cws = ctcp = cpb = None
-        cdef dict envelope
+        cdef list items = [None] * (2 * VARIANTS)
         if c[0] or c[1] or c[2]:
-            envelope = {"push": push}
-            if c[0]:
-                ws = _dumps(envelope)
-            if c[1]:
-                tcp = tcp_frame(_packb(envelope))
-            if c[2]:
-                pb = _pb_reply(envelope)
+            _encode_into(items, 0, c, {"push": push})
         if c[3] or c[4] or c[5]:
             compacted = {"id": ch.cid}
             for k, v in push.items():
                 if k != "channel":
                     compacted[k] = v
-            envelope = {"push": compacted}
-            if c[3]:
-                cws = _dumps(envelope)
-            if c[4]:
-                ctcp = tcp_frame(_packb(envelope))
-            if c[5]:
-                cpb = _pb_reply(envelope)
-        return (ws, tcp, pb, cws, ctcp, cpb)
+            _encode_into(items, VARIANTS, c, {"push": compacted})
+        return tuple(items)
 
     cpdef Py_ssize_t broadcast(self, str channel, dict push, int lane=_LANE_CHAT):
         """Encode ``{"push": push}`` once per wire format and queue it for every subscriber."""

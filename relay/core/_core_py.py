@@ -352,6 +352,14 @@ def _same(a: list, b: list) -> bool:
 VARIANTS = 3
 
 
+def _tcp_item(envelope: dict) -> bytes:
+    return tcp_frame(_packb(envelope))
+
+
+#: a push's encoder per wire (WIRE_WS, WIRE_TCP, WIRE_WS_PB)
+_ENCODERS = (_dumps, _tcp_item, _pb_reply)
+
+
 class _Channel:
     __slots__ = ("subs", "counts", "cid")
 
@@ -478,12 +486,9 @@ class Hub:
                 continue
             if envelope is None:
                 envelope = {"push": {"id": ch.cid, **{k: v for k, v in push.items() if k != "channel"}}}
-            if c[base]:
-                items[base] = _dumps(envelope)
-            if c[base + 1]:
-                items[base + 1] = tcp_frame(_packb(envelope))
-            if c[base + 2]:
-                items[base + 2] = _pb_reply(envelope)
+            for wire, encode in enumerate(_ENCODERS):
+                if c[base + wire]:
+                    items[base + wire] = encode(envelope)
         return tuple(items)
 
     def broadcast(self, channel: str, push: dict, lane: int = LANE_CHAT) -> int:
