@@ -26,6 +26,7 @@ NON_CONFIG_ENV = frozenset({"RELAY_PUREPYTHON", "RELAY_EXPECT_COMPILED", "RELAY_
 # who may do an operation in a namespace, from strictest to widest (docs/protocol.md, "Permissions")
 ACCESS_MODES = ("none", "token", "subscribers", "authenticated", "anonymous")
 SUBSCRIBE_MODES = ("token", "authenticated", "anonymous")
+DELTA_TYPES = ("fossil",)  # subscribe "delta" values relay speaks
 # keys of earlier versions, named in the error so an old config file says what to write instead
 _RENAMED = {
     "allow_subscribe": "subscribe_access = 'token' (was allow_subscribe = false)",
@@ -67,6 +68,12 @@ class ChannelOptions:
     force_recovery: bool = _doc("subscriptions are recoverable: clients get offsets and recover gaps",
                                 default=False)
     history_access: str = _doc("who may call history (same modes as publish_access)", default="subscribers")
+    allowed_delta_types: list[str] = _doc(
+        "delta compressions a subscriber may ask for (Centrifugo's subscribe delta): [\"fossil\"] or [] (none); "
+        "given to positioned or recoverable subscriptions over WebSocket", default_factory=list)
+    delta_publish: bool = _doc("publications of this namespace go to delta subscribers as fossil deltas from the "
+                               "previous one (when smaller); without it they get every publication whole",
+                               default=False)
     proxy_subscribe: bool = _doc("ask the backend ([proxy] subscribe_endpoint) before a subscribe without a "
                                  "subscription token; it may refuse, or add data and an expiry; it cannot allow "
                                  "what subscribe_access or a '#' user list refuses", default=False)
@@ -482,6 +489,11 @@ class Config:
                     errs.append(f"{ns}.{op}: {getattr(opts, op)!r} is not one of {', '.join(ACCESS_MODES)}")
             if opts.force_recovery and opts.history_size == 0:
                 errs.append(f"{ns}.force_recovery: needs history_size > 0")
+            unknown = [t for t in opts.allowed_delta_types if t not in DELTA_TYPES]
+            if unknown:
+                errs.append(f"{ns}.allowed_delta_types: {unknown[0]!r} is not one of {', '.join(DELTA_TYPES)}")
+            if opts.delta_publish and not opts.allowed_delta_types:
+                errs.append(f"{ns}.delta_publish: needs allowed_delta_types = [\"fossil\"]")
             for i, pattern in enumerate(opts.redact_patterns):
                 try:
                     re.compile(pattern)

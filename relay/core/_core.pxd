@@ -28,7 +28,7 @@ cdef class Conn:
 
 cdef class _Channel:
     cdef dict subs
-    cdef Py_ssize_t counts[6]
+    cdef Py_ssize_t counts[18]
     cdef long long cid
 
 
@@ -63,15 +63,15 @@ cdef class Hub:
 
     cdef inline dict _shard(self, str channel)
     cdef inline void _mark_dirty(self, Conn conn)
-    cdef tuple _encode(self, _Channel ch, dict push)
+    cdef tuple _encode(self, _Channel ch, dict push, object delta)
     cdef Py_ssize_t _fanout(self, _Channel ch, str channel, tuple items, int lane)
     cdef Py_ssize_t _deliver(self, _Channel ch, object conns, str channel, tuple items, int lane,
                              bint publication)
     cdef Py_ssize_t _join_round(self, _Channel ch, str channel, tuple items, int lane)
     cdef Py_ssize_t _settle(self, str channel, int lane, Py_ssize_t n, Py_ssize_t n_tcp, list dropped, list slow)
-    cpdef bint subscribe(self, str channel, Conn conn, int compact=*, long long cid=*)
+    cpdef bint subscribe(self, str channel, Conn conn, int variant=*, long long cid=*)
     cpdef bint unsubscribe(self, str channel, Conn conn)
-    cpdef Py_ssize_t broadcast(self, str channel, dict push, int lane=*)
+    cpdef Py_ssize_t broadcast(self, str channel, dict push, int lane=*, object delta=*)
     cpdef Py_ssize_t broadcast_encoded(self, str channel, object ws_item, object tcp_item, int lane=*,
                                        object pb_item=*)
     cpdef Py_ssize_t broadcast_paced(self, str channel, dict push, int lane, double window, double now)

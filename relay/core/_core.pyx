@@ -21,6 +21,7 @@ import orjson
 
 from relay.protocol.errors import ProtocolError
 from relay.protocol.protobuf import encode_reply as _pb_reply
+from relay.protocol.variants import COMPACT, DELTA_FIRST, DELTA_READY, VARIANTS, variant_push
 
 __all__ = [
     "IMPLEMENTATION", "WIRE_WS", "WIRE_TCP", "WIRE_WS_PB", "Conn", "Hub", "FrameReader",
@@ -384,28 +385,40 @@ cdef class Conn:
                 pass
 
 
-#: the encodings of a publication: one per wire, and again for subscriptions with channel compaction
-#: (``{"id": <channel id>, ...}`` instead of ``{"channel": ...}``); a subscriber's is ``wire + VARIANTS * compact``
+#: A publication is encoded at most once per (wire, variant) some subscriber uses: encoding ``wire + WIRES *
+#: variant`` (relay/protocol/variants.py: channel compaction, fossil delta state).
 cdef enum:
-    VARIANTS = 3
+    WIRES = 3
+    N_VARIANTS = 6
+    V_COMPACT = 1
+    V_DELTA_FIRST = 2
+    V_DELTA_READY = 4
+    V_DELTA_STATE = 6
+
+assert (V_COMPACT, V_DELTA_FIRST, V_DELTA_READY, N_VARIANTS) == (COMPACT, DELTA_FIRST, DELTA_READY, VARIANTS)
+
+cdef inline object _encode_wire(int wire, dict envelope):
+    if wire == _WIRE_TCP:
+        return tcp_frame(_packb(envelope))
+    if wire == _WIRE_WS_PB:
+        return _pb_reply(envelope)
+    return _dumps(envelope)
 
 
-cdef inline void _encode_into(list items, int base, Py_ssize_t* c, dict envelope):
-    """``envelope`` in the encodings base..base+2 (JSON, TCP, protobuf) that have subscribers."""
-    if c[base]:
-        items[base] = _dumps(envelope)
-    if c[base + 1]:
-        items[base + 1] = tcp_frame(_packb(envelope))
-    if c[base + 2]:
-        items[base + 2] = _pb_reply(envelope)
+cdef void _promote(_Channel ch, Conn conn):
+    """A DELTA_FIRST subscriber has had its full publication: from now on it gets deltas."""
+    cdef int variant = ch.subs[conn]
+    ch.subs[conn] = variant + V_DELTA_FIRST
+    ch.counts[conn.wire + WIRES * variant] -= 1
+    ch.counts[conn.wire + WIRES * (variant + V_DELTA_FIRST)] += 1
 
 
 cdef class _Channel:
     def __init__(self):
-        self.subs = {}  # subscriber -> True with channel compaction, else False
+        self.subs = {}  # subscriber -> its variant
         cdef int i
-        for i in range(2 * VARIANTS):
-            self.counts[i] = 0  # subscribers per encoding (wire + VARIANTS * compact)
+        for i in range(WIRES * N_VARIANTS):
+            self.counts[i] = 0  # subscribers per encoding (wire + WIRES * variant)
         self.cid = 0  # the channel's numeric id in compacted pushes
 
 
@@ -473,22 +486,23 @@ cdef class Hub:
     def conn(self, transport, int wire, Py_ssize_t cap, session=None):
         return Conn(self, transport, wire, cap, session)
 
-    cpdef bint subscribe(self, str channel, Conn conn, int compact=0, long long cid=0):
-        """Add ``conn`` to ``channel``; True when the channel is new on this hub. ``compact`` (1): its pushes
-        name the channel by ``cid`` (Centrifugo's channel compaction; one id per channel, from the node)."""
+    cpdef bint subscribe(self, str channel, Conn conn, int variant=0, long long cid=0):
+        """Add ``conn`` to ``channel``; True when the channel is new on this hub. ``variant``: COMPACT (its
+        pushes name the channel by ``cid``, one id per channel from the node: Centrifugo's channel compaction)
+        and/or DELTA_FIRST (fossil deltas, after a first full publication)."""
         cdef dict shard = self._shard(channel)
         cdef _Channel ch = shard.get(channel)
         cdef bint created = ch is None
-        compact = 1 if compact else 0
+        variant &= V_COMPACT | V_DELTA_FIRST
         if created:
             ch = _Channel()
             shard[channel] = ch
             self.num_channels += 1
         if conn not in ch.subs:
-            ch.subs[conn] = compact != 0  # True or False: the fan-out tells them apart by identity
+            ch.subs[conn] = variant
             self.num_subscriptions += 1
-            ch.counts[conn.wire + VARIANTS * compact] += 1
-            if compact:
+            ch.counts[conn.wire + WIRES * variant] += 1
+            if variant & V_COMPACT:
                 ch.cid = cid
         return created
 
@@ -498,8 +512,8 @@ cdef class Hub:
         cdef _Channel ch = shard.get(channel)
         if ch is None or conn not in ch.subs:
             return False
-        cdef int compact = ch.subs.pop(conn)
-        ch.counts[conn.wire + VARIANTS * compact] -= 1
+        cdef int variant = ch.subs.pop(conn)
+        ch.counts[conn.wire + WIRES * variant] -= 1
         cdef list rounds
         cdef _Round rnd
         if self._pacing:
@@ -525,27 +539,26 @@ cdef class Hub:
         cdef _Channel ch = self._shard(channel).get(channel)
         return [] if ch is None else list(ch.subs)
 
-    cdef tuple _encode(self, _Channel ch, dict push):
+    cdef tuple _encode(self, _Channel ch, dict push, object delta):
         """``{"push": push}`` in each encoding the channel's subscribers use, indexed by encoding (wire +
-        VARIANTS * compact; None: nobody uses it)."""
+        WIRES * variant; None: nobody uses it); ``delta`` as in relay/core/_core_py.py."""
         cdef Py_ssize_t* c = ch.counts
-        cdef list items = [None] * (2 * VARIANTS)
-        if c[0] or c[1] or c[2]:
-            _encode_into(items, 0, c, {"push": push})
-        if c[3] or c[4] or c[5]:
-            compacted = {"id": ch.cid}
-            for k, v in push.items():
-                if k != "channel":
-                    compacted[k] = v
-            _encode_into(items, VARIANTS, c, {"push": compacted})
+        cdef list items = [None] * (WIRES * N_VARIANTS)
+        cdef int variant, wire, k
+        for variant in range(N_VARIANTS):
+            for wire in range(WIRES):
+                k = wire + WIRES * variant
+                if c[k]:
+                    p = push if variant == 0 else variant_push(push, variant, ch.cid, delta, wire == _WIRE_WS_PB)
+                    items[k] = _encode_wire(wire, {"push": p})
         return tuple(items)
 
-    cpdef Py_ssize_t broadcast(self, str channel, dict push, int lane=_LANE_CHAT):
-        """Encode ``{"push": push}`` once per wire format and queue it for every subscriber."""
+    cpdef Py_ssize_t broadcast(self, str channel, dict push, int lane=_LANE_CHAT, object delta=None):
+        """Encode ``{"push": push}`` once per wire format (and variant) and queue it for every subscriber."""
         cdef _Channel ch = self._shard(channel).get(channel)
         if ch is None:
             return 0
-        cdef tuple items = self._encode(ch, push)
+        cdef tuple items = self._encode(ch, push, delta)
         if self._pacing and channel in self._pacing:
             return self._join_round(ch, channel, items, lane)
         return self._fanout(ch, channel, items, lane)
@@ -556,7 +569,7 @@ cdef class Hub:
         cdef _Channel ch = self._shard(channel).get(channel)
         if ch is None:
             return 0
-        cdef tuple items = (ws_item, tcp_item, pb_item, None, None, None)
+        cdef tuple items = (ws_item, tcp_item, pb_item) + (None,) * (WIRES * (N_VARIANTS - 1))
         if self._pacing and channel in self._pacing:
             return self._join_round(ch, channel, items, lane)
         return self._fanout(ch, channel, items, lane)
@@ -566,7 +579,7 @@ cdef class Hub:
         cdef _Channel ch = self._shard(channel).get(channel)
         if ch is None:
             return 0
-        cdef tuple items = self._encode(ch, push)
+        cdef tuple items = self._encode(ch, push, None)
         cdef list rounds = self._pacing.get(channel)
         cdef double start = now, later
         cdef _Round last, rnd
@@ -647,21 +660,26 @@ cdef class Hub:
         return len(self._pacing)
 
     cdef Py_ssize_t _fanout(self, _Channel ch, str channel, tuple items, int lane):
-        cdef list slow = None, dropped = None
+        cdef list slow = None, dropped = None, first = None
         cdef Py_ssize_t n = 0, n_tcp = 0, pos = 0
-        cdef int r
+        cdef int r, variant
         cdef object item
         cdef PyObject* key
         cdef PyObject* value
         cdef Conn conn
         while PyDict_Next(ch.subs, &pos, &key, &value):
             conn = <Conn>key
-            item = <object>PyTuple_GET_ITEM(items, conn.wire + VARIANTS * (<object>value is True))
+            variant = <int><object>value
+            item = <object>PyTuple_GET_ITEM(items, conn.wire + WIRES * variant)
             if item is None:  # no encoding for its wire (a pre-encoded broadcast without it): skipped
                 continue
             r = conn._offer(<bytes>item, lane)
             if r == _QUEUED:
                 n += 1
+                if variant & V_DELTA_STATE == V_DELTA_FIRST:  # it has a full payload now: deltas next
+                    if first is None:
+                        first = []
+                    first.append(conn)
                 if conn.wire == _WIRE_TCP:
                     n_tcp += 1
             elif r == _DROPPED:
@@ -672,6 +690,9 @@ cdef class Hub:
                 if slow is None:
                     slow = []
                 slow.append(conn)
+        if first is not None:  # after the walk over the subscriber dict: its values change
+            for conn in first:
+                _promote(ch, conn)
         self.publications += 1
         return self._settle(channel, lane, n, n_tcp, dropped, slow)
 
@@ -680,17 +701,20 @@ cdef class Hub:
         """The fan-out to a list of connections (paced slots, a round's joined publications)."""
         cdef list slow = None, dropped = None
         cdef Py_ssize_t n = 0, n_tcp = 0
-        cdef int r
+        cdef int r, variant
         cdef object item
         cdef Conn conn
         cdef dict subs = ch.subs
         for conn in <list>conns:
-            item = <object>PyTuple_GET_ITEM(items, conn.wire + VARIANTS * (subs.get(conn) is True))
+            variant = <int>subs.get(conn, 0)
+            item = <object>PyTuple_GET_ITEM(items, conn.wire + WIRES * variant)
             if item is None:  # no encoding for its wire (a pre-encoded broadcast without it): skipped
                 continue
             r = conn._offer(<bytes>item, lane)
             if r == _QUEUED:
                 n += 1
+                if variant & V_DELTA_STATE == V_DELTA_FIRST:  # it has a full payload now: deltas next
+                    _promote(ch, conn)
                 if conn.wire == _WIRE_TCP:
                     n_tcp += 1
             elif r == _DROPPED:

@@ -30,6 +30,7 @@ import orjson
 
 from relay.protocol.errors import ProtocolError
 from relay.protocol.protobuf import encode_reply as _pb_reply
+from relay.protocol.variants import COMPACT, DELTA_FIRST, DELTA_READY, VARIANTS, variant_push
 
 __all__ = [
     "IMPLEMENTATION",
@@ -347,9 +348,9 @@ def _same(a: list, b: list) -> bool:
     return True
 
 
-#: the encodings of a publication: one per wire, and again for subscriptions with channel compaction
-#: (``{"id": <channel id>, ...}`` instead of ``{"channel": ...}``); a subscriber's is ``wire + VARIANTS * compact``
-VARIANTS = 3
+#: A publication is encoded at most once per (wire, variant) some subscriber uses: encoding ``wire + WIRES *
+#: variant`` (relay/protocol/variants.py: channel compaction, fossil delta state).
+WIRES = 3
 
 
 def _tcp_item(envelope: dict) -> bytes:
@@ -364,8 +365,8 @@ class _Channel:
     __slots__ = ("subs", "counts", "cid")
 
     def __init__(self) -> None:
-        self.subs: dict[Conn, int] = {}  # subscriber -> 1 with channel compaction, else 0
-        self.counts = [0] * (2 * VARIANTS)  # subscribers per encoding (wire + VARIANTS * compact)
+        self.subs: dict[Conn, int] = {}  # subscriber -> its variant
+        self.counts = [0] * (WIRES * VARIANTS)  # subscribers per encoding (wire + WIRES * variant)
         self.cid = 0  # the channel's numeric id in compacted pushes
 
 
@@ -427,21 +428,22 @@ class Hub:
     def conn(self, transport, wire: int, cap: int, session=None) -> Conn:
         return Conn(self, transport, wire, cap, session)
 
-    def subscribe(self, channel: str, conn: Conn, compact: int = 0, cid: int = 0) -> bool:
-        """Add ``conn`` to ``channel``; True when the channel is new on this hub. ``compact`` (1): its pushes
-        name the channel by ``cid`` (Centrifugo's channel compaction; one id per channel, from the node)."""
+    def subscribe(self, channel: str, conn: Conn, variant: int = 0, cid: int = 0) -> bool:
+        """Add ``conn`` to ``channel``; True when the channel is new on this hub. ``variant``: COMPACT (its
+        pushes name the channel by ``cid``, one id per channel from the node: Centrifugo's channel compaction)
+        and/or DELTA_FIRST (fossil deltas, after a first full publication)."""
         shard = self._shards[fnv1a32(channel) % self.num_shards]
         ch = shard.get(channel)
         created = ch is None
         if created:
             ch = shard[channel] = _Channel()
             self.num_channels += 1
-        compact = 1 if compact else 0
+        variant &= COMPACT | DELTA_FIRST
         if conn not in ch.subs:
-            ch.subs[conn] = compact
+            ch.subs[conn] = variant
             self.num_subscriptions += 1
-            ch.counts[conn.wire + VARIANTS * compact] += 1
-            if compact:
+            ch.counts[conn.wire + WIRES * variant] += 1
+            if variant & COMPACT:
                 ch.cid = cid
         return created
 
@@ -451,8 +453,8 @@ class Hub:
         ch = shard.get(channel)
         if ch is None or conn not in ch.subs:
             return False
-        compact = ch.subs.pop(conn)
-        ch.counts[conn.wire + VARIANTS * compact] -= 1
+        variant = ch.subs.pop(conn)
+        ch.counts[conn.wire + WIRES * variant] -= 1
         if self._pacing and channel in self._pacing:
             for rnd in self._pacing[channel]:  # out of the round: a later subscribe does not bring it back
                 rnd.members.pop(conn, None)
@@ -475,28 +477,27 @@ class Hub:
         return [] if ch is None else list(ch.subs)
 
     @staticmethod
-    def _encode(ch: _Channel, push: dict) -> tuple:
+    def _encode(ch: _Channel, push: dict, delta: bytes | None = None) -> tuple:
         """``{"push": push}`` in each encoding the channel's subscribers use, indexed by encoding (wire +
-        VARIANTS * compact; None: nobody uses it)."""
+        WIRES * variant; None: nobody uses it). ``delta``: the publication's data as a fossil delta from the
+        channel's previous one, for the subscribers ready for deltas (None: they get it full)."""
         c = ch.counts
-        items = [None] * (2 * VARIANTS)
-        for variant, envelope in ((0, {"push": push}), (1, None)):
-            base = VARIANTS * variant
-            if not (c[base] or c[base + 1] or c[base + 2]):
-                continue
-            if envelope is None:
-                envelope = {"push": {"id": ch.cid, **{k: v for k, v in push.items() if k != "channel"}}}
+        items: list = [None] * (WIRES * VARIANTS)
+        for variant in range(VARIANTS):
+            base = WIRES * variant
             for wire, encode in enumerate(_ENCODERS):
                 if c[base + wire]:
-                    items[base + wire] = encode(envelope)
+                    p = push if variant == 0 else variant_push(push, variant, ch.cid, delta, wire == WIRE_WS_PB)
+                    items[base + wire] = encode({"push": p})
         return tuple(items)
 
-    def broadcast(self, channel: str, push: dict, lane: int = LANE_CHAT) -> int:
-        """Encode ``{"push": push}`` once per wire format and queue it for every subscriber."""
+    def broadcast(self, channel: str, push: dict, lane: int = LANE_CHAT, delta: bytes | None = None) -> int:
+        """Encode ``{"push": push}`` once per wire format (and variant) and queue it for every subscriber;
+        ``delta`` as for ``_encode``."""
         ch = self._shards[fnv1a32(channel) % self.num_shards].get(channel)
         if ch is None:
             return 0
-        items = self._encode(ch, push)
+        items = self._encode(ch, push, delta)
         if self._pacing and channel in self._pacing:
             return self._join_round(ch, channel, items, lane)
         return self._fanout(ch, channel, items, lane)
@@ -506,7 +507,7 @@ class Hub:
         ch = self._shards[fnv1a32(channel) % self.num_shards].get(channel)
         if ch is None:
             return 0
-        items = (ws_item, tcp_item, pb_item, None, None, None)
+        items = (ws_item, tcp_item, pb_item) + (None,) * (WIRES * (VARIANTS - 1))
         if self._pacing and channel in self._pacing:
             return self._join_round(ch, channel, items, lane)
         return self._fanout(ch, channel, items, lane)
@@ -590,14 +591,19 @@ class Hub:
         """``items``: the encoded publication per encoding (Hub._encode)."""
         slow = dropped = None
         n = n_tcp = 0
-        subs = ch.subs
+        subs, counts = ch.subs, ch.counts
         for conn in conns:
-            item = items[conn.wire + VARIANTS * subs.get(conn, 0)]
+            variant = subs.get(conn, 0)
+            item = items[conn.wire + WIRES * variant]
             if item is None:  # no encoding for its wire (a pre-encoded broadcast without it): skipped
                 continue
             r = conn.offer(item, lane)
             if r == QUEUED:
                 n += 1
+                if variant & (DELTA_FIRST | DELTA_READY) == DELTA_FIRST:  # it has a full payload now: deltas next
+                    subs[conn] = variant + DELTA_FIRST
+                    counts[conn.wire + WIRES * variant] -= 1
+                    counts[conn.wire + WIRES * (variant + DELTA_FIRST)] += 1
                 if conn.wire == WIRE_TCP:
                     n_tcp += 1
             elif r == DROPPED:

@@ -96,6 +96,7 @@ class SessionState:
     _server_subs: frozenset[str]
     _token_subs: set[str] | None
     _cids: dict[str, int] | None  # channel compaction: channel -> its id, for the subscriptions that asked
+    _deltas: set[str] | None  # channels subscribed with fossil deltas
     _sub_timers: dict[str, asyncio.TimerHandle] | None
     _stale_timer: asyncio.TimerHandle
     _expiry_timer: asyncio.TimerHandle | None

@@ -25,7 +25,9 @@ from relay.brokers.base import Broker, BrokerUnavailable, PresenceManager, Strea
 from relay.codes import DISCONNECTS, ERRORS
 from relay.config import ChannelOptions, Config
 from relay.core import IMPLEMENTATION, LANE_CHAT, LANES, Hub
+from relay.protocol.variants import COMPACT, DELTA_FIRST
 from relay.node.admission import Admission
+from relay.node.deltas import Deltas
 from relay.node.outages import Outages
 from relay.node.pings import PingWheel
 from relay.node.publishing import Publisher
@@ -102,6 +104,10 @@ class Node:
         # channel compaction: a numeric id per channel with compacting subscribers here, never reused
         self._cids: dict[str, int] = {}
         self._last_cid = 0
+        # delta compression: each delta-publishing channel's previous publication (relay/node/deltas.py), and
+        # the subscriptions taking deltas per channel
+        self.deltas = Deltas()
+        self._delta_subs: Counter[str] = Counter()
         # where this node's delivery of each recoverable channel stands (relay/node/streams.py)
         self.streams = Streams(cfg, broker, self.stats)
         self._position_task: asyncio.Task | None = None
@@ -359,6 +365,7 @@ class Node:
             return
         self._interest.pop(channel, None)
         self._cids.pop(channel, None)
+        self.deltas.forget(channel)
         self.streams.forget(channel)
         self.spawn(self._broker_unsubscribe(channel))
 
@@ -399,13 +406,15 @@ class Node:
                                opts: ChannelOptions, after: int = 0) -> None:
         """``after``: the client has the stream up to this offset, which the node's delivery has not reached
         yet; it joins the hub when it does (Streams.track's 'wait')."""
-        compact = s.hub_args(channel)
+        variant, cid = s.hub_args(channel)
+        if variant & DELTA_FIRST:
+            self._delta_subs[channel] += 1
         if after:
             self.streams.wait_to_join(channel, s, after)
         else:
-            self.hub.subscribe(channel, s.conn, *compact)
-        if join_leave:
-            self.hub.subscribe(join_leave_channel(channel), s.conn, *compact)
+            self.hub.subscribe(channel, s.conn, variant, cid)
+        if join_leave:  # join and leave pushes: compacted like the publications, never deltas
+            self.hub.subscribe(join_leave_channel(channel), s.conn, variant & COMPACT, cid)
             self.join_leave_subs += 1
         if opts.presence:
             info = s.client_info()
@@ -428,7 +437,11 @@ class Node:
             self.join_leave_subs -= 1
         if not self.hub.unsubscribe(channel, s.conn):
             self.streams.drop_pending(channel, s)
-        s.forget_compaction(channel)
+        if s.hub_args(channel)[0] & DELTA_FIRST:
+            self._delta_subs[channel] -= 1
+            if self._delta_subs[channel] <= 0:
+                del self._delta_subs[channel]
+        s.forget_variant(channel)
         self.release(channel)
         opts = self.cfg.channel_options(channel)
         if opts is not None and opts.presence:
@@ -460,11 +473,15 @@ class Node:
         if pace_ms is None:
             pace_ms = opts.pace_ms if opts is not None else 0
         lane = self.lane_of(opts, lane)
-        if pace_ms and self.hub.num_subscribers(channel) >= self.cfg.pace_min_subscribers:
+        paced = pace_ms and self.hub.num_subscribers(channel) >= self.cfg.pace_min_subscribers
+        delta = None
+        if opts is not None and opts.delta_publish:  # the delta from the previous publication (deltas.py)
+            delta = self.deltas.next(channel, pub, epoch, not paced and channel in self._delta_subs)
+        if paced:
             self._paced(channel, pub, lane, pace_ms)
         else:
             t0 = time.perf_counter()
-            if self.hub.broadcast(channel, {"channel": channel, "pub": pub}, lane):
+            if self.hub.broadcast(channel, {"channel": channel, "pub": pub}, lane, delta):
                 started = self._fanout_started
                 if not started:
                     # after the hub's flush, which this broadcast scheduled (or an earlier one did)

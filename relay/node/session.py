@@ -55,7 +55,7 @@ class ClientSession(Connecting, Subscriptions, ProxyCalls):
     __slots__ = ("node", "transport", "conn", "codec", "client_id", "user", "conn_info", "expire_at",
                  "connected", "closed", "subs", "_queue", "_task", "_pong_deadline", "_stale_timer",
                  "_info_cache", "remote", "_commands", "_publishes", "_refused", "_expiry_timer", "_sub_timers",
-                 "_server_subs", "_token_subs", "_cids", "headers", "meta", "_proxied", "_pending_bytes",
+                 "_server_subs", "_token_subs", "_cids", "_deltas", "headers", "meta", "_proxied", "_pending_bytes",
                  "_reading_paused")
 
     def __init__(self, node: SessionHost, transport: Any, raw_transport: asyncio.Transport, wire: int,
@@ -86,6 +86,7 @@ class ClientSession(Connecting, Subscriptions, ProxyCalls):
         self._server_subs: frozenset[str] = frozenset()  # subscribed by the server (token channels)
         self._token_subs: set[str] | None = None  # subscribed with a subscription token
         self._cids: dict[str, int] | None = None  # channel compaction: channel -> its id (subscribe flag bit 1)
+        self._deltas: set[str] | None = None  # channels subscribed with fossil deltas
         self.headers: dict[str, str] = {}  # handshake headers the event proxy forwards (allow-listed)
         self.meta: Any = None  # the connect hook's meta: sent back to the backend, never to the client
         self._proxied = False  # authenticated by the connect hook (refreshed by the refresh hook)

@@ -161,7 +161,7 @@ class Streams:
                 keep.append((s, after))
                 continue
             if offset > after:
-                s.send({"push": {"channel": channel, "pub": pub}})
+                s.send(s.pub_push(channel, pub))
             self.hub.subscribe(channel, s.conn, *s.hub_args(channel))
         if keep:
             self.pending[channel] = keep

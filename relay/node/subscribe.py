@@ -11,8 +11,10 @@ from typing import Any
 
 from relay.auth import TokenExpired, TokenInvalid
 from relay.brokers.base import BrokerUnavailable, StreamPosition
-from relay.codes import DISCONNECTS, ERRORS
-from relay.core import LANE_BULK
+from relay.codes import DISCONNECTS, ERRORS, ClientError
+from relay.config import DELTA_TYPES
+from relay.core import LANE_BULK, WIRE_TCP
+from relay.protocol.variants import COMPACT, DELTA_FIRST, variant_push
 from relay.node.host import SessionState
 
 __all__ = ["Subscriptions", "join_leave_channel", "JOIN_LEAVE_PREFIX", "INSUFFICIENT_STATE", "CATCH_UP_WAIT",
@@ -98,6 +100,7 @@ class Subscriptions(SessionState):
         elif granted is not None:
             granted.discard(channel)
         join_leave = opts.join_leave and (bool(p.get("join_leave")) or opts.force_push_join_leave)
+        delta = self._delta_asked(p, opts)
         prepared = await self._prepare(channel, p, opts)
         if prepared is None:
             return
@@ -115,6 +118,13 @@ class Subscriptions(SessionState):
             if self._cids is None:
                 self._cids = {}
             self._cids[channel] = cid
+        if delta and prepared[0].get("positioned"):  # deltas need the stream's order: positioned only
+            prepared[0]["delta"] = True
+            if self._deltas is None:
+                self._deltas = set()
+            self._deltas.add(channel)
+            if prepared[0].get("publications"):
+                prepared[0]["publications"] = [self.delta_mode(pub) for pub in prepared[0]["publications"]]
         # Queue the reply, then join the hub in the same step: the reply precedes every
         # publication, and nothing published since the history read is lost.
         self.send({"id": cmd_id, "subscribe": prepared[0]})
@@ -142,7 +152,7 @@ class Subscriptions(SessionState):
     async def _join(self, channel: str, result: dict, extra: list[dict], join_leave: bool, opts) -> None:
         """After the reply is queued: the publications collected meanwhile, then the hub and presence."""
         for pub in extra:
-            self.send({"push": {"channel": channel, "pub": pub}})
+            self.send(self.pub_push(channel, pub))
         self.subs[channel] = join_leave
         after = 0
         if "epoch" in result:
@@ -283,13 +293,39 @@ class Subscriptions(SessionState):
         return {}
 
     def hub_args(self, channel: str) -> tuple[int, int]:
-        """(compact, channel id) of this connection's subscription to ``channel``, for the hub."""
-        cid = self._cids.get(channel) if self._cids else None
-        return (0, 0) if cid is None else (1, cid)
+        """(variant, channel id) of this connection's subscription to ``channel``, for the hub
+        (relay/protocol/variants.py: channel compaction, fossil deltas)."""
+        cid = self._cids.get(channel, 0) if self._cids else 0
+        delta = DELTA_FIRST if self._deltas and channel in self._deltas else 0
+        return (COMPACT if cid else 0) | delta, cid
 
-    def forget_compaction(self, channel: str) -> None:
+    def forget_variant(self, channel: str) -> None:
         if self._cids:
             self._cids.pop(channel, None)
+        if self._deltas:
+            self._deltas.discard(channel)
+
+    def _delta_asked(self, p: dict, opts) -> bool:
+        """Whether this subscribe asks for a delta compression it may have (Centrifugo's subscribe ``delta``):
+        one the namespace allows, on WebSocket (JSON or protobuf). An unknown kind is a bad request (107)."""
+        kind = p.get("delta")
+        if not kind:
+            return False
+        if not isinstance(kind, str) or kind not in DELTA_TYPES:
+            raise ClientError(107, f"bad request: delta must be one of {', '.join(DELTA_TYPES)}")
+        return kind in opts.allowed_delta_types and self.conn.wire != WIRE_TCP
+
+    def delta_mode(self, pub: dict) -> dict:
+        """A publication for a delta subscription, whole: on the JSON protocol its data is the JSON as a string
+        (what the SDK keeps as the base of the next delta); protobuf data is bytes already."""
+        return variant_push({"pub": pub}, DELTA_FIRST, 0, None, self.codec.binary)["pub"]
+
+    def pub_push(self, channel: str, pub: dict) -> dict:
+        """The push of a publication sent to this connection outside the hub (caught up after its subscribe
+        reply): whole, in delta mode for a delta subscription."""
+        if self._deltas and channel in self._deltas:
+            pub = self.delta_mode(pub)
+        return {"push": {"channel": channel, "pub": pub}}
 
     def token_granted(self, channel: str) -> bool:
         """Whether the subscription to ``channel`` came from a signed token (connect or subscription)."""

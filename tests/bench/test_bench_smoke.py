@@ -38,6 +38,14 @@ def test_fanout_quick():
     assert "ratios (same run)" in out
 
 
+def test_delta_quick():
+    """Delta compression on the stock widget: every subscriber got every publication, and the delta ones far
+    fewer bytes (one sale changes a few bytes of the 2 KB state)."""
+    data, out = run("delta.py", "--quick")
+    assert all(r["publications"] == data["publications"] for r in data["rows"]), out
+    assert data["delta_over_full"]["json"] < 0.25 and data["delta_over_full"]["protobuf"] < 0.25, out
+
+
 NEW_PEERS = ("websockets", "node-ws", "nats")
 
 

@@ -5,6 +5,8 @@ not fit its source is refused."""
 from __future__ import annotations
 
 import random
+import sys
+from pathlib import Path
 
 import orjson
 import pytest
@@ -39,13 +41,11 @@ def test_edits_of_a_source_apply(source, data):
 
 
 def stock_widget(rng: random.Random) -> dict:
-    return {"product": "sku-4411", "title": "Linen shirt, relaxed fit", "currency": "EUR", "price": 59.9,
-            "variants": [{"size": s, "color": c, "stock": rng.randint(0, 40), "sku": f"sku-4411-{s}-{c}"}
-                         for s in ("XS", "S", "M", "L", "XL", "XXL") for c in ("white", "navy", "sand")],
-            "badges": ["new", "sustainable"], "updated": 1765152000,
-            "images": [f"https://cdn.shop.example/p/sku-4411/{k}.webp" for k in range(12)],
-            "delivery": {"standard": "2-4 working days", "express": "next working day before 12:00",
-                         "returns": "free returns within 30 days"}}
+    """The product page's stock widget state bench/delta.py measures (one definition, there)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from delta import stock_widget as widget
+
+    return widget(rng)
 
 
 def test_a_small_change_in_a_2kb_state_is_a_small_delta():
