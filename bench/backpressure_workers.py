@@ -101,7 +101,7 @@ async def _sub_main(pipe, url: str, token: str, first: int, n: int, channels: in
                 self.total += len(seqs)
                 st.total += len(seqs)
             if not seqs or b"{}" in data or b'{"id"' in data:
-                self._lines(transport, data)
+                self._slow(transport, data)
 
     loop = asyncio.get_running_loop()
 
