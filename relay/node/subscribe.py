@@ -113,7 +113,9 @@ class Subscriptions(SessionState):
                 self._refresh_sub_at(channel, sub_expires)
             else:
                 self._expire_sub_at(channel, sub_expires)
-        if _uint(p, "flag") & FLAG_CHANNEL_COMPACTION:  # the SDK maps the id back to this subscription
+        # channel compaction, on the JSON protocol only: the published centrifuge-js protobuf build (5.8) decodes
+        # the int64 id as a Long object and compares it by identity, so it would drop every push by id
+        if _uint(p, "flag") & FLAG_CHANNEL_COMPACTION and self.codec.name == "json":
             cid = prepared[0]["id"] = self.node.channel_id(channel)
             if self._cids is None:
                 self._cids = {}

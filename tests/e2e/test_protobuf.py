@@ -148,3 +148,28 @@ async def test_the_other_message_type_or_a_broken_message_closes(relay):
     pb = await PbWS.open(relay.ws_port)
     await pb.ws.send_raw(client_frame(b"\x09\x08\x01", opcode=2))  # a length past the end of the frame
     assert await pb.ws.expect_close() == (3501, "bad request: message past the end of the frame")
+
+
+async def test_no_channel_compaction_over_protobuf(relay):
+    """The published centrifuge-js protobuf build sends flag 1 but compares the int64 id it gets back by identity
+    (a Long object), so a push by id would never reach the subscription: over protobuf the reply has no id and
+    pushes name the channel."""
+    ch = f"chat:{uuid.uuid4().hex[:8]}"
+    pb = await PbWS.open(relay.ws_port)
+    connect = Command()
+    connect.connect.token = relay.token("alice")
+    await pb.call(connect)
+    sub = Command()
+    sub.subscribe.channel = ch
+    sub.subscribe.flag = 1
+    r = await pb.call(sub)
+    assert r.subscribe.id == 0 and r.subscribe.epoch
+    pub = Command()
+    pub.publish.channel = ch
+    pub.publish.data = b'{"n":1}'
+    await pb.call(pub)
+    push = next((x.push for x in pb.pushes if x.push.HasField("pub")), None) or (await pb.reply()).push
+    while not push.HasField("pub"):
+        push = (await pb.reply()).push
+    assert push.channel == ch and push.id == 0
+    pb.ws.close()
