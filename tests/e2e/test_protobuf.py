@@ -54,6 +54,18 @@ class PbWS:
                 self.pushes.append(r)
 
 
+async def subscribed(relay, channel: str, flag: int = 0) -> tuple[PbWS, Reply]:
+    """A protobuf client of alice, connected and subscribed to ``channel``; its subscribe reply."""
+    pb = await PbWS.open(relay.ws_port)
+    connect = Command()
+    connect.connect.token = relay.token("alice")
+    await pb.call(connect)
+    sub = Command()
+    sub.subscribe.channel = channel
+    sub.subscribe.flag = flag
+    return pb, await pb.call(sub)
+
+
 async def test_the_subprotocol_is_echoed_and_the_query_selects_protobuf_too(relay):
     for how in ("subprotocol", "format", "cf_protocol"):
         pb = await PbWS.open(relay.ws_port, how)
@@ -104,13 +116,7 @@ async def test_batched_commands_replies_and_a_publication_cross_between_protocol
 
 async def test_a_payload_that_is_not_json_is_refused_and_reaches_nobody(relay):
     ch = f"chat:{uuid.uuid4().hex[:8]}"
-    pb = await PbWS.open(relay.ws_port)
-    connect = Command()
-    connect.connect.token = relay.token("alice")
-    await pb.call(connect)
-    sub = Command()
-    sub.subscribe.channel = ch
-    await pb.call(sub)
+    pb, _ = await subscribed(relay, ch)
     bad = Command()
     bad.publish.channel = ch
     bad.publish.data = b"\xff\x00binary"
@@ -155,14 +161,7 @@ async def test_no_channel_compaction_over_protobuf(relay):
     (a Long object), so a push by id would never reach the subscription: over protobuf the reply has no id and
     pushes name the channel."""
     ch = f"chat:{uuid.uuid4().hex[:8]}"
-    pb = await PbWS.open(relay.ws_port)
-    connect = Command()
-    connect.connect.token = relay.token("alice")
-    await pb.call(connect)
-    sub = Command()
-    sub.subscribe.channel = ch
-    sub.subscribe.flag = 1
-    r = await pb.call(sub)
+    pb, r = await subscribed(relay, ch, flag=1)
     assert r.subscribe.id == 0 and r.subscribe.epoch
     pub = Command()
     pub.publish.channel = ch
