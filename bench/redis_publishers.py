@@ -59,7 +59,9 @@ class _ChannelPublisher(TickPublisher):
     def _tick(self, batch: int, ws_ns: int, we_ns: int, started: bool) -> tuple[int, int]:
         stamp = time.time_ns()
         n = self._send(stamp, batch)
-        return n, (n if started and ws_ns <= stamp < we_ns else 0)
+        # by stamp, as the subscribers count: a tick the loop began just before the window opened may carry a
+        # stamp inside it (counting it out made a 'loss' of -0.5 % once, 10,000 delivered of 9,950)
+        return n, (n if ws_ns <= stamp < we_ns else 0)
 
     def close(self) -> None:
         for c in self.conns:
