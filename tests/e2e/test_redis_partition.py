@@ -35,9 +35,11 @@ CORES = {"cython": {"RELAY_PUREPYTHON": "0"}, "python": {"RELAY_PUREPYTHON": "1"
 GRACE = 4.0  # broker_down_grace (the default)
 DETECT = 3.0  # the goal: a silent cut is a broker failure within this
 CUTS = (15.0, 60.0)  # seconds each cut node is cut off
-# a probe that waited on Redis would take broker_ping_timeout (0.8 s) or a socket timeout (5 s); CPU contention on
-# a shared 2-CPU CI machine (the pure-Python pass runs beside this test) was seen to cost 60-90 ms
-SCRAPE_LIMIT = 0.250
+# Probes answer from local state: a probe that waited on Redis would take broker_ping_timeout (0.8 s) or a socket
+# timeout (5 s), so none may take that long; and nearly all are quick. Single probes were seen to take 60-370 ms
+# under CPU contention alone (CI runs this test beside the pure-Python pass on 2 CPUs), every endpoint alike.
+SCRAPE_LIMIT = 0.8
+SCRAPE_P95 = 0.1
 
 
 class SdkClient:
@@ -295,10 +297,13 @@ async def test_silent_partitions_tell_clients_and_replay_nothing_old(redis_facto
         report[f"{core} {seconds:.0f} s"] = {"detected_s": round(detected, 2), "told_s": [round(t, 2) for t in told],
                            "receiving_again_after_heal_s": [round(a - heal_at[n], 2) for a in again],
                            "slowest_scrape": (slowest[0], round(slowest[1] * 1000, 1)),
+                           "scrape_p95_ms": round(sorted(t for _, t in scrapers[n].times)[
+                               int(len(scrapers[n].times) * 0.95)] * 1000, 1),
                            "scrapes": len(scrapers[n].times)}
     print(f"silent partitions, {len(acked)} publications: {report}")
     for n in cut_nodes:
-        assert max(t for _, t in scrapers[n].times) <= SCRAPE_LIMIT, report
+        times = sorted(t for _, t in scrapers[n].times)
+        assert times[-1] < SCRAPE_LIMIT and times[int(len(times) * 0.95)] <= SCRAPE_P95, report
         m = await asyncio.to_thread(n.metrics)  # the cut counted as a broker failure, and a reconnect
         assert m["relay_broker_errors_total"] >= 1 and m["relay_broker_reconnects_total"] >= 1
         assert m["relay_broker_outage_resyncs_total"] == 3 and m["relay_broker_up"] == 1
